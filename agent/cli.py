@@ -1,0 +1,42 @@
+"""The ``tissue-oracle`` command line: one entry point, one module per command.
+
+Commands are listed here as data (name -> ``module:attribute``) and imported when the CLI
+starts; each command module keeps its heavy imports inside the command body, so ``--help``
+stays fast. The ``synth`` and ``bench`` commands live in ``bench/`` beside what they drive:
+this table is the one place where the entry point reaches down to them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="tissue-oracle",
+    help="Find the tissue in whole-slide images with VLM oracles, under a budget, with every call audited.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+#: name -> "module:attribute"; the attribute is a command function or a typer sub-app.
+COMMANDS: dict[str, str] = {
+}
+
+
+def _register(name: str, target: str) -> None:
+    module_name, _, attribute = target.partition(":")
+    obj = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(obj, typer.Typer):
+        app.add_typer(obj, name=name)
+    else:
+        app.command(name)(obj)
+
+
+for _name, _target in COMMANDS.items():
+    _register(_name, _target)
+
+
+def main() -> None:
+    app()

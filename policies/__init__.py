@@ -1,0 +1,1 @@
+"""tissue_oracle.policies"""
