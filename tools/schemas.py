@@ -306,6 +306,38 @@ class ReviewAnswer(BaseModel):
 # --------------------------------------------------------------------------- store records
 
 
+class RunRecord(BaseModel):
+    """One curation run, one row of ``runs``."""
+
+    run_id: str
+    started_at: datetime = Field(default_factory=datetime.now)
+    finished_at: datetime | None = None
+    policy_name: str
+    policy_yaml: str
+    policy_hash: str
+    tool_version: str
+    command_line: str
+    status: Literal["running", "finished", "failed", "interrupted"] = "running"
+
+
+class SlideRecord(BaseModel):
+    """One slide within a run, one row of ``slides``. Dimensions are level-0 pixels."""
+
+    run_id: str
+    slide_id: str
+    path: str
+    file_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mpp: float | None = None
+    vendor: str | None = None
+    status: Literal["running", "done", "failed", "degraded", "skipped"] = "running"
+    error: str | None = None
+    flags: list[str] = Field(default_factory=list)
+    started_at: datetime = Field(default_factory=datetime.now)
+    finished_at: datetime | None = None
+
+
 class CallRecord(BaseModel):
     """One oracle call attempt, exactly one row of the store's ``calls`` table.
 
@@ -377,6 +409,16 @@ class OutputRecord(BaseModel):
     kind: str
     sha256: str
     bytes: int
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens for one model; the table lives in ``policies``."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
 
 
 # --------------------------------------------------------------------------- recorder seam
