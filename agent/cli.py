@@ -21,8 +21,7 @@ app = typer.Typer(
 )
 
 #: name -> "module:attribute"; the attribute is a command function or a typer sub-app.
-COMMANDS: dict[str, str] = {
-}
+COMMANDS: dict[str, str] = {}
 
 
 def _register(name: str, target: str) -> None:

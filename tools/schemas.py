@@ -437,10 +437,13 @@ class CallRecorder(Protocol):
     def cached_call(self, request_hash: str) -> CallRecord | None: ...
 
 
+_IMAGE_FIELDS = {"image", "images", "thumbnail", "crop", "overlay", "mask"}
+
+
 def to_jsonable(obj: Any) -> Any:
     """Pydantic models and numpy scalars to plain JSON types (arrays are not allowed here)."""
     if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json", exclude={"image", "images", "thumbnail", "crop", "overlay", "mask"})
+        return obj.model_dump(mode="json", exclude=_IMAGE_FIELDS)
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
