@@ -46,6 +46,8 @@ class CallContext:
     """Where the call row goes, and where cached answers come from."""
     use_cache: bool = True
     """Answer identical requests from the store instead of paying again."""
+    replay_only: bool = False
+    """Answer only from ``recorder.cached_call``; a miss raises ``ReplayMissError`` (replay backend)."""
 
 
 @runtime_checkable
