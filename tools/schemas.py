@@ -447,3 +447,29 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+# --------------------------------------------------------------------------- student checkpoint
+
+
+class StudentSpec(BaseModel):
+    """How a distilled student sees patches; stored in its checkpoint, shared by trainer and oracle.
+
+    A patch of ``patch_size`` level-0 pixels is shown to the network as ``patch_px`` x ``patch_px``
+    RGB. Class index 1 is ``tissue``, 0 is ``background``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    arch: str = "mobilenetv3_large_100"
+    num_classes: int = 2
+    patch_px: int = 128
+    patch_size: int = 512
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def to_input(self, images: np.ndarray) -> np.ndarray:
+        """RGB uint8 ``(N, patch_px, patch_px, 3)`` to normalised float32 ``(N, 3, patch_px, patch_px)``."""
+        x = images.astype(np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
