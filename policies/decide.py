@@ -1,0 +1,55 @@
+"""Pure decision functions: what to do with a region after its mask was reviewed.
+
+``decide`` is the one place where reviewer grades become an action, so a table of cases tests
+every branch. It reads nothing but its arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from tissue_oracle.tools.schemas import Action, Grades
+
+
+class Decision(BaseModel):
+    """An action for one region and the human-readable reason stored beside it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    reason: str
+
+
+def decide(
+    grades: Grades | None,
+    round: int,
+    *,
+    threshold: int,
+    max_rounds: int,
+    budget_ok: bool,
+    on_review_failure: Literal["escalate", "accept"] = "escalate",
+) -> Decision:
+    """Accept, refine (Auto-context) or escalate (human review) one region.
+
+    ``round`` counts Auto-context rounds already run on the region (0 after zero-shot).
+    A worst grade above ``threshold`` (grades are 1 best to 4 worst) asks for refinement while
+    ``round < max_rounds`` and the budget allows; otherwise the region is escalated with the
+    reason. ``grades=None`` means the review itself failed.
+    """
+    if grades is None:
+        if on_review_failure == "accept":
+            return Decision(action="accept", reason="review failed; policy accepts unreviewed regions")
+        return Decision(action="escalate", reason="review failed; no grades to judge the mask by")
+    seen = f"precision {grades.precision}, recall {grades.recall}"
+    if grades.worst <= threshold:
+        return Decision(action="accept", reason=f"{seen} within threshold {threshold}")
+    if not budget_ok:
+        return Decision(action="escalate", reason=f"{seen} worse than {threshold}; budget exhausted")
+    if round >= max_rounds:
+        return Decision(
+            action="escalate",
+            reason=f"{seen} worse than {threshold} after {round} of {max_rounds} Auto-context round(s)",
+        )
+    return Decision(action="refine", reason=f"{seen} worse than {threshold}; Auto-context round {round + 1}")

@@ -1,0 +1,232 @@
+"""The policy: roles, every stage parameter, review threshold, rounds, budgets and cascade.
+
+A policy is a YAML file validated by pydantic. Two ship with the package: ``paper`` (the
+paper's settings: Qwen3-VL oracle, Gemini reviewer) and ``default`` (the classical oracle in
+every role, so that it runs anywhere). ``load_policy`` takes one of those names or a path.
+
+Units: sizes are level-0 pixels unless a field says otherwise; ``*_fraction`` fields are 0-1;
+budgets count oracle call attempts, tokens (input + output) and US dollars, and ``None``
+means no cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tissue_oracle.tools.errors import ConfigError
+
+#: Policies shipped as package data, by name.
+BUILTIN_POLICIES: tuple[str, ...] = ("paper", "default")
+
+
+class _Section(BaseModel):
+    """Every policy section rejects unknown keys, so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Roles(_Section):
+    """Which backend plays each role, as a spec string (``classical``, ``openai:MODEL``, ...)."""
+
+    oracle: str = "classical"
+    """Boxes and points (and patch labels unless ``classifier`` is set)."""
+    reviewer: str = "classical"
+    """Grades masks per region."""
+    classifier: str | None = None
+    """Patch labels and reranking; ``None`` means the oracle does it."""
+    planner: str | None = None
+    """An optional LLM that drives the toolset (not used by the fixed controller)."""
+
+    @property
+    def classifier_spec(self) -> str:
+        return self.classifier or self.oracle
+
+
+class ThumbnailParams(_Section):
+    downsample: float = Field(default=64.0, gt=1.0)
+    """Thumbnail downsample from level 0 (the paper: 64x)."""
+
+
+class GroundParams(_Section):
+    pad_fraction: float = Field(default=0.25, ge=0.0, le=2.0)
+    """Boxes grow by this fraction of their size (25% in the authors' code)."""
+    merge_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    """Merge boxes whose intersection over the smaller box's area is at least this."""
+    max_box_fraction: float = Field(default=0.6, gt=0.0, le=1.0)
+    """A single box covering more of the image than this is rejected."""
+    retries: int = Field(default=3, ge=0, le=10)
+    """Re-asks for boxes before falling back to one whole-slide box."""
+    max_tokens: int = Field(default=1024, ge=16)
+    """Output-token cap of one boxes call."""
+
+
+class ClusterParams(_Section):
+    k_global: int = Field(default=2, ge=2, le=8)
+    """K of the global CIELAB K-means on the thumbnail (majority cluster = background)."""
+    k_local: int = Field(default=3, ge=2, le=8)
+    """K of the local K-means inside each box (nearest to global background = background)."""
+
+
+class ClassifyParams(_Section):
+    patch_size: int = Field(default=512, ge=32, le=8192)
+    """Side of a grid patch in level-0 pixels."""
+    gate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    """A patch goes to the oracle only if the coarse mask M1 covers at least this much of it."""
+    send_size: int = Field(default=512, ge=32, le=4096)
+    """Side in pixels of the image sent to the oracle (patches are downscaled to it)."""
+    batch_size: int = Field(default=1, ge=1, le=64)
+    """Patches per patch-labels question."""
+    max_in_flight: int = Field(default=16, ge=1, le=1024)
+    """Oracle questions in flight at once, per slide."""
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=256, ge=16)
+    """Output-token cap of one patch-labels call."""
+    retries: int = Field(default=3, ge=0, le=10)
+    """Transport retries per question (so at most ``retries + 1`` attempts)."""
+    timeout_s: float = Field(default=120.0, gt=0.0)
+
+
+class ReviewParams(_Section):
+    enabled: bool = True
+    threshold: int = Field(default=2, ge=1, le=4)
+    """tau_g: a worst grade above this (worse) triggers Auto-context for the region."""
+    max_rounds: int = Field(default=1, ge=0, le=10)
+    """Auto-context rounds per region before escalating to a human."""
+    crop_size: int = Field(default=1024, ge=64, le=8192)
+    """Long side in pixels of the region crop the reviewer sees."""
+    max_tokens: int = Field(default=512, ge=16)
+    on_review_failure: Literal["escalate", "accept"] = "escalate"
+    """What to do with a region whose review call failed."""
+
+
+class AutoContextParams(_Section):
+    points_per_class: int = Field(default=5, ge=1, le=50)
+    """Points asked for per class on the region crop."""
+    top_k: int = Field(default=1, ge=1, le=16)
+    """Exemplars kept per class after reranking (the paper: 1)."""
+    max_tokens: int = Field(default=512, ge=16)
+
+
+class CleanParams(_Section):
+    min_tissue_patches: int = Field(default=8, ge=0)
+    """Tissue components smaller than this many patches are removed."""
+    max_hole_patches: int = Field(default=10, ge=0)
+    """Background holes smaller than this many patches are filled."""
+    connectivity: Literal[4, 8] = 4
+
+
+class Budget(_Section):
+    """A hard cap; ``None`` means no cap on that quantity."""
+
+    calls: int | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0)
+    usd: float | None = Field(default=None, ge=0.0)
+
+
+class Budgets(_Section):
+    slide: Budget = Field(default_factory=Budget)
+    run: Budget = Field(default_factory=Budget)
+
+
+class CascadeParams(_Section):
+    enabled: bool = False
+    student: str | None = None
+    """Spec of the student (``student:PATH``) that answers first."""
+    confidence: float = Field(default=0.9, ge=0.0, le=1.0)
+    """Student answers at or above this confidence are kept; the rest go to the classifier."""
+
+    @model_validator(mode="after")
+    def _student_when_enabled(self) -> CascadeParams:
+        if self.enabled and not self.student:
+            raise ValueError("cascade.enabled needs cascade.student (e.g. 'student:model.pt')")
+        return self
+
+
+class Policy(_Section):
+    """Everything the controller needs to decide; loaded from YAML by ``load_policy``."""
+
+    name: str = "custom"
+    description: str = ""
+    roles: Roles = Field(default_factory=Roles)
+    thumbnail: ThumbnailParams = Field(default_factory=ThumbnailParams)
+    ground: GroundParams = Field(default_factory=GroundParams)
+    cluster: ClusterParams = Field(default_factory=ClusterParams)
+    classify: ClassifyParams = Field(default_factory=ClassifyParams)
+    review: ReviewParams = Field(default_factory=ReviewParams)
+    autocontext: AutoContextParams = Field(default_factory=AutoContextParams)
+    clean: CleanParams = Field(default_factory=CleanParams)
+    budgets: Budgets = Field(default_factory=Budgets)
+    cascade: CascadeParams = Field(default_factory=CascadeParams)
+
+    def to_yaml(self) -> str:
+        """Canonical YAML: sorted keys, every field written, so equal policies hash equal."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True, default_flow_style=False)
+
+    @property
+    def policy_hash(self) -> str:
+        """sha256 (hex, 16 chars) of the canonical YAML."""
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
+
+    def with_updates(self, updates: dict[str, Any]) -> Policy:
+        """A copy with dotted-path updates (``{"roles.oracle": "gemini:x", "budgets.run.usd": 5}``).
+
+        The result is validated again, so an override can't produce an invalid policy.
+        """
+        data = self.model_dump(mode="json")
+        for dotted, value in updates.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"unknown policy field {dotted!r}")
+                node = node[key]
+            if leaf not in node:
+                raise ConfigError(f"unknown policy field {dotted!r}; known here: {sorted(node)}")
+            node[leaf] = value
+        return _validate(data, source="overrides")
+
+
+def _validate(data: Any, *, source: str) -> Policy:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source!r}: a policy must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source!r}: invalid policy: {problems}. Fix the field(s) named.") from exc
+
+
+def builtin_policy_path(name: str) -> Path:
+    """Where a shipped policy's YAML lives (package data)."""
+    return Path(str(resources.files("tissue_oracle.policies").joinpath(f"{name}.yaml")))
+
+
+def load_policy(name_or_path: str | Path) -> Policy:
+    """A shipped policy by name (``paper``, ``default``) or a YAML file by path.
+
+    Raises ``ConfigError`` naming the known policies for an unknown name, and naming the file
+    and the offending fields for an invalid one.
+    """
+    text_name = str(name_or_path)
+    if text_name in BUILTIN_POLICIES:
+        path = builtin_policy_path(text_name)
+    else:
+        path = Path(text_name)
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown policy {text_name!r}: not a shipped policy ({', '.join(BUILTIN_POLICIES)}) "
+                "and no such file. Give one of those names or a path to a policy YAML."
+            )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{str(path)!r}: can't read the policy YAML ({exc}). Check the file.") from exc
+    return _validate(data, source=str(path))

@@ -1,0 +1,58 @@
+"""``decide`` from a table of cases: every branch of accept / refine / escalate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+
+from tissue_oracle.policies.decide import decide
+from tissue_oracle.tools.schemas import Action, Grades
+
+
+def g(precision: int, recall: int) -> Grades:
+    return Grades(precision=precision, recall=recall)
+
+
+CASES: list[tuple[Grades | None, int, int, int, bool, Literal["escalate", "accept"], Action, str]] = [
+    # grades,  round, threshold, max_rounds, budget_ok, on_failure, action, reason contains
+    (g(1, 1), 0, 2, 1, True, "escalate", "accept", "within threshold"),
+    (g(2, 2), 0, 2, 1, True, "escalate", "accept", "within threshold"),
+    (g(2, 1), 0, 1, 1, True, "escalate", "refine", "round 1"),
+    (g(1, 3), 0, 2, 1, True, "escalate", "refine", "recall 3"),
+    (g(4, 1), 0, 2, 2, True, "escalate", "refine", "precision 4"),
+    (g(4, 1), 1, 2, 2, True, "escalate", "refine", "round 2"),
+    (g(4, 1), 2, 2, 2, True, "escalate", "escalate", "after 2 of 2"),
+    (g(3, 3), 0, 2, 0, True, "escalate", "escalate", "after 0 of 0"),
+    (g(3, 3), 0, 2, 3, False, "escalate", "escalate", "budget exhausted"),
+    (g(1, 1), 0, 2, 3, False, "escalate", "accept", "within threshold"),
+    (g(4, 4), 5, 4, 1, False, "escalate", "accept", "within threshold"),
+    (None, 0, 2, 1, True, "escalate", "escalate", "review failed"),
+    (None, 0, 2, 1, True, "accept", "accept", "review failed"),
+    (None, 1, 2, 1, False, "accept", "accept", "unreviewed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("grades", "round_", "threshold", "max_rounds", "budget_ok", "on_failure", "action", "reason"), CASES
+)
+def test_decide_table(
+    grades: Grades | None,
+    round_: int,
+    threshold: int,
+    max_rounds: int,
+    budget_ok: bool,
+    on_failure: Literal["escalate", "accept"],
+    action: Action,
+    reason: str,
+) -> None:
+    decision = decide(
+        grades,
+        round_,
+        threshold=threshold,
+        max_rounds=max_rounds,
+        budget_ok=budget_ok,
+        on_review_failure=on_failure,
+    )
+    assert decision.action == action
+    assert reason in decision.reason
