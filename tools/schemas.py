@@ -452,6 +452,10 @@ def to_jsonable(obj: Any) -> Any:
 # --------------------------------------------------------------------------- student checkpoint
 
 
+#: ``format`` key of a student checkpoint (``student.pt``) written by distil and read by ``student:PATH``.
+STUDENT_CHECKPOINT_FORMAT = "tissue-oracle-student/1"
+
+
 class StudentSpec(BaseModel):
     """How a distilled student sees patches; stored in its checkpoint, shared by trainer and oracle.
 

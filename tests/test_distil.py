@@ -1,0 +1,234 @@
+"""Distillation: data from a real DuckDB audit file, split by slide, caps, cache, training, model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tissue_oracle.store.audit_store import AuditStore
+from tissue_oracle.tools import distil_data as data
+from tissue_oracle.tools import distil_train as fit
+from tissue_oracle.tools.distil import CARD_NAME, ModelCard, distil
+from tissue_oracle.tools.errors import ConfigError, StoreError
+from tissue_oracle.tools.schemas import (
+    CallRecord,
+    PatchRecord,
+    RunRecord,
+    SlideRecord,
+    StudentSpec,
+)
+from tissue_oracle.tools.slides import open_slide
+
+SIZE = 64  # level-0 patch side in these tiny slides
+GRID = 8  # patches per side: slides are 512 x 512 level-0 pixels
+
+
+def synthetic_slide(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 512 px RGB slide with a pink tissue rectangle on near-white glass, and its patch truth."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((GRID, GRID), bool)
+    r0, c0 = rng.integers(0, 3, size=2)
+    truth[r0 : r0 + 4, c0 : c0 + 4 + seed % 2] = True
+    img = rng.normal(238, 6, size=(GRID * SIZE, GRID * SIZE, 3))
+    tissue = np.kron(truth, np.ones((SIZE, SIZE), bool))
+    img[tissue] = rng.normal((200, 110, 170), 18, size=(int(tissue.sum()), 3))
+    return np.clip(img, 0, 255).astype(np.uint8), truth
+
+
+def write_audit(tmp: Path, n_slides: int, run_id: str = "run-a", backend: str = "classical") -> Path:
+    """A real audit.duckdb (the store's own schema) with one run of pseudo-labels over PNG slides."""
+    from PIL import Image
+
+    audit = tmp / "audit.duckdb"
+    with AuditStore.open(audit) as store:
+        store.begin_run(
+            RunRecord(
+                run_id=run_id,
+                policy_name="default",
+                policy_yaml="",
+                policy_hash="h",
+                tool_version="t",
+                command_line="test",
+            )
+        )
+        for k in range(n_slides):
+            img, truth = synthetic_slide(k)
+            path = tmp / f"slide{k}.png"
+            Image.fromarray(img).save(path)
+            slide_id = f"s{k}"
+            store.begin_slide(SlideRecord(run_id=run_id, slide_id=slide_id, path=str(path)))
+            rows = [
+                PatchRecord(
+                    run_id=run_id,
+                    slide_id=slide_id,
+                    x=c * SIZE,
+                    y=r * SIZE,
+                    size=SIZE,
+                    label="tissue" if truth[r, c] else "background",
+                    # the corner rows were decided by the coarse mask alone: never learnt from
+                    source="coarse" if (r, c) == (GRID - 1, GRID - 1) else "zero_shot",
+                )
+                for r in range(GRID)
+                for c in range(GRID)
+            ]
+            store.record_patches(rows)
+            store.record_call(
+                CallRecord(
+                    run_id=run_id,
+                    slide_id=slide_id,
+                    stage="classify_patches",
+                    role="oracle",
+                    backend=backend,
+                    model=f"{backend}-v1",
+                    request_hash=f"h{k}",
+                    ok=True,
+                )
+            )
+            store.finish_slide(run_id, slide_id, status="done")
+    return audit
+
+
+def tiny_cfg(seed: int = 0, epochs: int = 1) -> fit.TrainConfig:
+    return fit.TrainConfig(epochs=epochs, batch_size=16, seed=seed, patience=1)
+
+
+SPEC = StudentSpec(patch_px=32)
+
+
+# --------------------------------------------------------------------------- split and sampling
+
+
+@pytest.mark.parametrize(
+    ("n", "sizes"),
+    [(1, (1, 0, 0)), (2, (1, 0, 1)), (3, (1, 1, 1)), (5, (3, 1, 1)), (10, (7, 1, 2)), (20, (14, 2, 4))],
+)
+def test_split_is_by_slide_disjoint_and_about_70_10_20(n: int, sizes: tuple[int, int, int]) -> None:
+    ids = [f"s{i}" for i in range(n)]
+    split = data.split_slides(ids, seed=3)
+    assert tuple(len(split[k]) for k in data.SPLITS) == sizes
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(ids)
+
+
+def test_split_depends_on_seed_only() -> None:
+    ids = [f"s{i}" for i in range(10)]
+    assert data.split_slides(ids, 1) == data.split_slides(list(reversed(ids)), 1)
+    assert any(data.split_slides(ids, 1) != data.split_slides(ids, s) for s in range(2, 6))
+
+
+def test_cap_per_class_caps_each_class_without_duplicates() -> None:
+    slides = [
+        data.SlideLabels(
+            slide_id=f"s{k}",
+            path="-",
+            key="k",
+            size=SIZE,
+            xy=np.zeros((50, 2), np.int64),
+            labels=np.r_[np.ones(40), np.zeros(10)].astype(np.int64),
+        )
+        for k in range(2)
+    ]
+    by_id = {s.slide_id: s for s in slides}
+    sample = data.cap_per_class(slides, 25, np.random.default_rng(0), exclude={"s0": np.arange(5)})
+    assert sample.count(by_id, 1) == 25  # 80 tissue available, capped
+    assert sample.count(by_id, 0) == 20  # all background, fewer than the cap
+    assert not set(sample.picks["s0"].tolist()) & set(range(5))
+    assert all(len(set(i.tolist())) == len(i) for i in sample.picks.values())
+
+
+def test_labels_come_from_oracle_decided_rows_only(tmp_path: Path) -> None:
+    audit = write_audit(tmp_path, 2)
+    labels = data.load_pseudo_labels(data.read_only(audit))
+    assert labels.run_id == "run-a" and labels.coarse_fill == []
+    assert [len(s.labels) for s in labels.slides] == [GRID * GRID - 1] * 2
+    with pytest.raises(ConfigError, match="run-b"):
+        data.load_pseudo_labels(data.read_only(audit), "run-b")
+    with pytest.raises(StoreError, match="does not exist"):
+        data.load_pseudo_labels(data.read_only(tmp_path / "nope.duckdb"))
+
+
+def test_val_comes_from_train_patches_when_no_val_slide(tmp_path: Path) -> None:
+    labels = data.load_pseudo_labels(data.read_only(write_audit(tmp_path, 2)))
+    split, samples, val_from_train = data.sample_splits(labels, seed=0, max_per_class=10)
+    assert val_from_train and len(split["train"]) == 1 and len(split["test"]) == 1
+    (slide,) = split["train"]
+    assert set(samples["val"].picks) == {slide}
+    assert not set(samples["val"].picks[slide].tolist()) & set(samples["train"].picks[slide].tolist())
+
+
+# --------------------------------------------------------------------------- augmentation and training
+
+
+def test_augment_keeps_shape_range_and_pixels_without_jitter() -> None:
+    import torch
+
+    x = torch.rand(6, 3, 16, 16)
+    out = fit.augment(x, torch.Generator().manual_seed(0), jitter=0.0)
+    assert out.shape == x.shape
+    for a, b in zip(x, out, strict=True):  # rotations and flips only permute pixels
+        assert torch.allclose(a.flatten(1).sort(1).values, b.flatten(1).sort(1).values, atol=1e-6)
+    jittered = fit.augment(x, torch.Generator().manual_seed(0), jitter=0.5)
+    assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.equal(jittered, out)
+
+
+def test_binary_metrics_table() -> None:
+    m = fit.binary_metrics(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
+    assert (m["precision"], m["recall"], m["f1"], m["iou"]) == (2 / 3, 2 / 3, 2 / 3, 0.5)
+
+
+def test_training_is_deterministic_with_a_seed() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(24, 32, 32, 3), dtype=np.uint8)
+    y = np.r_[np.zeros(12), np.ones(12)].astype(np.int64)
+    runs = [fit.train(SPEC, tiny_cfg(seed=s), (x, y), (x[:6], y[:6])) for s in (7, 7, 8)]
+    a, b, c = (r.state_dict for r in runs)
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert runs[0].history == runs[1].history
+    assert not all(np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_distil_writes_checkpoint_card_and_cache(tmp_path: Path) -> None:
+    audit = write_audit(tmp_path, 4)
+    truth = {str(tmp_path / f"slide{k}.png"): synthetic_slide(k)[1] for k in range(4)}
+
+    def lookup(path: str, xy: np.ndarray, size: int) -> np.ndarray:
+        return truth[path][xy[:, 1] // size, xy[:, 0] // size].astype(np.int64)
+
+    opened: list[str] = []
+
+    def opener(path: str):  # the real reader, counting opens to prove the cache works
+        opened.append(path)
+        return open_slide(path)
+
+    out = tmp_path / "student"
+    result = distil(audit, out, spec=SPEC, cfg=tiny_cfg(), max_per_class=20, open_slide=opener, truth=lookup)
+    card = ModelCard.model_validate(json.loads((out / CARD_NAME).read_text()))
+    assert result.checkpoint.is_file() and card.checkpoint == str(result.checkpoint)
+    assert card.teacher.kind == "classical" and card.teacher.is_vlm is False
+    assert card.teacher.models == ["classical-v1"]
+    assert card.spec.patch_size == SIZE and card.spec.patch_px == 32
+    assert sum(map(len, card.slides.values())) == 4 and not card.val_from_train
+    assert all(v <= 20 for split in card.counts.values() for v in split.values())
+    assert card.counts["train"]["tissue"] == 20
+    for metrics in (card.metrics_vs_teacher, card.metrics_vs_truth, card.teacher_vs_truth):
+        assert metrics is not None and {"f1", "iou", "precision", "recall"} <= set(metrics)
+    assert card.teacher_vs_truth is not None and card.teacher_vs_truth["f1"] == 1.0  # teacher = truth here
+    assert card.hyper["max_per_class"] == 20 and card.hyper["seed"] == 0
+    assert opened and list((out / "cache").glob("*.npy"))
+    opened.clear()
+    again = distil(
+        audit,
+        tmp_path / "again",
+        spec=SPEC,
+        cfg=tiny_cfg(),
+        max_per_class=20,
+        open_slide=opener,
+        cache_dir=out / "cache",
+    )
+    assert opened == []  # every patch came from the cache
+    assert again.card.metrics_vs_teacher == card.metrics_vs_teacher

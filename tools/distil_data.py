@@ -1,0 +1,336 @@
+"""Distillation data: pseudo-labels from the audit store, split by slide, capped per class, cached.
+
+The labels come from the store's ``patches`` table (one row per patch, level-0 ``x, y, size``).
+By default only labels an oracle call decided (``zero_shot``, ``few_shot``) or that ``clean``
+corrected are used: ``coarse`` rows were decided by the colour mask alone (outside the 5% gate, or
+budget ran out) and ``student``/``cascade`` rows would teach a student its own mistakes. When a
+class has no oracle-decided row at all, ``coarse`` rows fill that class (the card says so).
+
+Patch pixels are read once through the Slide interface at the size the student sees
+(``read_patch(ref, out_size=patch_px)`` reads from the best pyramid level) and cached on disk as
+``.npy`` files keyed by slide identity + coordinates + sizes, so epochs and re-runs never re-read
+slides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from tissue_oracle.tools.errors import ConfigError, SlideError, StoreError
+from tissue_oracle.tools.schemas import PatchRef
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+#: Label sources a student learns from by default (see the module docstring for why).
+ORACLE_SOURCES: tuple[str, ...] = ("zero_shot", "few_shot", "clean")
+CLASSES: tuple[str, str] = ("background", "tissue")
+
+SlideOpener = Callable[[str], Any]
+"""``path -> Slide``; the slide must offer ``read_patch(PatchRef, out_size) -> RGB uint8``."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class SlideLabels:
+    """Every usable pseudo-label of one slide, in the level-0 frame."""
+
+    slide_id: str
+    """The slide's id in the store."""
+    path: str
+    """Where the slide file is."""
+    key: str
+    """Stable identity for the patch cache (file hash when the store has one)."""
+    xy: np.ndarray = field(repr=False)
+    """``(N, 2)`` int64 level-0 top-left corners."""
+    size: int
+    """Patch side in level-0 pixels."""
+    labels: np.ndarray = field(repr=False)
+    """``(N,)`` int64, 1 = tissue, 0 = background."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class PseudoLabels:
+    """What one teacher run left in the store for distillation."""
+
+    run_id: str
+    slides: list[SlideLabels]
+    sources: tuple[str, ...]
+    """Label sources actually used."""
+    coarse_fill: list[str]
+    """Classes that had no oracle-decided label and were filled from ``coarse`` rows."""
+
+
+Query = Callable[[Callable[[Any], Any]], Any]
+"""Runs ``fn(duckdb_connection)`` against the audit store and returns its result.
+
+``AuditStore.query`` is one (it shares a store this process already holds open); ``read_only(path)``
+is the stand-alone one.
+"""
+
+
+def read_only(audit: Path) -> Query:
+    """A ``Query`` that opens the audit file read-only for each call (no store needed)."""
+
+    def query(fn: Callable[[Any], Any]) -> Any:
+        con = _connect(audit)
+        try:
+            return fn(con)
+        finally:
+            con.close()
+
+    return query
+
+
+def _connect(audit: Path) -> Any:
+    import duckdb
+
+    if not audit.is_file():
+        raise StoreError(f"audit store {str(audit)!r} does not exist; pass the audit.duckdb a run wrote")
+    try:
+        return duckdb.connect(str(audit), read_only=True)
+    except duckdb.Error as exc:
+        raise StoreError(
+            f"cannot open audit store {str(audit)!r} read-only: {exc}. Is it a DuckDB file?"
+        ) from exc
+
+
+def table_names(con: Any) -> set[str]:
+    """Names of the tables in an open DuckDB connection."""
+    return {str(r[0]) for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def labelling_calls(query: Query, run_id: str) -> list[tuple[str, str]]:
+    """Distinct (backend, model) of the run's successful patch-label calls: who taught the labels."""
+
+    def fn(con: Any) -> list[tuple[Any, ...]]:
+        if "calls" not in table_names(con):
+            return []
+        return list(
+            con.execute(
+                "SELECT DISTINCT backend, model FROM calls WHERE run_id = ? AND stage = 'classify_patches' "
+                "AND role IN ('oracle', 'classifier') AND ok ORDER BY backend, model",
+                [run_id],
+            ).fetchall()
+        )
+
+    return [(str(b), str(m)) for b, m in query(fn)]
+
+
+def pick_run(con: Any, run_id: str | None, audit: str) -> str:
+    """The run to distil: the one asked for, else the most recent run that has patch labels."""
+    runs = [r[0] for r in con.execute("SELECT DISTINCT run_id FROM patches ORDER BY run_id").fetchall()]
+    if not runs:
+        raise StoreError(f"audit store {str(audit)!r} has no patch labels; run `tissue-oracle segment` first")
+    if run_id is not None:
+        if run_id not in runs:
+            raise ConfigError(
+                f"run {run_id!r} has no patch labels in {str(audit)!r}; runs with labels: {runs}"
+            )
+        return run_id
+    if "runs" in table_names(con):
+        row = con.execute(
+            "SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM patches) "
+            "ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+    return str(runs[-1])
+
+
+def load_pseudo_labels(query: Query, run_id: str | None = None, audit: str = "audit store") -> PseudoLabels:
+    """Read one run's patch labels and slide paths from the audit store; ``audit`` names it in errors."""
+
+    def fn(con: Any) -> tuple[str, list[tuple[Any, ...]]]:
+        run = pick_run(con, run_id, audit)
+        rows = con.execute(
+            "SELECT p.slide_id, s.path, s.file_hash, p.x, p.y, p.size, p.label, p.source "
+            "FROM patches p JOIN slides s ON s.run_id = p.run_id AND s.slide_id = p.slide_id "
+            "WHERE p.run_id = ? ORDER BY p.slide_id, p.y, p.x",
+            [run],
+        ).fetchall()
+        return run, list(rows)
+
+    run, rows = query(fn)
+    return _group(run, rows)
+
+
+def _group(run: str, rows: list[tuple[Any, ...]]) -> PseudoLabels:
+    sources = list(ORACLE_SOURCES)
+    coarse_fill = [c for c in CLASSES if not any(r[6] == c and r[7] in ORACLE_SOURCES for r in rows)]
+    keep = [r for r in rows if r[7] in ORACLE_SOURCES or (r[7] == "coarse" and r[6] in coarse_fill)]
+    if coarse_fill:
+        sources.append("coarse")
+    by_slide: dict[str, list[tuple[Any, ...]]] = {}
+    for r in keep:
+        by_slide.setdefault(str(r[0]), []).append(r)
+    slides = []
+    for slide_id, rs in sorted(by_slide.items()):
+        sizes = {int(r[5]) for r in rs}
+        if len(sizes) != 1:
+            raise ConfigError(
+                f"slide {slide_id!r} mixes patch sizes {sorted(sizes)}; distil one grid at a time"
+            )
+        path, file_hash = str(rs[0][1]), rs[0][2]
+        slides.append(
+            SlideLabels(
+                slide_id=slide_id,
+                path=path,
+                key=str(file_hash) if file_hash else _path_key(path),
+                xy=np.asarray([(int(r[3]), int(r[4])) for r in rs], dtype=np.int64),
+                size=sizes.pop(),
+                labels=np.asarray([1 if r[6] == "tissue" else 0 for r in rs], dtype=np.int64),
+            )
+        )
+    return PseudoLabels(run_id=run, slides=slides, sources=tuple(sources), coarse_fill=coarse_fill)
+
+
+def _path_key(path: str) -> str:
+    """Identity of a slide file without hashing gigabytes: path, size and modification time."""
+    p = Path(path)
+    stat = f"{p.stat().st_size}:{p.stat().st_mtime_ns}" if p.exists() else "missing"
+    return hashlib.sha256(f"{p.resolve()}|{stat}".encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- split and sampling
+
+
+def split_slides(slide_ids: Sequence[str], seed: int) -> dict[Split, list[str]]:
+    """Assign whole slides to train/val/test, about 70/10/20, deterministically from ``seed``.
+
+    With fewer than 3 slides some splits are empty: 1 slide is all train; 2 slides give one train
+    and one test slide. The caller then validates on held-out train patches (see ``sample_splits``).
+    """
+    ids = sorted(set(slide_ids))
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n = len(order)
+    if n == 1:
+        n_test, n_val = 0, 0
+    elif n == 2:
+        n_test, n_val = 1, 0
+    else:
+        n_test = max(1, round(0.2 * n))
+        n_val = max(1, round(0.1 * n))
+    n_train = n - n_test - n_val
+    return {
+        "train": sorted(order[:n_train]),
+        "val": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
+
+
+@dataclass(kw_only=True, frozen=True)
+class Sample:
+    """Patches chosen for one split: indices into each slide's ``SlideLabels`` arrays."""
+
+    picks: dict[str, np.ndarray]
+    """slide_id -> sorted indices of the chosen patches."""
+
+    def count(self, slides: dict[str, SlideLabels], label: int) -> int:
+        return int(sum((slides[s].labels[i] == label).sum() for s, i in self.picks.items()))
+
+
+def cap_per_class(
+    slides: list[SlideLabels], max_per_class: int, rng: np.random.Generator, exclude: dict[str, np.ndarray]
+) -> Sample:
+    """Uniformly sample at most ``max_per_class`` patches of each class over ``slides``."""
+    pool: list[tuple[str, int, int]] = []
+    for s in slides:
+        skip = set(exclude.get(s.slide_id, np.empty(0, np.int64)).tolist())
+        pool += [(s.slide_id, i, int(s.labels[i])) for i in range(len(s.labels)) if i not in skip]
+    picks: dict[str, list[int]] = {}
+    for label in (0, 1):
+        members = [p for p in pool if p[2] == label]
+        chosen = rng.permutation(len(members))[:max_per_class]
+        for j in chosen:
+            picks.setdefault(members[j][0], []).append(members[j][1])
+    return Sample(picks={s: np.asarray(sorted(i), np.int64) for s, i in sorted(picks.items())})
+
+
+def sample_splits(
+    labels: PseudoLabels, seed: int, max_per_class: int, val_fraction: float = 0.1
+) -> tuple[dict[Split, list[str]], dict[Split, Sample], bool]:
+    """Split by slide and cap each split per class; returns (slides per split, samples, val_from_train).
+
+    When no slide is left for validation, ``val_fraction`` of the train slides' patches are held
+    out for early stopping and ``val_from_train`` is True (the model card reports it).
+    """
+    by_id = {s.slide_id: s for s in labels.slides}
+    split = split_slides(list(by_id), seed)
+    rng = np.random.default_rng(seed)
+    samples: dict[Split, Sample] = {}
+    val_from_train = not split["val"]
+    held: dict[str, np.ndarray] = {}
+    if val_from_train:
+        train_slides = [by_id[s] for s in split["train"]]
+        n_val = max(1, int(val_fraction * max_per_class))
+        samples["val"] = cap_per_class(train_slides, n_val, rng, exclude={})
+        held = samples["val"].picks
+    else:
+        samples["val"] = cap_per_class([by_id[s] for s in split["val"]], max_per_class, rng, exclude={})
+    samples["train"] = cap_per_class([by_id[s] for s in split["train"]], max_per_class, rng, exclude=held)
+    samples["test"] = cap_per_class([by_id[s] for s in split["test"]], max_per_class, rng, exclude={})
+    return split, samples, val_from_train
+
+
+# --------------------------------------------------------------------------- pixels, cached
+
+
+def _cache_file(cache_dir: Path, slide: SlideLabels, xy: np.ndarray, patch_px: int) -> Path:
+    h = hashlib.sha256()
+    h.update(f"{slide.key}|{slide.size}|{patch_px}|".encode())
+    h.update(np.ascontiguousarray(xy, dtype=np.int64).tobytes())
+    return cache_dir / f"{slide.key[:16]}-{h.hexdigest()[:24]}.npy"
+
+
+def read_patches(
+    slide: SlideLabels, idx: np.ndarray, patch_px: int, cache_dir: Path, open_slide: SlideOpener
+) -> np.ndarray:
+    """RGB uint8 ``(len(idx), patch_px, patch_px, 3)`` for the chosen patches of one slide, cached."""
+    xy = slide.xy[idx]
+    cached = _cache_file(cache_dir, slide, xy, patch_px)
+    if cached.is_file():
+        return np.load(cached)
+    out = np.empty((len(idx), patch_px, patch_px, 3), np.uint8)
+    try:
+        with open_slide(slide.path) as wsi:
+            for j, (x, y) in enumerate(xy.tolist()):
+                out[j] = wsi.read_patch(PatchRef(x=x, y=y, size=slide.size), out_size=patch_px)
+    except SlideError:
+        raise
+    except OSError as exc:
+        raise SlideError(
+            slide.path, f"cannot read patches for distillation ({exc})", "Check the file"
+        ) from exc
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(cached)
+    return out
+
+
+def gather(
+    labels: PseudoLabels,
+    sample: Sample,
+    patch_px: int,
+    cache_dir: Path,
+    open_slide: SlideOpener,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels, labels and slide index for one split: ``(N, px, px, 3)`` uint8, ``(N,)``, ``(N,)``."""
+    by_id = {s.slide_id: s for s in labels.slides}
+    images, ys, owners = [], [], []
+    for k, (slide_id, idx) in enumerate(sample.picks.items()):
+        s = by_id[slide_id]
+        images.append(read_patches(s, idx, patch_px, cache_dir, open_slide))
+        ys.append(s.labels[idx])
+        owners.append(np.full(len(idx), k, np.int64))
+        if progress is not None:
+            progress(len(idx))
+    if not images:
+        return np.empty((0, patch_px, patch_px, 3), np.uint8), np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(images), np.concatenate(ys), np.concatenate(owners)

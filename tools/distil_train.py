@@ -1,0 +1,202 @@
+"""Distillation training: MobileNetV3 on hard pseudo-labels, augmented with torch ops, early-stopped.
+
+Everything random draws from one seeded ``torch.Generator`` (weights, shuffling, augmentation), so
+two runs with the same seed, data and thread count give the same weights. Images arrive as RGB
+uint8 ``(N, px, px, 3)``; labels as int64 with 1 = tissue.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from tissue_oracle.tools.schemas import StudentSpec
+
+
+@dataclass(kw_only=True, frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one distillation (all recorded in the model card)."""
+
+    epochs: int = 10
+    """Upper bound on passes over the training patches."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    """AdamW learning rate, cosine-decayed to zero over ``epochs``."""
+    weight_decay: float = 1e-4
+    patience: int = 3
+    """Stop after this many epochs without a lower validation loss."""
+    seed: int = 0
+    device: str = "cpu"
+    jitter: float = 0.2
+    """Colour jitter strength: brightness, contrast and saturation factors in ``1 ± jitter``."""
+
+
+@dataclass(kw_only=True)
+class TrainResult:
+    state_dict: dict[str, Any] = field(repr=False)
+    """Weights of the epoch with the lowest validation loss."""
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]]
+    """Per epoch: train_loss, val_loss, val_f1."""
+
+
+def build_model(spec: StudentSpec, init: dict[str, Any] | None = None) -> Any:
+    """The student network with random weights (never downloaded), or ``init``'s weights."""
+    import timm
+
+    model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes)
+    if init is not None:
+        model.load_state_dict(init)
+    return model
+
+
+def augment(x: Any, gen: Any, jitter: float) -> Any:
+    """Label-preserving augmentation of a float batch ``(N, 3, H, W)`` in [0, 1] (square patches).
+
+    Random 90° rotation, horizontal and vertical flips, and colour jitter (brightness, contrast,
+    saturation). Tissue stays tissue under all of them, so labels are untouched.
+    """
+    import torch
+
+    n = x.shape[0]
+    k = torch.randint(0, 4, (n,), generator=gen)
+    flip_h = torch.rand(n, generator=gen) < 0.5
+    flip_v = torch.rand(n, generator=gen) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):
+        xi = torch.rot90(x[i], int(k[i]), dims=(1, 2))
+        if flip_h[i]:
+            xi = xi.flip(2)
+        if flip_v[i]:
+            xi = xi.flip(1)
+        out[i] = xi
+    factors = 1.0 + (torch.rand(n, 3, 1, 1, 1, generator=gen) * 2 - 1) * jitter
+    bright, contrast, sat = factors[:, 0], factors[:, 1], factors[:, 2]
+    out = out * bright
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast + mean
+    grey = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3]).expand_as(out)
+    out = (out - grey) * sat + grey
+    return out.clamp(0.0, 1.0)
+
+
+def _normalise(x01: Any, spec: StudentSpec) -> Any:
+    import torch
+
+    mean = torch.tensor(spec.mean, dtype=x01.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x01.dtype).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+def predict(
+    model: Any, images: np.ndarray, spec: StudentSpec, device: str, batch_size: int = 128
+) -> np.ndarray:
+    """Softmax probabilities ``(N, 2)`` for RGB uint8 ``(N, px, px, 3)`` (model in eval mode)."""
+    import torch
+
+    model.eval()
+    probs = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(spec.to_input(images[i : i + batch_size])).to(device)
+            probs.append(torch.softmax(model(x), dim=1).cpu().numpy())
+    return np.concatenate(probs) if probs else np.empty((0, spec.num_classes), np.float32)
+
+
+def binary_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
+    """Precision, recall, F1 (= Dice) and IoU with tissue (1) as the positive class."""
+    p, t = pred.astype(bool), truth.astype(bool)
+    tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+    return {"f1": f1, "iou": iou, "precision": precision, "recall": recall, "n": len(t), "tp": tp}
+
+
+def train(
+    spec: StudentSpec,
+    cfg: TrainConfig,
+    train_xy: tuple[np.ndarray, np.ndarray],
+    val_xy: tuple[np.ndarray, np.ndarray],
+    init: dict[str, Any] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Fit the student; ``on_step(epoch, n_images, loss)`` reports progress after every batch."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = build_model(spec, init).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    images = torch.from_numpy(train_xy[0]).permute(0, 3, 1, 2)
+    labels = torch.from_numpy(train_xy[1])
+    best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
+    history: list[dict[str, float]] = []
+    for epoch in range(1, cfg.epochs + 1):
+        report = partial(_call, on_step, epoch)
+        loss = _epoch(model, opt, images, labels, spec, cfg, gen, report)
+        sched.step()
+        val_loss, val_f1 = _validate(model, val_xy, spec, cfg.device)
+        history.append({"epoch": epoch, "train_loss": loss, "val_loss": val_loss, "val_f1": val_f1})
+        if len(val_xy[1]) == 0 or val_loss < best[0]:  # no validation data: keep the latest
+            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
+        elif epoch - best[1] >= cfg.patience:
+            break
+    return TrainResult(state_dict=best[2], best_epoch=best[1], epochs_run=len(history), history=history)
+
+
+def _call(on_step: Callable[[int, int, float], None] | None, epoch: int, n: int, loss: float) -> None:
+    if on_step is not None:
+        on_step(epoch, n, loss)
+
+
+def _epoch(
+    model: Any,
+    opt: Any,
+    images: Any,
+    labels: Any,
+    spec: StudentSpec,
+    cfg: TrainConfig,
+    gen: Any,
+    on_batch: Callable[[int, float], None],
+) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    order = torch.randperm(len(labels), generator=gen)
+    total, seen = 0.0, 0
+    for i in range(0, len(order), cfg.batch_size):
+        idx = order[i : i + cfg.batch_size]
+        if len(idx) < 2:  # batch norm cannot train on a single image
+            continue
+        x = augment(images[idx].float() / 255.0, gen, cfg.jitter)
+        x = _normalise(x, spec).to(cfg.device)
+        loss = F.cross_entropy(model(x), labels[idx].to(cfg.device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        total += value * len(idx)
+        seen += len(idx)
+        on_batch(len(idx), value)
+    return total / max(1, seen)
+
+
+def _validate(
+    model: Any, val_xy: tuple[np.ndarray, np.ndarray], spec: StudentSpec, device: str
+) -> tuple[float, float]:
+    images, labels = val_xy
+    if len(labels) == 0:
+        return 0.0, float("nan")
+    probs = predict(model, images, spec, device)
+    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)).mean()
+    return float(nll), float(binary_metrics(probs.argmax(1), labels)["f1"])
