@@ -1,0 +1,1 @@
+"""Loopback fake servers speaking the real VLM wire protocols, and small procedural test images."""
