@@ -168,7 +168,7 @@ def distil(
     metrics = _score(spec, cfg, result, labels, samples["test"], arrays["test"], truth)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_NAME
-    _save_checkpoint(checkpoint, spec, result.state_dict)
+    save_checkpoint(checkpoint, spec, result.state_dict)
     card = ModelCard(
         checkpoint=str(checkpoint),
         spec=spec,
@@ -203,7 +203,8 @@ def _counts(y: np.ndarray) -> dict[str, int]:
     return {name: int((y == k).sum()) for k, name in enumerate(data.CLASSES)}
 
 
-def _save_checkpoint(path: Path, spec: StudentSpec, state_dict: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, spec: StudentSpec, state_dict: dict[str, Any]) -> None:
+    """Write a ``student.pt`` that ``student:PATH`` loads."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)

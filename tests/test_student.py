@@ -1,0 +1,171 @@
+"""The ``student:PATH`` backend and the student-first cascade."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tissue_oracle.oracles.protocol import CallContext
+from tissue_oracle.oracles.registry import build_oracle
+from tissue_oracle.oracles.student import StudentOracle, build
+from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools import cascade
+from tissue_oracle.tools import distil_train as fit
+from tissue_oracle.tools.distil import save_checkpoint
+from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.schemas import (
+    BoxesRequest,
+    PatchLabel,
+    PatchLabelsRequest,
+    PatchRef,
+    Role,
+    StudentSpec,
+)
+
+SPEC = StudentSpec(patch_px=32, patch_size=64)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A student with random weights: enough to test the backend's plumbing."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("student") / "student.pt"
+    save_checkpoint(path, SPEC, fit.build_model(SPEC).state_dict())
+    return path
+
+
+def request(n: int, px: int = 64) -> PatchLabelsRequest:
+    rng = np.random.default_rng(n)
+    return PatchLabelsRequest(
+        patches=[PatchRef(x=64 * i, y=0, size=64) for i in range(n)],
+        images=[rng.integers(0, 255, (px, px, 3), dtype=np.uint8) for _ in range(n)],
+    )
+
+
+def ctx(recorder: MemoryRecorder, role: Role = "classifier") -> CallContext:
+    return CallContext(run_id="r", slide_id="s", stage="classify_patches", role=role, recorder=recorder)
+
+
+def test_student_answers_patch_labels_in_batches_and_records_each(checkpoint: Path) -> None:
+    oracle = build(str(checkpoint), device="cpu", batch_size=4)
+    rec = MemoryRecorder()
+    answer = asyncio.run(oracle.patch_labels(request(10), ctx(rec)))
+    assert [a.ref for a in answer.labels] == request(10).patches
+    assert all(
+        a.source == "student" and 0.5 <= a.confidence <= 1.0 and a.focus is None for a in answer.labels
+    )
+    assert len(rec.calls) == 3 and answer.usage.calls == 3  # batches of 4, 4, 2
+    assert all(c.backend == "student" and c.ok and c.cost_usd == 0 and c.input_tokens == 0 for c in rec.calls)
+    assert [len(c.image_hashes) for c in rec.calls] == [4, 4, 2]
+    assert rec.calls[0].image_coords[1] == [64, 0, 64, 64]
+    again = asyncio.run(oracle.patch_labels(request(10), ctx(rec)))  # same request: served from the cache
+    assert [c.cache_hit for c in rec.calls[3:]] == [True] * 3
+    assert again.labels == answer.labels
+
+
+def test_student_resizes_any_patch_size_and_is_deterministic(checkpoint: Path) -> None:
+    oracle = build(str(checkpoint), device="cpu")
+    big = request(3, px=128)
+    a = oracle.classify(big)
+    b = oracle.classify(big)
+    assert a.labels == b.labels and len(a.labels) == 3
+
+
+def test_registry_builds_the_student_and_it_refuses_other_questions(checkpoint: Path) -> None:
+    oracle = build_oracle(f"student:{checkpoint}", device="cpu")
+    assert isinstance(oracle, StudentOracle)
+    assert oracle.questions == frozenset({"patch_labels"}) and oracle.is_vlm is False
+    assert oracle.model.startswith("mobilenetv3_large_100@")
+    req = BoxesRequest(
+        thumbnail=np.zeros((8, 8, 3), np.uint8), downsample=64, slide_width=512, slide_height=512
+    )
+    with pytest.raises(ConfigError, match="patch_labels"):
+        asyncio.run(oracle.boxes(req, ctx(MemoryRecorder())))
+
+
+def test_bad_checkpoints_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        build(str(tmp_path / "missing.pt"))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot load"):
+        build(str(junk))
+    with pytest.raises(ConfigError, match="device"):
+        build(str(junk), device="tpu")
+
+
+# --------------------------------------------------------------------------- cascade
+
+
+@pytest.mark.parametrize(
+    ("confidences", "threshold", "keep", "ask"),
+    [
+        ([0.99, 0.5, 0.9, 0.89], 0.9, [0, 2], [1, 3]),  # at the threshold is kept
+        ([0.6, 0.7], 0.0, [0, 1], []),  # threshold 0 keeps everything
+        ([1.0, 0.95], 1.01, [], [0, 1]),  # above 1 sends everything
+        ([float("nan"), 0.95], 0.9, [1], [0]),  # NaN is unsure
+        ([], 0.9, [], []),
+    ],
+)
+def test_route_table(confidences: list[float], threshold: float, keep: list[int], ask: list[int]) -> None:
+    plan = cascade.route(confidences, threshold)
+    assert (plan.keep, plan.ask) == (keep, ask)
+
+
+def test_merge_puts_oracle_answers_back_in_request_order() -> None:
+    refs = [PatchRef(x=i, y=0) for i in range(4)]
+    student = [
+        PatchLabel(ref=r, label="tissue", confidence=c, source="student")
+        for r, c in zip(refs, [1, 0.5, 1, 0.6], strict=True)
+    ]
+    oracle = [PatchLabel(ref=refs[i], label="background", source="zero_shot") for i in (1, 3)]
+    merged = cascade.merge(student, oracle, cascade.route([s.confidence for s in student], 0.9))
+    assert [m.ref for m in merged] == refs
+    assert [(m.label, m.source) for m in merged] == [
+        ("tissue", "cascade"),
+        ("background", "zero_shot"),
+        ("tissue", "cascade"),
+        ("background", "zero_shot"),
+    ]
+    with pytest.raises(ValueError, match="asked"):
+        cascade.merge(student, oracle[:1], cascade.route([s.confidence for s in student], 0.9))
+
+
+def test_cascade_asks_the_oracle_only_about_unsure_patches(checkpoint: Path) -> None:
+    student = build(str(checkpoint), device="cpu")
+    oracle = build_oracle("classical")
+    req = request(8)
+    confidences = [lab.confidence for lab in student.classify(req).labels]
+    threshold = float(np.median(confidences))
+    rec = MemoryRecorder()
+    answer, stats = asyncio.run(
+        cascade.cascade_patch_labels(
+            req,
+            student=student,
+            oracle=oracle,
+            threshold=threshold,
+            student_ctx=ctx(rec, "classifier"),
+            oracle_ctx=ctx(rec, "oracle"),
+        )
+    )
+    unsure = [i for i, c in enumerate(confidences) if c < threshold]
+    assert stats.sent_to_oracle == len(unsure) > 0 and stats.kept_by_student == 8 - len(unsure)
+    oracle_rows = [c for c in rec.calls if c.backend == "classical"]
+    assert len(oracle_rows) == stats.oracle_calls == 1 and len(oracle_rows[0].image_hashes) == len(unsure)
+    assert [a.source == "zero_shot" for a in answer.labels] == [i in unsure for i in range(8)]
+    everything, stats_all = asyncio.run(
+        cascade.cascade_patch_labels(
+            req,
+            student=student,
+            oracle=oracle,
+            threshold=0.0,
+            student_ctx=ctx(rec, "classifier"),
+            oracle_ctx=ctx(rec, "oracle"),
+        )
+    )
+    assert stats_all.oracle_calls == 0 and all(a.source == "cascade" for a in everything.labels)

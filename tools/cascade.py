@@ -1,0 +1,103 @@
+"""The student-first cascade: a distilled student labels every gated patch, the oracle only the unsure ones.
+
+``route`` is the pure decision (a table of cases tests it): a student answer at or above the policy's
+``cascade.confidence`` is kept, anything below goes to the oracle. ``cascade_patch_labels`` runs one
+request through both backends and merges the answers back into request order.
+
+Label sources: a patch the student kept is marked ``cascade`` (so distillation never learns from
+it, and reports can count what the cascade saved); a patch the oracle answered keeps the oracle's
+own source (``zero_shot``/``few_shot``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tissue_oracle.oracles.protocol import CallContext, Oracle
+from tissue_oracle.tools.schemas import PatchLabel, PatchLabelsAnswer, PatchLabelsRequest
+
+
+@dataclass(kw_only=True, frozen=True)
+class Route:
+    """Which patches (indices into the request) the student keeps, and which go to the oracle."""
+
+    keep: list[int]
+    """Student answers kept: confidence >= threshold."""
+    ask: list[int]
+    """Sent to the oracle: confidence < threshold (NaN counts as unsure)."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class CascadeStats:
+    """What one cascaded request cost, for the run report."""
+
+    patches: int
+    kept_by_student: int
+    sent_to_oracle: int
+    oracle_calls: int
+    """Oracle call rows the oracle's answer reported (``usage.calls``)."""
+
+
+def route(confidences: Sequence[float], threshold: float) -> Route:
+    """Split patches by student confidence; ``threshold`` is ``Policy.cascade.confidence`` (0-1).
+
+    A threshold of 0 keeps every student answer; a threshold above 1 sends everything to the oracle.
+    """
+    keep, ask = [], []
+    for i, c in enumerate(confidences):
+        (keep if c >= threshold else ask).append(i)  # NaN >= t is False: unsure goes to the oracle
+    return Route(keep=keep, ask=ask)
+
+
+def merge(student: Sequence[PatchLabel], oracle: Sequence[PatchLabel], plan: Route) -> list[PatchLabel]:
+    """Request-ordered labels: student answers kept (source ``cascade``), the oracle's for the rest."""
+    if len(oracle) != len(plan.ask):
+        raise ValueError(f"oracle answered {len(oracle)} patches, {len(plan.ask)} were asked")
+    merged = list(student)
+    for i in plan.keep:
+        merged[i] = student[i].model_copy(update={"source": "cascade"})
+    for i, label in zip(plan.ask, oracle, strict=True):
+        merged[i] = label
+    return merged
+
+
+def subset(req: PatchLabelsRequest, indices: Sequence[int]) -> PatchLabelsRequest:
+    """The request restricted to ``indices`` (exemplars kept, so few-shot stays few-shot)."""
+    return PatchLabelsRequest(
+        patches=[req.patches[i] for i in indices],
+        images=[req.images[i] for i in indices],
+        exemplars=req.exemplars,
+    )
+
+
+async def cascade_patch_labels(
+    req: PatchLabelsRequest,
+    *,
+    student: Oracle,
+    oracle: Oracle,
+    threshold: float,
+    student_ctx: CallContext,
+    oracle_ctx: CallContext,
+) -> tuple[PatchLabelsAnswer, CascadeStats]:
+    """Label ``req`` with the student first, then ask ``oracle`` only about the unsure patches.
+
+    Both backends record their own call rows through their contexts (give the student's context
+    ``role="classifier"``). The returned usage is the oracle's plus the student's (zero cost).
+    """
+    first = await student.patch_labels(req, student_ctx)
+    plan = route([label.confidence for label in first.labels], threshold)
+    if plan.ask:
+        second = await oracle.patch_labels(subset(req, plan.ask), oracle_ctx)
+        oracle_labels, oracle_usage = second.labels, second.usage
+    else:
+        oracle_labels, oracle_usage = [], None
+    labels = merge(first.labels, oracle_labels, plan)
+    usage = first.usage if oracle_usage is None else first.usage + oracle_usage
+    stats = CascadeStats(
+        patches=len(req.patches),
+        kept_by_student=len(plan.keep),
+        sent_to_oracle=len(plan.ask),
+        oracle_calls=0 if oracle_usage is None else oracle_usage.calls,
+    )
+    return PatchLabelsAnswer(labels=labels, usage=usage), stats
