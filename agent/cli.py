@@ -21,7 +21,9 @@ app = typer.Typer(
 )
 
 #: name -> "module:attribute"; the attribute is a command function or a typer sub-app.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "distil": "tissue_oracle.agent.cmd_distil:distil",
+}
 
 
 def _register(name: str, target: str) -> None:

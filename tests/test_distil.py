@@ -232,3 +232,26 @@ def test_distil_writes_checkpoint_card_and_cache(tmp_path: Path) -> None:
     )
     assert opened == []  # every patch came from the cache
     assert again.card.metrics_vs_teacher == card.metrics_vs_teacher
+
+
+def test_cli_distils_a_real_audit_file_and_reports_errors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tissue_oracle.agent.cli import app
+
+    audit = write_audit(tmp_path, 3)
+    out = tmp_path / "student"
+    args = ["distil", "--audit", str(audit), "--out", str(out), "--epochs", "1", "--patch-px", "32"]
+    result = CliRunner().invoke(app, [*args, "--max-per-class", "12", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / CARD_NAME).read_text())
+    assert card["run_id"] == "run-a" and card["hyper"]["seed"] == 1 and card["spec"]["patch_px"] == 32
+    text = " ".join(result.output.split())
+    assert "not a VLM" in text and "F1" in text
+    warm = CliRunner().invoke(
+        app, [*args[:4], str(tmp_path / "warm"), *args[5:], "--init", str(out / "student.pt")]
+    )
+    assert warm.exit_code == 0, warm.output
+    assert json.loads((tmp_path / "warm" / CARD_NAME).read_text())["init"] == str(out / "student.pt")
+    missing = CliRunner().invoke(app, ["distil", "--audit", str(tmp_path / "none.duckdb"), "--out", str(out)])
+    assert missing.exit_code == 1 and "does not exist" in " ".join(missing.output.split())
