@@ -1,0 +1,158 @@
+"""Shared pieces of the stage-tool tests: a virtual slide with exact truth, deps, a fault injector.
+
+The slide is a numpy array opened with ``open_slide``: pale glass with two round stained cores
+carrying nucleus-like dots, so that the classical oracle, K-means and the stage geometry all
+see something realistic, and the truth mask is known exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tissue_oracle.oracles.classical import ClassicalOracle
+from tissue_oracle.oracles.protocol import CallContext, Oracle
+from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools.errors import BudgetExceededError, OracleError
+from tissue_oracle.tools.schemas import Box, Question, Role, Stage
+from tissue_oracle.tools.slides import open_slide
+from tissue_oracle.tools.stage_deps import StageDeps
+
+SLIDE_W, SLIDE_H = 4096, 3072
+#: (centre x, centre y, radius), level-0 px.
+CORES = ((1100, 1200, 600), (2900, 1900, 650))
+
+
+@functools.lru_cache(maxsize=2)
+def core_slide_pixels(blur_second: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 image, boolean truth) of the two-core virtual slide; arrays are read-only."""
+    rng = np.random.default_rng(7)
+    ys, xs = np.mgrid[0:SLIDE_H, 0:SLIDE_W]
+    truth = np.zeros((SLIDE_H, SLIDE_W), dtype=bool)
+    for cx, cy, r in CORES:
+        truth |= (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
+    image = np.empty((SLIDE_H, SLIDE_W, 3), dtype=np.float32)
+    image[:] = (236.0, 234.0, 238.0)
+    image += rng.normal(0, 2.0, size=(SLIDE_H, SLIDE_W, 1)).astype(np.float32)
+    stroma = np.array([214.0, 140.0, 182.0], dtype=np.float32)
+    image[truth] = stroma + rng.normal(0, 10.0, size=(int(truth.sum()), 3)).astype(np.float32)
+    nuclei = truth & (rng.random((SLIDE_H, SLIDE_W)) < 0.02)
+    nuclei = _dilate(nuclei, 3) & truth
+    image[nuclei] = (95.0, 55.0, 140.0)
+    out = np.clip(image, 0, 255).astype(np.uint8)
+    if blur_second:
+        out = _blur_core(out, CORES[1])
+    out.flags.writeable = False
+    truth.flags.writeable = False
+    return out, truth
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=radius)
+
+
+def _blur_core(image: np.ndarray, core: tuple[int, int, int]) -> np.ndarray:
+    from scipy import ndimage
+
+    cx, cy, r = core
+    out = image.copy()
+    y0, y1, x0, x1 = cy - r - 16, cy + r + 16, cx - r - 16, cx + r + 16
+    out[y0:y1, x0:x1] = ndimage.gaussian_filter(out[y0:y1, x0:x1].astype(np.float32), sigma=(6, 6, 0)).astype(
+        np.uint8
+    )
+    return out
+
+
+def core_boxes() -> list[Box]:
+    """Tight level-0 boxes of the two cores."""
+    return [Box(x0=cx - r, y0=cy - r, x1=cx + r + 1, y1=cy + r + 1) for cx, cy, r in CORES]
+
+
+def open_core_slide(blur_second: bool = False) -> Any:
+    image, _ = core_slide_pixels(blur_second)
+    return open_slide(image, name="two-cores")
+
+
+def context_factory(recorder: MemoryRecorder, **flags: bool) -> Callable[[Stage, Role], CallContext]:
+    def make(stage: Stage, role: Role) -> CallContext:
+        return CallContext(
+            run_id="run-1", slide_id="two-cores", stage=stage, role=role, recorder=recorder, **flags
+        )
+
+    return make
+
+
+def make_deps(
+    slide: Any, oracle: Oracle | None = None, *, reviewer: Oracle | None = None, max_in_flight: int = 4
+) -> tuple[StageDeps, MemoryRecorder]:
+    """Deps with the classical oracle in every role unless told otherwise, recording in memory."""
+    recorder = MemoryRecorder()
+    main = oracle if oracle is not None else ClassicalOracle()
+    oracles: dict[Role, Oracle] = {"oracle": main, "reviewer": reviewer if reviewer is not None else main}
+    deps = StageDeps(
+        slide=slide, oracles=oracles, context=context_factory(recorder), max_in_flight=max_in_flight
+    )
+    return deps, recorder
+
+
+@dataclass(kw_only=True)
+class FaultyOracle:
+    """Wraps a real oracle and injects failures by call number (1-based, per question).
+
+    Only the failures are injected; every answer that does come back is the inner oracle's.
+    """
+
+    inner: Oracle
+    fail: dict[Question, set[int]] = field(default_factory=dict)
+    """Call numbers that raise ``OracleError``."""
+    budget_after: int | None = None
+    """Total calls allowed before every further call raises ``BudgetExceededError``."""
+    calls: dict[Question, int] = field(default_factory=dict)
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        self.backend, self.model = self.inner.backend, self.inner.model
+        self.questions, self.is_vlm = self.inner.questions, self.inner.is_vlm
+
+    def _gate(self, question: Question) -> None:
+        if self.budget_after is not None and self.total >= self.budget_after:
+            raise BudgetExceededError(f"slide budget of {self.budget_after} calls is spent")
+        self.total += 1
+        self.calls[question] = self.calls.get(question, 0) + 1
+        if self.calls[question] in self.fail.get(question, set()):
+            raise OracleError(f"injected failure on {question} call {self.calls[question]}")
+
+    async def boxes(self, req: Any, ctx: CallContext) -> Any:
+        self._gate("boxes")
+        return await self.inner.boxes(req, ctx)
+
+    async def patch_labels(self, req: Any, ctx: CallContext) -> Any:
+        self._gate("patch_labels")
+        return await self.inner.patch_labels(req, ctx)
+
+    async def points(self, req: Any, ctx: CallContext) -> Any:
+        self._gate("points")
+        return await self.inner.points(req, ctx)
+
+    async def rerank(self, req: Any, ctx: CallContext) -> Any:
+        self._gate("rerank")
+        return await self.inner.rerank(req, ctx)
+
+    async def review(self, req: Any, ctx: CallContext) -> Any:
+        self._gate("review")
+        return await self.inner.review(req, ctx)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
