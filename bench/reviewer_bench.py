@@ -4,8 +4,9 @@ Like the paper's: for each stain, every cell of the 4x4 (precision grade, recall
 gets one region whose ground-truth mask is damaged to land in that cell. Recall drops by
 erasing blobby parts of the tissue; precision drops by adding background, artefact regions
 first (pen, debris, speckle: what a real segmenter wrongly keeps), then glass near the tissue.
-The reviewer under test sees the crop, the overlay and the mask, like ``review_mask`` sends
-them, and its grades are scored against the grades of the *achieved* percentages.
+The reviewer under test sees the crop, the overlay (``review_mask.render_overlay``) and the
+mask, as the ``review_mask`` stage sends them, and its grades are scored against the grades
+of the *achieved* percentages.
 
 All images here are in one ``thumb_xy`` frame per source (``downsample`` level-0 pixels per
 image pixel); regions sent to the reviewer are converted to the level-0 frame.
@@ -17,12 +18,14 @@ import asyncio
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from tissue_oracle.bench.metrics import weighted_kappa
 from tissue_oracle.oracles.protocol import CallContext, Oracle
+from tissue_oracle.tools.review_mask import render_overlay
 from tissue_oracle.tools.schemas import Box, CallRecorder, Grades, ReviewRequest, grade_from_percent
 
 #: The percentage aimed at for each grade: the middle of its band (1: >=95, 2: 80-95, 3: 50-80, 4: <50).
@@ -182,26 +185,17 @@ def build_items(
     return items
 
 
-def overlay(crop: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 0)) -> np.ndarray:
-    """The crop with the mask tinted and its outline drawn, RGB uint8, same frame as the crop."""
-    out = crop.astype(np.float32).copy()
-    out[mask] = 0.6 * out[mask] + 0.4 * np.asarray(colour, dtype=np.float32)
-    edge = mask & ~ndi.binary_erosion(mask)
-    out[edge] = colour
-    return out.clip(0, 255).astype(np.uint8)
-
-
 async def _ask(
     reviewer: Oracle, items: list[ReviewItem], recorder: CallRecorder, run_id: str
 ) -> list[Grades]:
     grades = []
-    for i, item in enumerate(items):
+    for item in items:
         req = ReviewRequest(
-            crop=item.crop, overlay=overlay(item.crop, item.mask), mask=item.mask, region=item.region
+            crop=item.crop, overlay=render_overlay(item.crop, item.mask), mask=item.mask, region=item.region
         )
         ctx = CallContext(
             run_id=run_id,
-            slide_id=f"{item.slide_id}#review{i}",
+            slide_id=item.slide_id,
             stage="review_mask",
             role="reviewer",
             recorder=recorder,
@@ -254,3 +248,64 @@ def score_reviewer(items: list[ReviewItem], grades: list[Grades]) -> dict[str, f
         if items
         else math.nan,
     }
+
+
+def sources_from_cases(cases: list[Any], open_slide: Any, *, max_side: int = 1024) -> list[ReviewSource]:
+    """Review sources from synthetic cases: a thumbnail and the truth masks sampled onto it."""
+    from tissue_oracle.bench.simulated_oracle import NOT_ON_GLASS, sample_map
+
+    sources = []
+    for case in cases:
+        truth = case.truth_obj
+        if truth is None:
+            continue
+        w, h = truth.slide_width, truth.slide_height
+        ds = float(max(getattr(truth, "mask_downsample", 16), math.ceil(max(w, h) / max_side)))
+        with open_slide(case.path) as slide:
+            image = np.asarray(slide.thumbnail(ds))[..., :3]
+        whole, shape = Box(x0=0, y0=0, x1=w, y1=h), image.shape[:2]
+        glass = [m for name, m in truth.artefacts.items() if name not in NOT_ON_GLASS]
+        artefact = (
+            np.logical_or.reduce([sample_map(m.astype(bool), w, h, whole, shape) for m in glass])
+            if glass
+            else None
+        )
+        tissue = sample_map(truth.tissue.astype(bool), w, h, whole, shape)
+        sources.append(
+            ReviewSource(
+                slide_id=case.slide_id,
+                stain=case.stain,
+                image=image,
+                tissue=tissue,
+                downsample=ds,
+                artefact=artefact,
+            )
+        )
+    return sources
+
+
+def reviewer_results(
+    cases: list[Any], open_slide: Any, *, seed: int = 0, max_stains: int = 3
+) -> list[dict[str, Any]]:
+    """The classical reviewer, and the SIMULATED reviewer as a calibration check, per stain and overall."""
+    from tissue_oracle.bench.simulated_oracle import SimulatedOracle
+    from tissue_oracle.oracles.classical import ClassicalOracle
+    from tissue_oracle.store.memory import MemoryRecorder
+
+    sources = sources_from_cases(cases, open_slide)
+    items = build_items(sources, seed=seed, max_stains=max_stains)
+    if not items:
+        return []
+    truths = {c.slide_id: c.truth_obj for c in cases if c.truth_obj is not None}
+    reviewers: list[tuple[str, bool, Oracle]] = [
+        ("classical reviewer (no VLM)", False, ClassicalOracle()),
+        ("SIMULATED reviewer (truth + noise)", True, SimulatedOracle(truths=truths, seed=seed)),
+    ]
+    results = []
+    for name, simulated, reviewer in reviewers:
+        grades = run_reviewer(reviewer, items, MemoryRecorder())
+        for stain in [*sorted({it.stain for it in items}), "all"]:
+            pick = [i for i, it in enumerate(items) if stain in ("all", it.stain)]
+            scores = score_reviewer([items[i] for i in pick], [grades[i] for i in pick])
+            results.append({"method": name, "simulated": simulated, "stain": stain, **scores})
+    return results
