@@ -9,6 +9,8 @@ records to scrubbed rows and queue them, so they are cheap and thread-safe.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import re
 import threading
@@ -41,6 +43,16 @@ FINISHED_STATUSES = ("done", "degraded")
 _LOCK_PID = re.compile(r"Conflicting lock is held in (?P<prog>.*?) \(PID (?P<pid>\d+)\)")
 _OPEN: dict[Path, AuditStore] = {}
 _OPEN_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Stop writer threads before the interpreter tears down: a daemon thread killed inside DuckDB
+    aborts the process, and queued records would be lost."""
+    for store in list(_OPEN.values()):
+        store._refs = 1
+        with contextlib.suppress(Exception):
+            store.close()
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -216,7 +228,11 @@ class AuditStore:
     def finish_slide(
         self, run_id: str, slide_id: str, *, status: str, error: str | None = None, flags: Iterable[str] = ()
     ) -> None:
-        """Commit the slide's decisions, patches, outputs and pending calls with its final status."""
+        """Commit the slide's decisions, patches, outputs and pending calls with its final status.
+
+        Blocks until the transaction is committed (milliseconds), so a slide reported finished
+        survives a ``kill -9`` the moment this returns: resume can trust :meth:`finished_slides`.
+        """
         self._check_writable()
         fin = SlideFinish(
             run_id=run_id,
@@ -226,7 +242,13 @@ class AuditStore:
             flags=list(flags),
             finished_at=datetime.now(),
         )
-        self._writer.put("slide_finish", fin)
+        try:
+            self._writer.finish_slide(fin)
+        except Exception as exc:
+            raise StoreError(
+                f"audit store {str(self.path)!r}: slide {slide_id!r} could not be committed ({exc}). "
+                "Its records are lost; re-run the slide."
+            ) from exc
 
     def record_decision(self, record: DecisionRecord) -> None:
         self._slide_rows(record.run_id, record.slide_id, "decisions", [R.decision_row(record, self._scrub)])

@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,6 +92,10 @@ class Writer:
         self._queue.put(("sync", (fn, flush_calls, future)))
         return future.result()
 
+    def finish_slide(self, fin: SlideFinish) -> None:
+        """Commit a slide's records and status; returns once they are durable (raises if not)."""
+        self.submit(lambda conn: self._slide_finish(fin))
+
     def stop(self) -> None:
         """Write everything queued (unfinished slides' records included), close the file, end the thread."""
         done: Future[None] = Future()
@@ -149,6 +153,16 @@ class Writer:
                 self._conn.execute("ROLLBACK")
             self.error = self.error or exc
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
     def _appender(self, table: str) -> Any:
         if table not in self._appenders:
             self._appenders[table] = self._conn.appender(table, columns=COLUMNS[table])
@@ -192,33 +206,30 @@ class Writer:
         # be rewritten); its calls and decisions stay, as the audit trail of the earlier attempt.
         key = [row[0], row[1]]
         self._slides.pop((row[0], row[1]), None)
-        self._conn.execute("BEGIN TRANSACTION")
-        for table in ("slides", "patches", "outputs"):
-            self._conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND slide_id = ?", key)
-        self._append("slides", [row])
-        self._conn.execute("COMMIT")
+        with self._transaction():
+            for table in ("slides", "patches", "outputs"):
+                self._conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND slide_id = ?", key)
+            self._append("slides", [row])
 
     def _slide_finish(self, fin: SlideFinish) -> None:
         pending = self._slides.pop((fin.run_id, fin.slide_id), _Pending())
-        self._conn.execute("BEGIN TRANSACTION")
-        self._flush_calls()
-        for table in _SLIDE_TABLES:
-            self._append(table, pending.rows[table])
-        changed = self._conn.execute(
-            "UPDATE slides SET status = ?, error = ?, flags = ?, finished_at = ? "
-            "WHERE run_id = ? AND slide_id = ? RETURNING 1",
-            [fin.status, fin.error, fin.flags, fin.finished_at, fin.run_id, fin.slide_id],
-        ).fetchall()
-        if not changed:  # finished without begin_slide: keep what we know
-            row = (fin.run_id, fin.slide_id, None, None, None, None, None, None)
-            self._append("slides", [(*row, fin.status, fin.error, fin.flags, None, fin.finished_at)])
-        self._conn.execute("COMMIT")
+        with self._transaction():
+            self._flush_calls()
+            for table in _SLIDE_TABLES:
+                self._append(table, pending.rows[table])
+            changed = self._conn.execute(
+                "UPDATE slides SET status = ?, error = ?, flags = ?, finished_at = ? "
+                "WHERE run_id = ? AND slide_id = ? RETURNING 1",
+                [fin.status, fin.error, fin.flags, fin.finished_at, fin.run_id, fin.slide_id],
+            ).fetchall()
+            if not changed:  # finished without begin_slide: keep what we know
+                row = (fin.run_id, fin.slide_id, None, None, None, None, None, None)
+                self._append("slides", [(*row, fin.status, fin.error, fin.flags, None, fin.finished_at)])
 
     def _drain_unfinished(self) -> None:
         """On a clean close, records of slides that never finished are written as they are."""
         for key in list(self._slides):
             pending = self._slides.pop(key)
-            self._conn.execute("BEGIN TRANSACTION")
-            for table in _SLIDE_TABLES:
-                self._append(table, pending.rows[table])
-            self._conn.execute("COMMIT")
+            with self._transaction():
+                for table in _SLIDE_TABLES:
+                    self._append(table, pending.rows[table])

@@ -1,0 +1,75 @@
+"""kill -9 in the middle of a run: the file opens afterwards and every finished slide is whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tissue_oracle.store.audit_store import AuditStore
+
+PATCHES_PER_SLIDE = 40
+
+# Writes slides forever: calls, a decision, patches, then finish_slide; prints each finished slide
+# only after finish_slide has returned. Between slides it keeps recording calls (in flight).
+CHILD = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from store_support import call_record, decision_record, patch_records, run_record, slide_record
+from tissue_oracle.store.audit_store import AuditStore
+
+store = AuditStore.open(sys.argv[1])
+store.begin_run(run_record())
+n = 0
+while True:
+    slide = f"s{n}"
+    store.begin_slide(slide_record(slide))
+    for i in range(200):
+        store.record_call(call_record(f"{slide}-{i}", slide_id=slide))
+    store.record_decision(decision_record(slide))
+    store.record_patches(patch_records(slide, int(sys.argv[3])))
+    store.finish_slide("run-1", slide, status="done")
+    print(slide, flush=True)
+    n += 1
+"""
+
+
+def test_kill_9_keeps_finished_slides_and_a_readable_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.duckdb"
+    tests_dir = str(Path(__file__).parent)
+    args = [sys.executable, "-c", CHILD, str(path), tests_dir, str(PATCHES_PER_SLIDE)]
+    reported: list[str] = []
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            while len(reported) < 8:
+                line = child.stdout.readline().strip()
+                assert line, f"writer exited early with {child.poll()}"
+                reported.append(line)
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    with AuditStore.open(path) as store:  # writable: replays the WAL, like a resumed run
+        finished = store.finished_slides("run-1")
+        per_slide = dict(
+            store.query(
+                lambda c: c.execute("SELECT slide_id, count(*) FROM patches GROUP BY slide_id").fetchall()
+            )
+        )
+        calls = dict(
+            store.query(
+                lambda c: c.execute("SELECT slide_id, count(*) FROM calls GROUP BY slide_id").fetchall()
+            )
+        )
+        decisions = store.query(
+            lambda c: c.execute("SELECT count(DISTINCT slide_id) FROM decisions").fetchall()
+        )
+    assert set(reported) <= finished
+    assert all(per_slide[s] == PATCHES_PER_SLIDE for s in finished)
+    assert all(calls[s] == 200 for s in finished)  # a finished slide's calls commit with it
+    assert decisions[0][0] == len(finished)
+    assert set(per_slide) == finished  # an unfinished slide left no labels behind
