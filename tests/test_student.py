@@ -169,3 +169,43 @@ def test_cascade_asks_the_oracle_only_about_unsure_patches(checkpoint: Path) -> 
         )
     )
     assert stats_all.oracle_calls == 0 and all(a.source == "cascade" for a in everything.labels)
+
+
+def test_with_cascade_wraps_the_classifier_and_the_stage_keeps_cascade_sources(checkpoint: Path) -> None:
+    from tissue_oracle.tools.classify_patches import ClassifyPatchesInput, classify_patches
+    from tissue_oracle.tools.slides import open_slide
+    from tissue_oracle.tools.stage_deps import StageDeps
+
+    student = build(str(checkpoint), device="cpu")
+    plain = build_oracle("classical")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    refs = [PatchRef(x=x, y=y, size=64) for y in range(0, 256, 64) for x in range(0, 256, 64)]
+    images = [open_slide(image).read_patch(ref, 64) for ref in refs]
+    confidences = [
+        lab.confidence for lab in student.classify(PatchLabelsRequest(patches=refs, images=images)).labels
+    ]
+    roles = cascade.with_cascade({"oracle": plain}, student=student, threshold=float(np.median(confidences)))
+    wrapped = roles["classifier"]
+    assert isinstance(wrapped, cascade.CascadeOracle) and roles["oracle"] is plain
+    rec = MemoryRecorder()
+    deps = StageDeps(
+        slide=open_slide(image),
+        oracles=roles,
+        context=lambda stage, role: CallContext(
+            run_id="r", slide_id="s", stage=stage, role=role, recorder=rec
+        ),
+    )
+    inp = ClassifyPatchesInput(
+        patch_size=64, send_size=64, batch_size=4, coarse_mask=np.ones((4, 4), bool), mask_downsample=64
+    )
+    out = asyncio.run(classify_patches(inp, deps))
+    stats = wrapped.stats
+    assert stats.kept_by_student > 0 and stats.sent_to_oracle > 0
+    assert stats.patches == 16 and stats.kept_by_student + stats.sent_to_oracle == 16
+    sources = [label.source for label in out.labels]
+    assert sources.count("cascade") == stats.kept_by_student
+    assert sources.count("zero_shot") == stats.sent_to_oracle
+    assert sum(c.backend == "classical" for c in rec.calls) == stats.oracle_calls
+    with pytest.raises(ConfigError, match="roles set"):
+        cascade.with_cascade({}, student=student, threshold=0.9)

@@ -4,6 +4,10 @@
 ``cascade.confidence`` is kept, anything below goes to the oracle. ``cascade_patch_labels`` runs one
 request through both backends and merges the answers back into request order.
 
+The controller's hook is ``with_cascade(by_role, student=..., threshold=...)``: it wraps the backend
+that answers ``classify_patches`` in a ``CascadeOracle``, so the stage tools need no change. Wrap
+the budgeted oracle (not the raw one), so only the oracle's share of the patches reserves budget.
+
 Label sources: a patch the student kept is marked ``cascade`` (so distillation never learns from
 it, and reports can count what the cascade saved); a patch the oracle answered keeps the oracle's
 own source (``zero_shot``/``few_shot``).
@@ -11,11 +15,28 @@ own source (``zero_shot``/``few_shot``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tissue_oracle.oracles.protocol import CallContext, Oracle
-from tissue_oracle.tools.schemas import PatchLabel, PatchLabelsAnswer, PatchLabelsRequest
+from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.schemas import (
+    BoxesAnswer,
+    BoxesRequest,
+    PatchLabel,
+    PatchLabelsAnswer,
+    PatchLabelsRequest,
+    PointsAnswer,
+    PointsRequest,
+    Question,
+    RerankAnswer,
+    RerankRequest,
+    ReviewAnswer,
+    ReviewRequest,
+    Role,
+)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -37,6 +58,17 @@ class CascadeStats:
     sent_to_oracle: int
     oracle_calls: int
     """Oracle call rows the oracle's answer reported (``usage.calls``)."""
+
+    def __add__(self, other: CascadeStats) -> CascadeStats:
+        return CascadeStats(
+            patches=self.patches + other.patches,
+            kept_by_student=self.kept_by_student + other.kept_by_student,
+            sent_to_oracle=self.sent_to_oracle + other.sent_to_oracle,
+            oracle_calls=self.oracle_calls + other.oracle_calls,
+        )
+
+
+NO_STATS = CascadeStats(patches=0, kept_by_student=0, sent_to_oracle=0, oracle_calls=0)
 
 
 def route(confidences: Sequence[float], threshold: float) -> Route:
@@ -101,3 +133,66 @@ async def cascade_patch_labels(
         oracle_calls=0 if oracle_usage is None else oracle_usage.calls,
     )
     return PatchLabelsAnswer(labels=labels, usage=usage), stats
+
+
+class CascadeOracle:
+    """An ``Oracle`` whose ``patch_labels`` is the cascade; every other question goes to ``oracle``.
+
+    ``stats`` accumulates over all requests (one instance per slide gives per-slide figures).
+    """
+
+    backend = "cascade"
+
+    def __init__(self, *, student: Oracle, oracle: Oracle, threshold: float) -> None:
+        self.student = student
+        self.oracle = oracle
+        self.threshold = threshold
+        self.model = f"{student.model}>{oracle.model}"
+        self.questions: frozenset[Question] = oracle.questions | {"patch_labels"}
+        self.is_vlm = oracle.is_vlm
+        self.stats = NO_STATS
+        self._lock = asyncio.Lock()
+
+    async def patch_labels(self, req: PatchLabelsRequest, ctx: CallContext) -> PatchLabelsAnswer:
+        answer, stats = await cascade_patch_labels(
+            req,
+            student=self.student,
+            oracle=self.oracle,
+            threshold=self.threshold,
+            student_ctx=dataclasses.replace(ctx, role="classifier"),
+            oracle_ctx=ctx,
+        )
+        async with self._lock:
+            self.stats = self.stats + stats
+        return answer
+
+    async def boxes(self, req: BoxesRequest, ctx: CallContext) -> BoxesAnswer:
+        return await self.oracle.boxes(req, ctx)
+
+    async def points(self, req: PointsRequest, ctx: CallContext) -> PointsAnswer:
+        return await self.oracle.points(req, ctx)
+
+    async def rerank(self, req: RerankRequest, ctx: CallContext) -> RerankAnswer:
+        return await self.oracle.rerank(req, ctx)
+
+    async def review(self, req: ReviewRequest, ctx: CallContext) -> ReviewAnswer:
+        return await self.oracle.review(req, ctx)
+
+    async def aclose(self) -> None:
+        await self.student.aclose()  # the wrapped oracle belongs to the caller, who closes it
+
+
+def with_cascade(by_role: Mapping[Role, Oracle], *, student: Oracle, threshold: float) -> dict[Role, Oracle]:
+    """``by_role`` with the patch classifier wrapped in a ``CascadeOracle`` (the controller's hook).
+
+    The classifier is the ``classifier`` role, or ``oracle`` when no classifier is set (the stage
+    falls back the same way); the cascade then takes the ``classifier`` role and the ``oracle`` role
+    keeps its plain backend for boxes, points and reranking. ``threshold`` is
+    ``Policy.cascade.confidence``.
+    """
+    roles: dict[Role, Oracle] = dict(by_role)
+    inner = roles.get("classifier") or roles.get("oracle")
+    if inner is None:
+        raise ConfigError(f"cascade needs a 'classifier' or 'oracle' backend; roles set: {sorted(roles)}")
+    roles["classifier"] = CascadeOracle(student=student, oracle=inner, threshold=threshold)
+    return roles

@@ -303,8 +303,9 @@ def _assemble(
     for r, c in zip(*np.nonzero(scope), strict=True):
         cell = (int(r), int(c))
         label = run.answers.get(cell)
-        if label is not None and label.source != "cascade":  # the student kept it: say so (tools.cascade)
-            label = label.model_copy(update={"source": source})
+        if label is not None:
+            kept_by_student = label.source == "cascade"  # tools.cascade: keep saying who decided
+            label = label.model_copy(update={"source": "cascade" if kept_by_student else source})
         else:
             cov = float(coverage[cell])
             is_tissue = bool(send[cell]) and cov >= inp.coarse_tissue_fraction
