@@ -1,0 +1,56 @@
+"""Build the oracle behind ``replay:AUDIT_DB`` for one role.
+
+The replay spec names only a file; the backend and model that must replay (their request hashes
+are the cache keys) are read from the recorded calls: the backend:model that answered most of
+that role's calls in the latest run that has any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tissue_oracle.oracles.protocol import Oracle
+from tissue_oracle.oracles.replay import ReplayOracle
+from tissue_oracle.store.audit_store import AuditStore
+from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.schemas import Role
+
+_SERVED_ROLE = """
+    SELECT c.backend, c.model, count(*) AS n
+    FROM calls c LEFT JOIN runs r ON r.run_id = c.run_id
+    WHERE c.role = ? AND c.ok
+      AND c.run_id = (
+          SELECT c2.run_id FROM calls c2 LEFT JOIN runs r2 ON r2.run_id = c2.run_id
+          WHERE c2.role = ? AND c2.ok
+          ORDER BY r2.started_at DESC NULLS LAST, c2.call_id DESC LIMIT 1)
+    GROUP BY ALL ORDER BY n DESC LIMIT 1
+"""
+
+
+def recorded_spec(store: AuditStore, role: Role) -> str:
+    """``backend:model`` that served ``role`` in the latest run of ``store`` (ConfigError if none)."""
+    rows = store.query(lambda conn: conn.execute(_SERVED_ROLE, [role, role]).fetchall())
+    if not rows:
+        raise ConfigError(
+            f"audit store {str(store.path)!r} has no successful {role!r} calls to replay. "
+            "Replay a store recorded with that role, or give the role a live backend."
+        )
+    backend, model, _ = rows[0]
+    return f"{backend}:{model}" if model else str(backend)
+
+
+def build_replay_oracle(audit_path: Path, role: Role, build_inner: Callable[[str], Oracle]) -> ReplayOracle:
+    """The recorded backend for ``role``, built by ``build_inner(spec)``, answering only from the store.
+
+    Open the run's own (writable) store before calling this when both are the same file: the
+    store is shared within a process, but a read-only open can't later become writable. The
+    store opened here closes when the oracle's ``aclose`` runs.
+    """
+    store = AuditStore.open(audit_path, read_only=True)
+    try:
+        inner = build_inner(recorded_spec(store, role))
+    except BaseException:
+        store.close()
+        raise
+    return ReplayOracle(inner, store.recorder, on_close=store.close)
