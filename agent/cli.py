@@ -22,6 +22,7 @@ app = typer.Typer(
 
 #: name -> "module:attribute"; the attribute is a command function or a typer sub-app.
 COMMANDS: dict[str, str] = {
+    "audit": "tissue_oracle.agent.cmd_audit:app",
     "distil": "tissue_oracle.agent.cmd_distil:distil",
     "bench": "tissue_oracle.bench.cmd_bench:bench",
 }
