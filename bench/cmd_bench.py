@@ -151,7 +151,8 @@ def _tables(
 
     tables: dict[str, str] = {}
     tests: dict[str, list] = {}
-    for group in report.groups(rows):
+    scored = [r for r in rows if "dice" in r]
+    for group in report.groups(scored):
         tables[f"Table 1. Segmentation per stain: {group}"] = report.segmentation_table(rows, group)
         tables[f"Table 2. Ablation by stage: {group}"] = report.stage_table(rows, group)
         tables[f"Table 3. Zero-shot against few-shot: {group}"] = report.shot_table(rows, group)

@@ -197,13 +197,18 @@ def cost_table(rows: Sequence[Row]) -> str:
                     name,
                     len(mine),
                     summarise(r["calls"] for r in mine).mean,
+                    summarise(r["patches_sent"] for r in mine).mean,
                     summarise(tokens).mean,
                     summarise(r["usd"] for r in mine).mean,
                     summarise(r["wall_s"] for r in mine).mean,
                     summarise(r["call_ratio"] for r in mine).mean,
+                    summarise(r["sent_ratio"] for r in mine).mean,
                 ]
             )
-    note = "_naive = one call per patch of the slide's whole grid; thumbnail baselines make no oracle calls._"
+    note = (
+        "_naive = one single-patch call per patch of the slide's whole grid; a call may carry a batch of "
+        "patches; thumbnail baselines make no oracle calls (wall time excludes the shared thumbnail read)._"
+    )
     return md_table(headers, body) + "\n\n" + note
 
 
@@ -240,7 +245,11 @@ def artefact_table(rows: Sequence[Row]) -> str:
                 [group, name, len(mine), int(sum(r["artefact_patches"] for r in mine)),
                  summarise(r["artefact_called_tissue"] for r in mine).fmt()]
             )  # fmt: skip
-    return md_table(headers, body)
+    note = (
+        "_On real images the marks often lie over tissue, where 'tissue' is a fair answer; on glass it is "
+        "a false positive. Synthetic rows count glass patches only._"
+    )
+    return md_table(headers, body) + "\n\n" + note
 
 
 def policy_table(points: Sequence[Row]) -> str:
