@@ -27,46 +27,44 @@ SLIDE_W, SLIDE_H = 4096, 3072
 CORES = ((1100, 1200, 600), (2900, 1900, 650))
 
 
-@functools.lru_cache(maxsize=2)
-def core_slide_pixels(blur_second: bool = False) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def core_slide_pixels() -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 image, boolean truth) of the two-core virtual slide; arrays are read-only."""
     rng = np.random.default_rng(7)
-    ys, xs = np.mgrid[0:SLIDE_H, 0:SLIDE_W]
+    ys, xs = np.ogrid[0:SLIDE_H, 0:SLIDE_W]
     truth = np.zeros((SLIDE_H, SLIDE_W), dtype=bool)
     for cx, cy, r in CORES:
         truth |= (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
-    image = np.empty((SLIDE_H, SLIDE_W, 3), dtype=np.float32)
-    image[:] = (236.0, 234.0, 238.0)
-    image += rng.normal(0, 2.0, size=(SLIDE_H, SLIDE_W, 1)).astype(np.float32)
-    stroma = np.array([214.0, 140.0, 182.0], dtype=np.float32)
-    image[truth] = stroma + rng.normal(0, 10.0, size=(int(truth.sum()), 3)).astype(np.float32)
-    nuclei = truth & (rng.random((SLIDE_H, SLIDE_W)) < 0.02)
-    nuclei = _dilate(nuclei, 3) & truth
-    image[nuclei] = (95.0, 55.0, 140.0)
-    out = np.clip(image, 0, 255).astype(np.uint8)
-    if blur_second:
-        out = _blur_core(out, CORES[1])
+    grey = rng.integers(232, 241, size=(SLIDE_H, SLIDE_W), dtype=np.uint8)
+    out = np.repeat(grey[:, :, None], 3, axis=2)
+    count = int(truth.sum())
+    stroma = np.array([214, 140, 182], dtype=np.int16)
+    out[truth] = np.clip(stroma + rng.integers(-16, 17, size=(count, 3), dtype=np.int16), 0, 255).astype(
+        np.uint8
+    )
+    # Nuclei: 5x5 dark purple squares at random tissue pixels (about one per 400 tissue pixels).
+    ty, tx = np.nonzero(truth)
+    pick = rng.choice(count, count // 400, replace=False)
+    offsets = np.arange(-2, 3)
+    ny = np.clip(ty[pick][:, None, None] + offsets[None, :, None], 0, SLIDE_H - 1)
+    nx = np.clip(tx[pick][:, None, None] + offsets[None, None, :], 0, SLIDE_W - 1)
+    nuclei = np.zeros_like(truth)
+    nuclei[ny, nx] = True
+    out[nuclei & truth] = (95, 55, 140)
     out.flags.writeable = False
     truth.flags.writeable = False
     return out, truth
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+def blurred_core_slide() -> Any:
+    """A 1024 x 1024 virtual slide cut from the middle of the first core, out of focus (sigma 6 px)."""
     from scipy import ndimage
 
-    return ndimage.binary_dilation(mask, iterations=radius)
-
-
-def _blur_core(image: np.ndarray, core: tuple[int, int, int]) -> np.ndarray:
-    from scipy import ndimage
-
-    cx, cy, r = core
-    out = image.copy()
-    y0, y1, x0, x1 = cy - r - 16, cy + r + 16, cx - r - 16, cx + r + 16
-    out[y0:y1, x0:x1] = ndimage.gaussian_filter(out[y0:y1, x0:x1].astype(np.float32), sigma=(6, 6, 0)).astype(
-        np.uint8
-    )
-    return out
+    image, _ = core_slide_pixels()
+    cx, cy, _r = CORES[0]
+    crop = image[cy - 512 : cy + 512, cx - 512 : cx + 512].astype(np.float32)
+    blurred = ndimage.gaussian_filter(crop, sigma=(6, 6, 0))
+    return open_slide(np.clip(blurred, 0, 255).astype(np.uint8), name="blurred-core")
 
 
 def core_boxes() -> list[Box]:
@@ -74,8 +72,8 @@ def core_boxes() -> list[Box]:
     return [Box(x0=cx - r, y0=cy - r, x1=cx + r + 1, y1=cy + r + 1) for cx, cy, r in CORES]
 
 
-def open_core_slide(blur_second: bool = False) -> Any:
-    image, _ = core_slide_pixels(blur_second)
+def open_core_slide() -> Any:
+    image, _ = core_slide_pixels()
     return open_slide(image, name="two-cores")
 
 
