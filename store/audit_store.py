@@ -200,7 +200,8 @@ class AuditStore:
             return R.call_from_row(hit[1])
         cols = ", ".join(R.CALL_COLUMNS)
         sql = f"SELECT {cols} FROM calls WHERE request_hash = ? AND ok ORDER BY call_id DESC LIMIT 1"
-        row = self.query(lambda conn: next(iter(conn.execute(sql, [request_hash]).fetchall()), None))
+        # No flush needed: every queued ok call is in _pending, which was checked first.
+        row = self._read(lambda conn: next(iter(conn.execute(sql, [request_hash]).fetchall()), None))
         return None if row is None else R.call_from_row(row)
 
     def _forget_flushed(self, last_seq: int) -> None:
@@ -270,10 +271,17 @@ class AuditStore:
     # ----------------------------------------------------------------- reads
 
     def query(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run ``fn(conn)`` on the store's thread, after every write queued before it."""
+        """Run ``fn(conn)`` on the store's thread and return its result.
+
+        It sees every write queued before it: queued calls are flushed first. Records of a slide
+        not yet finished are not visible (they commit with the slide).
+        """
+        return self._read(fn, flush_calls=True)
+
+    def _read(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *, flush_calls: bool = False) -> T:
         if self._closed:
             raise StoreError(f"audit store {str(self.path)!r} is closed.")
-        return self._writer.submit(fn)
+        return self._writer.submit(fn, flush_calls=flush_calls)
 
     def finished_slides(self, run_id: str | None = None) -> set[str]:
         """Ids of slides whose status is done or degraded (in ``run_id``, or in any run)."""
@@ -283,4 +291,4 @@ class AuditStore:
         if run_id is not None:
             sql += " AND run_id = ?"
             params.append(run_id)
-        return {r[0] for r in self.query(lambda conn: conn.execute(sql, params).fetchall())}
+        return {r[0] for r in self._read(lambda conn: conn.execute(sql, params).fetchall())}
