@@ -1,0 +1,99 @@
+"""OpenAI-compatible transport over the openai SDK: vLLM, hosted APIs, anything speaking chat completions.
+
+Images go inline as ``data:`` URIs in one user message (images first, then the prompt); the
+answer's JSON schema goes as ``response_format={"type": "json_schema", ...}``, which vLLM
+enforces by guided decoding. The key comes from ``OPENAI_API_KEY`` (``"EMPTY"`` when unset, as a
+keyless vLLM server expects) and never leaves the SDK client. SDK retries are off: the oracle
+retries, so each attempt is one audit row.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any, Literal
+
+import openai
+
+from tissue_oracle.oracles.transport import (
+    TransportError,
+    TransportRequest,
+    TransportResponse,
+    classify_status,
+    parse_retry_after,
+)
+
+
+class OpenAITransport:
+    """One ``chat.completions.create`` per ``send``."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        timeout_s: float = 120.0,
+        api_key_env: str = "OPENAI_API_KEY",
+        token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+    ) -> None:
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=os.environ.get(api_key_env) or "EMPTY",
+            timeout=timeout_s,
+            max_retries=0,
+        )
+        self._token_param = token_param
+
+    async def send(self, request: TransportRequest) -> TransportResponse:
+        content: list[dict[str, Any]] = [
+            {
+                "type": "image_url",
+                "image_url": {"url": f"data:{im.mime};base64,{base64.b64encode(im.data).decode('ascii')}"},
+            }
+            for im in request.images
+        ]
+        content.append({"type": "text", "text": request.prompt})
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": request.schema_name, "schema": request.schema, "strict": True},
+        }
+        try:
+            completion = await self._client.chat.completions.create(  # type: ignore[call-overload]
+                model=request.model,
+                messages=[{"role": "user", "content": content}],
+                temperature=request.temperature,
+                response_format=response_format,
+                timeout=request.timeout_s,
+                **{self._token_param: request.max_tokens},
+            )
+        except openai.APITimeoutError as exc:
+            raise TransportError(f"timed out after {request.timeout_s:g} s", retryable=True) from exc
+        except openai.APIConnectionError as exc:
+            raise TransportError(f"connection failed: {exc}", retryable=True) from exc
+        except openai.APIStatusError as exc:
+            retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+            raise TransportError(
+                f"HTTP {exc.status_code}: {_short(exc.message)}",
+                retryable=classify_status(exc.status_code),
+                status=exc.status_code,
+                retry_after_s=retry_after,
+            ) from exc
+        except openai.OpenAIError as exc:  # e.g. a body the SDK can't read
+            raise TransportError(f"bad response: {_short(str(exc))}", retryable=True) from exc
+        choice = completion.choices[0] if completion.choices else None
+        text = (choice.message.content if choice is not None else None) or ""
+        usage = completion.usage
+        return TransportResponse(
+            text=text,
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else 0,
+            raw=completion.model_dump_json(),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
