@@ -39,6 +39,8 @@ def decide(
     reason. ``grades=None`` means the review itself failed.
     """
     if grades is None:
+        if not budget_ok and on_review_failure == "escalate":
+            return Decision(action="escalate", reason="no review: budget exhausted")
         if on_review_failure == "accept":
             return Decision(action="accept", reason="review failed; policy accepts unreviewed regions")
         return Decision(action="escalate", reason="review failed; no grades to judge the mask by")
@@ -53,3 +55,14 @@ def decide(
             reason=f"{seen} worse than {threshold} after {round} of {max_rounds} Auto-context round(s)",
         )
     return Decision(action="refine", reason=f"{seen} worse than {threshold}; Auto-context round {round + 1}")
+
+
+def refinement_helped(before: Grades | None, after: Grades | None) -> bool:
+    """Keep an Auto-context round's labels unless the reviewer graded them worse than before.
+
+    Worse means a worse worst grade, or the same worst grade with a worse sum. Without grades
+    on either side there is no evidence against the refinement, so it is kept.
+    """
+    if before is None or after is None:
+        return True
+    return (after.worst, after.precision + after.recall) <= (before.worst, before.precision + before.recall)

@@ -103,6 +103,8 @@ class ReviewParams(_Section):
     max_tokens: int = Field(default=512, ge=16)
     on_review_failure: Literal["escalate", "accept"] = "escalate"
     """What to do with a region whose review call failed."""
+    revert_if_worse: bool = True
+    """Drop an Auto-context round whose mask the reviewer grades worse than the one before it."""
 
 
 class AutoContextParams(_Section):

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from tissue_oracle.policies.decide import decide
+from tissue_oracle.policies.decide import decide, refinement_helped
 from tissue_oracle.tools.schemas import Action, Grades
 
 
@@ -30,6 +30,7 @@ CASES: list[tuple[Grades | None, int, int, int, bool, Literal["escalate", "accep
     (None, 0, 2, 1, True, "escalate", "escalate", "review failed"),
     (None, 0, 2, 1, True, "accept", "accept", "review failed"),
     (None, 1, 2, 1, False, "accept", "accept", "unreviewed"),
+    (None, 0, 2, 1, False, "escalate", "escalate", "budget exhausted"),
 ]
 
 
@@ -56,3 +57,19 @@ def test_decide_table(
     )
     assert decision.action == action
     assert reason in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "kept"),
+    [
+        (g(3, 1), g(1, 1), True),
+        (g(3, 1), g(1, 3), True),
+        (g(3, 1), g(2, 3), False),
+        (g(3, 1), g(1, 4), False),
+        (g(2, 2), g(1, 2), True),
+        (None, g(4, 4), True),
+        (g(1, 1), None, True),
+    ],
+)
+def test_refinement_kept_unless_graded_worse(before: Grades | None, after: Grades | None, kept: bool) -> None:
+    assert refinement_helped(before, after) is kept

@@ -1,0 +1,155 @@
+"""Roles to oracles: the policy's spec strings, overridden from the command line, built once per run.
+
+Roles are independent: the paper asks Qwen3-VL (through vLLM) for boxes and patch labels and
+Gemini for reviews, and any role can be any backend. Roles that name the same spec share one
+oracle, so a backend's bound on calls in flight holds across roles. ``replay:PATH`` needs the
+audit store and is built by ``agent.replay_setup``; everything else by the oracle registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tissue_oracle.oracles.protocol import Oracle
+from tissue_oracle.policies.policy import Policy
+from tissue_oracle.policies.prices import FREE_BACKENDS, price_for, split_spec
+from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.schemas import ModelPrice, Role
+
+#: The roles the controller asks; ``planner`` drives tools and is built by the planner itself.
+CONTROLLER_ROLES: tuple[Role, ...] = ("oracle", "classifier", "reviewer")
+#: Backends that speak to a model server and take transport options from the policy.
+VLM_BACKENDS: frozenset[str] = frozenset({"openai", "gemini"})
+
+
+@dataclass(kw_only=True)
+class OracleSet:
+    """The built oracle for each role, with the spec and price it came from."""
+
+    by_role: dict[Role, Oracle]
+    specs: dict[Role, str]
+    prices: dict[Role, ModelPrice]
+    attempts: dict[Role, int]
+    """Most attempts one question can make on each role's backend (for budget reservations)."""
+    _owned: list[Oracle] = field(default_factory=list, repr=False)
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        """Per role: spec, backend, model and ``is_vlm``, so classical output is labelled classical."""
+        return {
+            role: {"spec": self.specs[role], "backend": o.backend, "model": o.model, "is_vlm": o.is_vlm}
+            for role, o in self.by_role.items()
+        }
+
+    @property
+    def any_vlm(self) -> bool:
+        return any(o.is_vlm for o in self.by_role.values())
+
+    async def aclose(self) -> None:
+        for oracle in self._owned:
+            with contextlib.suppress(Exception):  # closing is best effort; the run's results are kept
+                await oracle.aclose()
+
+
+def role_specs(policy: Policy, overrides: Mapping[Role, str | None] | None = None) -> dict[Role, str]:
+    """The spec of each controller role: the override where given, else the policy's."""
+    specs: dict[Role, str] = {
+        "oracle": policy.roles.oracle,
+        "classifier": policy.roles.classifier_spec,
+        "reviewer": policy.roles.reviewer,
+    }
+    for role, spec in (overrides or {}).items():
+        if spec:
+            specs[role] = spec.strip()
+    # An overridden oracle carries the classifier along unless the classifier was set explicitly.
+    if (
+        (overrides or {}).get("oracle")
+        and not (overrides or {}).get("classifier")
+        and not policy.roles.classifier
+    ):
+        specs["classifier"] = specs["oracle"]
+    return specs
+
+
+def base_url_for(spec: str, base_urls: Mapping[str, str] | None) -> str | None:
+    """``base_urls`` maps a backend (``openai``, ``gemini``) or ``*`` (every VLM backend) to a URL."""
+    backend, _ = split_spec(spec)
+    if not base_urls or backend not in VLM_BACKENDS:
+        return None
+    return base_urls.get(backend) or base_urls.get("*")
+
+
+def parse_base_urls(values: list[str] | None) -> dict[str, str]:
+    """``["http://h:8000/v1", "gemini=http://h:9000"]`` -> ``{"*": ..., "gemini": ...}``."""
+    urls: dict[str, str] = {}
+    for value in values or []:
+        backend, sep, url = value.partition("=")
+        if sep and backend in VLM_BACKENDS:
+            urls[backend] = url
+        elif sep and "://" not in backend:
+            raise ConfigError(f"--base-url {value!r}: {backend!r} is not one of {sorted(VLM_BACKENDS)}")
+        else:
+            urls["*"] = value
+    return urls
+
+
+def _vlm_options(policy: Policy) -> dict[str, Any]:
+    c = policy.classify
+    return {
+        "max_in_flight": c.max_in_flight,
+        "retries": c.retries,
+        "timeout_s": c.timeout_s,
+        "image_max_side": c.send_size,
+    }
+
+
+def build_one(
+    spec: str, policy: Policy, *, role: Role, base_urls: Mapping[str, str] | None = None
+) -> tuple[Oracle, ModelPrice]:
+    """Build one oracle from its spec. ``replay:AUDIT_DB`` replays the backend that served ``role``."""
+    from tissue_oracle.oracles.registry import build_oracle
+
+    backend, argument = split_spec(spec)
+    if backend == "replay":
+        from tissue_oracle.agent.replay_setup import build_replay_oracle
+
+        def live(recorded: str) -> Oracle:
+            return build_one(recorded, policy, role=role, base_urls=base_urls)[0]
+
+        return build_replay_oracle(Path(argument), role, live), price_for(spec)
+    base_url = base_url_for(spec, base_urls)
+    price = price_for(spec, base_url=base_url)
+    options = _vlm_options(policy) if backend in VLM_BACKENDS else {}
+    return build_oracle(spec, base_url=base_url, price=price, **options), price
+
+
+def build_oracles(
+    policy: Policy,
+    *,
+    overrides: Mapping[Role, str | None] | None = None,
+    base_urls: Mapping[str, str] | None = None,
+) -> OracleSet:
+    """One oracle per controller role; roles naming the same live spec share one instance."""
+    specs = role_specs(policy, overrides)
+    built: dict[str, tuple[Oracle, ModelPrice]] = {}
+    by_role: dict[Role, Oracle] = {}
+    prices: dict[Role, ModelPrice] = {}
+    for role, spec in specs.items():
+        # A replay serves one role's recorded backend, so it is never shared between roles.
+        key = f"{role}|{spec}" if split_spec(spec)[0] == "replay" else spec
+        if key not in built:
+            built[key] = build_one(spec, policy, role=role, base_urls=base_urls)
+        by_role[role], prices[role] = built[key]
+    return OracleSet(
+        by_role=by_role,
+        specs=specs,
+        prices=prices,
+        attempts={
+            role: (1 if split_spec(spec)[0] in FREE_BACKENDS else policy.classify.retries + 1)
+            for role, spec in specs.items()
+        },
+        _owned=[oracle for oracle, _ in built.values()],
+    )
