@@ -16,6 +16,8 @@ from tissue_oracle.store.audit_store import AuditStore
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import Role
 
+#: Backends whose spec is the bare name (the model is implied, e.g. ``classical`` is ``classical-v1``).
+_TAKES_NO_ARGUMENT = frozenset({"classical"})
 _SERVED_ROLE = """
     SELECT c.backend, c.model, count(*) AS n
     FROM calls c LEFT JOIN runs r ON r.run_id = c.run_id
@@ -37,7 +39,12 @@ def recorded_spec(store: AuditStore, role: Role) -> str:
             "Replay a store recorded with that role, or give the role a live backend."
         )
     backend, model, _ = rows[0]
-    return f"{backend}:{model}" if model else str(backend)
+    if backend == "student":  # its model name is an architecture and digest, not the checkpoint path
+        raise ConfigError(
+            f"{role!r} was served by the student {model!r}, which replay can't rebuild from the store. "
+            "Give the role 'student:PATH' with the same checkpoint: it is local and costs nothing."
+        )
+    return str(backend) if backend in _TAKES_NO_ARGUMENT or not model else f"{backend}:{model}"
 
 
 def build_replay_oracle(audit_path: Path, role: Role, build_inner: Callable[[str], Oracle]) -> ReplayOracle:

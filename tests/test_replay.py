@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_support import call_record
 
-from tissue_oracle.agent.replay_setup import build_replay_oracle
+from tissue_oracle.agent.replay_setup import build_replay_oracle, recorded_spec
 from tissue_oracle.oracles.base import (
     BOXES_CODEC,
     REVIEW_CODEC,
@@ -20,7 +21,7 @@ from tissue_oracle.oracles.base import (
 from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.oracles.replay import ReplayOracle
 from tissue_oracle.store.audit_store import AuditStore
-from tissue_oracle.tools.errors import ReplayMissError
+from tissue_oracle.tools.errors import ConfigError, ReplayMissError
 from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     BoxesRequest,
@@ -160,3 +161,16 @@ def test_build_replay_oracle_picks_the_recorded_backend(tmp_path: Path) -> None:
     assert specs == ["fake:counting-v1"]
     assert answer.boxes[0].x0 == 5 * 64
     AuditStore.open(recorded).close()  # the read-only replay source was released by aclose
+
+
+def test_recorded_classical_replays_as_the_bare_spec(tmp_path: Path) -> None:
+    recorded = tmp_path / "first.duckdb"
+    with AuditStore.open(recorded) as store:
+        store.record_call(
+            call_record("h1", role="reviewer").model_copy(
+                update={"backend": "classical", "model": "classical-v1"}
+            )
+        )
+        assert recorded_spec(store, "reviewer") == "classical"
+        with pytest.raises(ConfigError, match="no successful 'planner' calls"):
+            recorded_spec(store, "planner")
