@@ -1,8 +1,8 @@
 """A patch-grid tissue mask as QuPath-importable GeoJSON, and back.
 
-Polygons are traced exactly along patch edges: each row's runs of tissue cells become
-rectangles, and their union gives one Polygon (with holes) per 4-connected component. Cells
-touching only at a corner become separate polygons. Coordinates are level-0 pixels, clipped to
+Polygons are traced exactly along patch edges: the union of the tissue cells' squares gives
+one Polygon (with holes) per 4-connected component; cells touching only at a corner become
+separate polygons. Coordinates are level-0 pixels, clipped to
 the slide (the grid's last row and column may run past its edge).
 
 Each polygon is one Feature with ``{"objectType": "annotation", "classification": {"name":
@@ -31,20 +31,13 @@ TISSUE_COLOUR = (0, 160, 60)
 def mask_polygons(tissue: np.ndarray, grid: PatchGrid) -> list[Polygon]:
     """The tissue cells of ``tissue`` (bool, ``grid.shape``) as level-0 polygons, largest first."""
     _check_mask(tissue, grid)
-    size = grid.patch_size
-    rectangles = []
-    for row in range(tissue.shape[0]):
-        cols = np.flatnonzero(tissue[row])
-        if cols.size == 0:
-            continue
-        breaks = np.flatnonzero(np.diff(cols) > 1)
-        starts = np.concatenate([cols[:1], cols[breaks + 1]])
-        ends = np.concatenate([cols[breaks], cols[-1:]]) + 1
-        for start, end in zip(starts, ends, strict=True):
-            rectangles.append(box(start * size, row * size, end * size, (row + 1) * size))
-    if not rectangles:
+    rows, cols = np.nonzero(tissue)
+    if rows.size == 0:
         return []
-    merged = shapely.unary_union(rectangles).intersection(box(0, 0, grid.slide_width, grid.slide_height))
+    size = grid.patch_size
+    cells = shapely.box(cols * size, rows * size, (cols + 1) * size, (rows + 1) * size)
+    # cell squares share whole edges and never overlap: a coverage union is exact, and ~4x faster
+    merged = shapely.coverage_union_all(cells).intersection(box(0, 0, grid.slide_width, grid.slide_height))
     polygons = [
         orient(p, sign=1.0) for p in shapely.get_parts(merged) if isinstance(p, Polygon) and not p.is_empty
     ]

@@ -117,6 +117,7 @@ class ArraySlide(Slide):
         for level in self._pyramid:
             level.flags.writeable = False
         self._recorded_mpp = recorded_mpp
+        self._level_dimensions = tuple((int(a.shape[1]), int(a.shape[0])) for a in self._pyramid)
 
     @property
     def vendor(self) -> str | None:
@@ -124,11 +125,11 @@ class ArraySlide(Slide):
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple((int(a.shape[1]), int(a.shape[0])) for a in self._pyramid)
+        return self._level_dimensions
 
     @property
     def downsamples(self) -> tuple[float, ...]:
-        return tuple(float(2**k) for k in range(len(self._pyramid)))
+        return tuple(float(2**k) for k in range(len(self._level_dimensions)))
 
     @property
     def recorded_mpp(self) -> float | None:

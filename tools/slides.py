@@ -66,7 +66,7 @@ def open_slide(
     _check_mpp(mpp)
     if isinstance(source, np.ndarray):
         return ArraySlide(source, path=None, name=name or "array", mpp=mpp)
-    path = Path(source)
+    path = Path(source).expanduser()
     _check_file(path)
     slide_name = name or path.stem
     vendor = _detect_openslide(path)
