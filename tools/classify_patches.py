@@ -45,7 +45,7 @@ _MAX_ERRORS_KEPT = 20
 class ClassifyPatchesParams(BaseModel):
     """Settings of classify_patches (defaults: the paper)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     patch_size: int = Field(default=512, ge=32, le=8192)
     """Grid patch side, level-0 pixels."""
@@ -64,7 +64,7 @@ class ClassifyPatchesParams(BaseModel):
 class ClassifyPatchesInput(ClassifyPatchesParams):
     """Settings, the coarse mask, and optionally a region and exemplars."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
     coarse_mask: np.ndarray = Field(repr=False, exclude=True)
     """Boolean M1 over the whole slide, thumb_xy frame at ``mask_downsample``."""

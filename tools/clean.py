@@ -23,7 +23,7 @@ _STRUCTURE: dict[int, np.ndarray] = {
 class CleanParams(BaseModel):
     """Morphology settings, in patches (cells of the patch grid)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     min_tissue_patches: int = Field(default=8, ge=0)
     """Tissue components with fewer cells than this are removed (0 or 1 keeps everything)."""
@@ -36,7 +36,7 @@ class CleanParams(BaseModel):
 class CleanInput(CleanParams):
     """A tissue grid to clean, with the settings."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
     tissue: np.ndarray = Field(repr=False)
     """Boolean (rows, cols) tissue grid, patch-grid frame."""

@@ -32,7 +32,7 @@ ThumbRect = tuple[int, int, int, int]
 class ClusterColoursParams(BaseModel):
     """Settings of cluster_colours (defaults: the paper)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     downsample: float = Field(default=64.0, gt=1.0)
     """Thumbnail downsample from level 0; M1 is at this resolution."""
@@ -51,7 +51,7 @@ class ClusterColoursParams(BaseModel):
 class ClusterColoursInput(ClusterColoursParams):
     """Settings, the regions, and the thumbnail when the caller has it."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
     boxes: list[Box]
     """Regions from ground_boxes, level-0 frame."""

@@ -25,7 +25,7 @@ from tissue_oracle.tools.stage_deps import StageDeps
 class GroundBoxesParams(BaseModel):
     """Settings of ground_boxes (defaults: the paper / the authors' code)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     downsample: float = Field(default=64.0, gt=1.0)
     """Thumbnail downsample from level 0."""
@@ -44,7 +44,7 @@ class GroundBoxesParams(BaseModel):
 class GroundBoxesInput(GroundBoxesParams):
     """Settings, plus the thumbnail when the caller already has it (else it is read from the slide)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
     thumbnail: np.ndarray | None = Field(default=None, repr=False, exclude=True)
     """RGB uint8 thumbnail at ``downsample`` (thumb_xy frame); None reads it from ``deps.slide``."""

@@ -17,7 +17,7 @@ from tissue_oracle.tools.stage_deps import StageDeps
 class PointGroundParams(BaseModel):
     """Settings of point_ground."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     crop_size: int = Field(default=1024, ge=64, le=8192)
     """Long side in pixels of the crop the oracle sees."""

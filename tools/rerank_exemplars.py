@@ -18,7 +18,7 @@ from tissue_oracle.tools.stage_deps import StageDeps
 class RerankExemplarsParams(BaseModel):
     """Settings of rerank_exemplars (defaults: the paper, K=1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     top_k: int = Field(default=1, ge=1, le=16)
     """Exemplars kept per class."""

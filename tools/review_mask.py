@@ -26,7 +26,7 @@ RGB = tuple[int, int, int]
 class ReviewMaskParams(BaseModel):
     """Settings of review_mask."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     crop_size: int = Field(default=1024, ge=64, le=8192)
     """Long side in pixels of each region crop."""
@@ -41,7 +41,7 @@ class ReviewMaskParams(BaseModel):
 class ReviewMaskInput(ReviewMaskParams):
     """Settings, the regions, and the mask on the patch grid."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
     regions: list[Box]
     """Regions to review, level-0 frame; results come back in this order."""
