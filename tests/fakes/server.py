@@ -8,7 +8,8 @@ profile's key names and coordinate order. Faults are queued per request with :me
 (each queued fault applies to the next request; then the server behaves again):
 
     latency, rate_limit (429 + Retry-After), server_error (500), hang (sleep past the client's
-    timeout), truncated (JSON cut short), invalid_json, wrong_keys, out_of_range, empty
+    timeout), truncated (JSON cut short), invalid_json, wrong_keys, out_of_range, empty,
+    unauthorized (401, not retryable)
 
 A threaded ``http.server`` on an ephemeral port; ``start()``/``stop()`` or a ``with`` block.
 """
@@ -38,6 +39,7 @@ Fault = Literal[
     "wrong_keys",
     "out_of_range",
     "empty",
+    "unauthorized",
 ]
 FAULTS: tuple[Fault, ...] = (
     "latency",
@@ -49,6 +51,7 @@ FAULTS: tuple[Fault, ...] = (
     "wrong_keys",
     "out_of_range",
     "empty",
+    "unauthorized",
 )
 
 
@@ -72,6 +75,8 @@ class FakeServer:
     hang_s: float = 2.0
     analyse: bool = True
     requests: int = 0
+    in_flight: int = 0
+    max_in_flight_seen: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
     _faults: deque[Fault] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -94,7 +99,9 @@ class FakeServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -133,6 +140,16 @@ class FakeServer:
     # ------------------------------------------------------------------ handling
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
+        try:
+            self._serve(handler)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length)
         with self._lock:
@@ -157,6 +174,9 @@ class FakeServer:
             headers = {"Retry-After": f"{self.retry_after_s:g}"}
             self._send(handler, 429, self.error_body(429, "rate limited, slow down"), headers)
             return
+        if fault == "unauthorized":
+            self._send(handler, 401, self.error_body(401, "invalid API key"))
+            return
         if fault == "server_error":
             self._send(handler, 500, self.error_body(500, "internal error"))
             return
@@ -180,7 +200,7 @@ class FakeServer:
         if fault == "wrong_keys":
             return _rename_keys(text, self.profile)
         if fault == "out_of_range":
-            return re.sub(r"\b(\d+(?:\.\d+)?)\b", lambda m: str(float(m.group(1)) * 5 + 2000), text)
+            return json.dumps(_push_out_of_range(value, self.profile))
         return text
 
     def _send(
@@ -201,6 +221,19 @@ class FakeServer:
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout); nothing to tell it
+
+
+def _push_out_of_range(value: Any, profile: ModelProfile) -> Any:
+    """The first box/point far outside 0-1000 (must be dropped), the rest overshooting a little (clamped)."""
+    if not isinstance(value, dict):
+        return value
+    for list_key, coord_key in (("boxes", profile.box_key), ("points", profile.point_key)):
+        for i, item in enumerate(value.get(list_key) or []):
+            coords = item[coord_key]
+            item[coord_key] = (
+                [c * 5 + 2000 for c in coords] if i == 0 else [c + 60 if c > 500 else c - 60 for c in coords]
+            )
+    return value
 
 
 def _rename_keys(text: str, profile: ModelProfile) -> str:
@@ -317,5 +350,5 @@ class FakeGeminiServer(FakeServer):
         }
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
-        names = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 400: "INVALID_ARGUMENT"}
+        names = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED"}
         return {"error": {"code": status, "message": message, "status": names.get(status, "UNKNOWN")}}
