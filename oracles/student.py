@@ -10,6 +10,7 @@ and grades no focus (``focus`` is None).
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ class StudentOracle:
             refs = req.patches[start:stop]
             spec = self._call_spec(refs, images)
             batch = PatchLabelsRequest(patches=refs, images=images)
-            answer = await compute_locally(ctx, spec, PATCH_LABELS_CODEC, lambda b=batch: self.classify(b))
+            answer = await compute_locally(ctx, spec, PATCH_LABELS_CODEC, partial(self.classify, batch))
             labels += answer.labels
             usage = usage + answer.usage
         return PatchLabelsAnswer(labels=labels, usage=usage)

@@ -76,7 +76,8 @@ def route(confidences: Sequence[float], threshold: float) -> Route:
 
     A threshold of 0 keeps every student answer; a threshold above 1 sends everything to the oracle.
     """
-    keep, ask = [], []
+    keep: list[int] = []
+    ask: list[int] = []
     for i, c in enumerate(confidences):
         (keep if c >= threshold else ask).append(i)  # NaN >= t is False: unsure goes to the oracle
     return Route(keep=keep, ask=ask)
