@@ -94,8 +94,11 @@ def test_merge_boxes(boxes: list[Box], threshold: float, expected: list[tuple[in
     [
         ([], [], "no boxes"),
         ([b(200, 200, 300, 300)], [], "no boxes inside the slide"),
-        ([b(0, 0, 90, 90)], [], "every box covers more than 60% of the slide"),  # 81% of the slide
-        ([b(0, 0, 90, 90), b(10, 10, 20, 20)], [(8, 8, 22, 22)], ""),  # the giant one goes alone
+        ([b(0, 0, 90, 90)], [], "a single box covers more than 60% of the slide"),  # 81% of the slide
+        ([b(-50, -50, 90, 80)], [], "a single box covers more than 60% of the slide"),  # judged once clipped
+        ([b(0, 0, 70, 80)], [(0, 0, 79, 90)], ""),  # 56%: kept
+        # a giant box among others is kept (it may hold tissue no other box does), and swallows them
+        ([b(0, 0, 90, 90), b(10, 10, 20, 20)], [(0, 0, 100, 100)], ""),
         ([b(10, 10, 30, 30), b(26, 10, 46, 30)], [(7, 7, 49, 33)], ""),  # padding makes them overlap
     ],
 )
@@ -172,6 +175,6 @@ def test_oversized_answers_are_rejected_retried_uncached_then_fall_back(slide: A
     deps, _ = make_deps(slide, oracle)  # type: ignore[arg-type]
     out = asyncio.run(ground_boxes(GroundBoxesInput(downsample=16, retries=3), deps))
     assert out.fallback and out.attempts == 4
-    assert out.failures == ["every box covers more than 60% of the slide"] * 4
+    assert out.failures == ["a single box covers more than 60% of the slide"] * 4
     assert oracle.contexts is not None
     assert [c.use_cache for c in oracle.contexts] == [True, False, False, False]

@@ -54,7 +54,7 @@ class ClassifyPatchesParams(BaseModel):
     coarse_tissue_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     """An unanswered patch is tissue when M1 covers at least this fraction of it."""
     send_size: int = Field(default=512, ge=32, le=4096)
-    """Side in pixels of each patch image sent (read from the best pyramid level)."""
+    """Side in pixels of each patch image sent (best pyramid level; capped at ``patch_size``)."""
     batch_size: int = Field(default=1, ge=1, le=64)
     """Patches per question."""
     role: Role = "classifier"
@@ -246,7 +246,7 @@ async def _ask(
             run.failed += len(batch)
             return
         try:
-            images = await deps.in_thread(_read_batch, deps, refs, inp.send_size)
+            images = await deps.in_thread(_read_batch, deps, refs, min(inp.send_size, inp.patch_size))
             request = PatchLabelsRequest(patches=refs, images=images, exemplars=inp.exemplars)
             answer = await deps.oracle(inp.role).patch_labels(
                 request, deps.context("classify_patches", inp.role)

@@ -1,10 +1,12 @@
 """Stage 1, ground_boxes: one box per tissue core or section, from the oracle's look at a thumbnail.
 
 The oracle answers in the level-0 frame (``oracles.profiles`` converts from norm1000). This
-stage tidies the answer the way the authors' code does: boxes are clipped to the slide, a box
-covering more than ``max_box_fraction`` of the slide is rejected (a model that can't find the
-cores tends to box the whole image), the rest are padded by ``pad_fraction`` of their size and
-merged while the intersection over the smaller box's area is at least ``merge_fraction``. An
+stage tidies the answer the way the authors' code does: boxes are clipped to the slide; an answer
+that is a single box covering more than ``max_box_fraction`` of the slide is rejected (a model
+that can't find the cores tends to box the whole image); boxes are padded by ``pad_fraction`` of
+their size and merged while the intersection over the smaller box's area is at least
+``merge_fraction``. A large box among others is kept: dropping it would lose whatever tissue it
+alone holds. An
 empty, rejected or failed answer is asked again up to ``retries`` times; after that the whole
 slide becomes one box. A budget that runs out falls back at once.
 """
@@ -34,7 +36,7 @@ class GroundBoxesParams(BaseModel):
     merge_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
     """Boxes merge while intersection / smaller box's area is at least this."""
     max_box_fraction: float = Field(default=0.6, gt=0.0, le=1.0)
-    """A box covering more than this fraction of the slide is rejected."""
+    """An answer that is one box covering more than this fraction of the slide is rejected."""
     retries: int = Field(default=3, ge=0, le=10)
     """Questions asked again after an empty, rejected or failed answer (at most retries + 1 in all)."""
     role: Role = "oracle"
@@ -127,18 +129,16 @@ def merge_boxes(boxes: list[Box], min_overlap: float) -> list[Box]:
 
 
 def tidy_boxes(raw: list[Box], params: GroundBoxesParams, width: int, height: int) -> tuple[list[Box], str]:
-    """Clip, reject oversized, pad and merge an answer's boxes (level 0).
+    """Clip, reject a lone oversized box, pad and merge an answer's boxes (level 0).
 
     Returns the boxes and an empty string, or no boxes and the reason the answer was rejected.
     """
     clipped = [b for b in (clip_box(box, width, height) for box in raw) if b is not None]
     if not clipped:
         return [], "no boxes inside the slide" if raw else "no boxes"
-    limit = params.max_box_fraction * width * height
-    kept = [b for b in clipped if b.area <= limit]
-    if not kept:
-        return [], f"every box covers more than {params.max_box_fraction:.0%} of the slide"
-    padded = [pad_box(b, params.pad_fraction, width, height) for b in kept]
+    if len(clipped) == 1 and clipped[0].area > params.max_box_fraction * width * height:
+        return [], f"a single box covers more than {params.max_box_fraction:.0%} of the slide"
+    padded = [pad_box(b, params.pad_fraction, width, height) for b in clipped]
     return merge_boxes(padded, params.merge_fraction), ""
 
 

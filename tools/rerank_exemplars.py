@@ -27,7 +27,7 @@ class RerankExemplarsParams(BaseModel):
     patch_size: int = Field(default=512, ge=32, le=8192)
     """Candidate patch side, level-0 pixels (the classification patch size)."""
     send_size: int = Field(default=512, ge=32, le=4096)
-    """Side in pixels of each candidate image (also the exemplar image later sent few-shot)."""
+    """Side in pixels of each candidate image, also sent few-shot (capped at ``patch_size``)."""
     require_sharp_tissue: bool = True
     """Drop tissue picks the oracle graded ``mild_blur`` or ``out_of_focus``."""
     role: Role = "classifier"
@@ -129,7 +129,9 @@ async def rerank_exemplars(inp: RerankExemplarsInput, deps: StageDeps) -> Rerank
         return out
     refs = [ref for ref, _ in found]
     try:
-        images = await deps.in_thread(lambda: [deps.slide.read_patch(ref, inp.send_size) for ref in refs])
+        images = await deps.in_thread(
+            lambda: [deps.slide.read_patch(ref, min(inp.send_size, inp.patch_size)) for ref in refs]
+        )
         request = RerankRequest(
             candidates=refs,
             candidate_labels=[label for _, label in found],

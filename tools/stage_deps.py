@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tissue_oracle.tools.point_ground import PointGroundOutput
     from tissue_oracle.tools.rerank_exemplars import RerankExemplarsOutput
     from tissue_oracle.tools.review_mask import ReviewMaskOutput
-    from tissue_oracle.tools.slides import Slide
+    from tissue_oracle.tools.slide_base import Slide
 
 T = TypeVar("T")
 
