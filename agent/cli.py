@@ -23,8 +23,11 @@ app = typer.Typer(
 #: name -> "module:attribute"; the attribute is a command function or a typer sub-app.
 COMMANDS: dict[str, str] = {
     "audit": "tissue_oracle.agent.cmd_audit:app",
+    "segment": "tissue_oracle.agent.cmd_segment:segment",
+    "demo": "tissue_oracle.agent.cmd_demo:demo",
     "distil": "tissue_oracle.agent.cmd_distil:distil",
     "bench": "tissue_oracle.bench.cmd_bench:bench",
+    "synth": "tissue_oracle.bench.cmd_synth:synth",
 }
 
 

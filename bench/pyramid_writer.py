@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +70,14 @@ def write_pyramidal_tiff(
     magnification: float | None = 40.0,
     jpeg_quality: int = 85,
     progress: Progress | None = None,
+    workers: int = 2,
 ) -> None:
     """Write ``width`` x ``height`` (level-0 px) as a tiled JPEG pyramid at ``path``.
 
     ``downsamples`` must start at 1 and increase; each must be an integer. ``mpp`` (microns per
     level-0 pixel) and ``magnification`` go into the Aperio description; ``None`` leaves the key
-    out, so OpenSlide reports no ``openslide.mpp-x`` / ``objective-power``.
+    out, so OpenSlide reports no ``openslide.mpp-x`` / ``objective-power``. ``workers`` threads
+    render blocks ahead of the encoder; ``tile_source`` must then be thread-safe (pure).
     """
     _check_args(width, height, downsamples, tile_size)
     shapes = level_shapes(width, height, downsamples)
@@ -83,7 +87,7 @@ def write_pyramidal_tiff(
     bigtiff = width * height > 2**28  # JPEG at q85 on big slides can pass 4 GiB; OpenSlide reads both
     with tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
         for index, (ds, (lw, lh)) in enumerate(zip(downsamples, shapes, strict=True)):
-            tiles = _level_tiles(width, height, int(ds), tile_size, tile_source, progress, counter)
+            tiles = _level_tiles(width, height, int(ds), tile_size, tile_source, progress, counter, workers)
             tif.write(
                 tiles,
                 shape=(lh, lw, 3),
@@ -119,25 +123,41 @@ def _level_tiles(
     tile_source: TileSource,
     progress: Progress | None,
     counter: list[int],
+    workers: int,
 ) -> Iterator[np.ndarray]:
-    """Yield one level's tiles in row-major order, rendering a block of tiles at a time."""
+    """Yield one level's tiles in row-major order, rendering blocks of tiles on ``workers`` threads.
+
+    At most ``workers + 1`` blocks are in flight, so memory stays bounded by a few tile rows.
+    """
     lw, lh = math.ceil(width / ds), math.ceil(height / ds)
     cols = math.ceil(lw / tile_size)
-    tiles_per_block = max(1, _MAX_BLOCK_WIDTH // tile_size)
-    for row in range(math.ceil(lh / tile_size)):
-        y0 = row * tile_size * ds
-        h0 = min(tile_size * ds, height - y0)
-        for col0 in range(0, cols, tiles_per_block):
-            ncols = min(tiles_per_block, cols - col0)
-            x0 = col0 * tile_size * ds
-            w0 = min(ncols * tile_size * ds, width - x0)
-            rendered = tile_source(x0, y0, w0, h0, ds)
-            block = _padded(rendered, math.ceil(h0 / ds), math.ceil(w0 / ds), tile_size)
-            for k in range(ncols):
-                yield block[:, k * tile_size : (k + 1) * tile_size]
-            counter[0] += ncols
+    per_block = max(1, _MAX_BLOCK_WIDTH // tile_size)
+    jobs = iter(
+        (col0 * tile_size * ds, row * tile_size * ds, min(per_block, cols - col0))
+        for row in range(math.ceil(lh / tile_size))
+        for col0 in range(0, cols, per_block)
+    )
+
+    def render(job: tuple[int, int, int]) -> np.ndarray:
+        x0, y0, ncols = job
+        w0, h0 = min(ncols * tile_size * ds, width - x0), min(tile_size * ds, height - y0)
+        return _padded(tile_source(x0, y0, w0, h0, ds), math.ceil(h0 / ds), math.ceil(w0 / ds), tile_size)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque[tuple[tuple[int, int, int], Future[np.ndarray]]] = deque(
+            (job, pool.submit(render, job)) for job in itertools.islice(jobs, max(1, workers) + 1)
+        )
+        while pending:
+            job, future = pending.popleft()
+            upcoming = next(jobs, None)
+            if upcoming is not None:
+                pending.append((upcoming, pool.submit(render, upcoming)))
+            block = future.result()
+            counter[0] += job[2]  # counted before yielding: tifffile stops pulling after the last tile
             if progress is not None:
                 progress(counter[0], counter[1])
+            for k in range(job[2]):
+                yield block[:, k * tile_size : (k + 1) * tile_size]
 
 
 def _padded(block: np.ndarray, want_h: int, want_w: int, tile_size: int) -> np.ndarray:

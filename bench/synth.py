@@ -27,7 +27,7 @@ from tissue_oracle.bench.synth_render import FOCUS_CODES, SlideSpec, render_bloc
 from tissue_oracle.bench.truth import truth_folder
 from tissue_oracle.tools.errors import ConfigError
 
-__all__ = ["MASK_DOWNSAMPLE", "PRESETS", "TRUTH_FORMAT", "generate_set", "generate_slide"]
+__all__ = ["MASK_DOWNSAMPLE", "PRESETS", "TRUTH_FORMAT", "generate_set", "generate_slide", "plan_set"]
 
 #: Level-0 px per truth-mask pixel.
 MASK_DOWNSAMPLE = 16
@@ -74,6 +74,24 @@ def generate_slide(
     return path
 
 
+def plan_set(preset: str, count: int, seed: int) -> list[tuple[str, int, str | None]]:
+    """(file name, slide seed, forced stain or None) for each slide of a set.
+
+    Slide i is ``<preset>_<seed>_<i>.tiff`` with seed ``mix_seed(seed, i)``. Presets with an even
+    stain mix (leica-like, zoo, tiny) cycle through their stains so a small set covers each;
+    stress draws by weight (mostly Jones and EVG).
+    """
+    cfg = get_preset(preset)
+    if count < 1:
+        raise ConfigError(f"count must be at least 1, got {count}")
+    stains = list(cfg.stains)
+    even = len(set(cfg.stains.values())) == 1
+    names = [f"{preset}_{seed}_{i:03d}.tiff" for i in range(count)]
+    seeds = [mix_seed(seed, i) % 2**31 for i in range(count)]
+    forced = [stains[i % len(stains)] if even else None for i in range(count)]
+    return list(zip(names, seeds, forced, strict=True))
+
+
 def generate_set(
     out_dir: str | Path,
     *,
@@ -84,24 +102,13 @@ def generate_set(
     with_mpp: bool = True,
     progress: Progress | None = None,
 ) -> list[Path]:
-    """Write ``count`` slides ``<preset>_<seed>_<i>.tiff`` into ``out_dir``; ``size`` makes them square.
-
-    Slide i uses seed ``mix_seed(seed, i)``. Presets with an even stain mix (leica-like, zoo,
-    tiny) cycle through their stains so a small set covers each; stress draws by weight.
-    """
-    cfg = get_preset(preset)
-    if count < 1:
-        raise ConfigError(f"count must be at least 1, got {count}")
-    stains = list(cfg.stains)
-    even = len(set(cfg.stains.values())) == 1
+    """Write ``count`` slides into ``out_dir`` (named by ``plan_set``); ``size`` makes them square."""
     paths = []
-    for i in range(count):
+    for name, slide_seed, stain in plan_set(preset, count, seed):
         paths.append(
             generate_slide(
-                Path(out_dir) / f"{preset}_{seed}_{i:03d}.tiff", preset=preset,
-                seed=mix_seed(seed, i) % 2**31,
-                width=size, height=size, stain=stains[i % len(stains)] if even else None, with_mpp=with_mpp,
-                progress=progress,
+                Path(out_dir) / name, preset=preset, seed=slide_seed, width=size, height=size, stain=stain,
+                with_mpp=with_mpp, progress=progress,
             )
         )  # fmt: skip
     return paths

@@ -160,7 +160,8 @@ def build_spec(
     rng = np.random.default_rng(mix_seed(seed, zlib.crc32(preset.encode())))
     stain_name = stain or str(rng.choice(list(cfg.stains), p=_weights(cfg.stains)))
     slide_stain = draw_stain(stain_name, rng)
-    scale = float(np.clip(min(w, h) / 10000, 0.5, 3.0))
+    # Tissue shrinks with the slide, but no further than nuclei allow on small test slides.
+    scale = float(np.clip(min(w, h) / 10000, min(0.5, min(w, h) / 3000), 3.0))
     pieces = _with_faint(cfg, rng, _lay_out_pieces(cfg, rng, w, h, scale))
     taken = [p.bbox for p in pieces]
     inks: list[InkArtefact] = []
@@ -199,6 +200,11 @@ def _with_faint(cfg: Preset, rng: np.random.Generator, pieces: list[Piece]) -> l
         faint = rng.random() < cfg.p_faint or (cfg.every_artefact and i == len(pieces) - 1)
         out.append(Piece(**{**p.__dict__, "intensity": float(rng.uniform(0.2, 0.35))}) if faint else p)
     return out
+
+
+def _between(rng: np.random.Generator, low: float, high: float) -> float:
+    """Uniform in [low, high]; the midpoint when the range is empty (small slides)."""
+    return float(rng.uniform(low, high)) if high > low else (low + high) / 2
 
 
 def _weights(table: dict[str, float]) -> np.ndarray:
@@ -246,7 +252,7 @@ def _draw_piece(kind: str, rng: np.random.Generator, w: int, h: int, scale: floa
         ang = (0.0 if w >= h else math.pi / 2) + rng.normal(0, 0.1)
         # Centre the core along the long axis so that it fits; cores lie side by side across it.
         half = 0.5 * length + 1.4 * r
-        along = rng.uniform(half + 0.06 * min(w, h), long_side - half - 0.06 * min(w, h))
+        along = _between(rng, half + 0.06 * min(w, h), long_side - half - 0.06 * min(w, h))
         cx, cy = (along, cy) if w >= h else (cx, along)
         ts = np.linspace(-0.5, 0.5, 6)
         wiggle = rng.normal(0, 0.25 * r, 6)
@@ -321,7 +327,7 @@ def _speckle_zones(
         shrink = 0.85 ** (attempt // 8)  # crowded slides get smaller zones rather than none
         rx = min(rng.uniform(700, 1600) * scale * shrink, w / 2.2)
         ry = min(rng.uniform(500, 1300) * scale * shrink, h / 2.2)
-        x, y = rng.uniform(rx, w - rx), rng.uniform(ry, h - ry)
+        x, y = _between(rng, rx, w - rx), _between(rng, ry, h - ry)
         if _free((x - rx, y - ry, x + rx, y + ry), taken, 0):
             zones.append(
                 Speckle(x=x, y=y, rx=rx, ry=ry, seed=int(rng.integers(2**62)), density=rng.uniform(0.35, 0.7))
@@ -363,7 +369,7 @@ def _specks(cfg: Preset, rng: np.random.Generator, w: int, h: int, scale: float)
     out: list[InkArtefact] = []
     for _ in range(_count(rng, cfg.bubbles)):
         r = rng.uniform(250, 900) * scale
-        out.append(Bubble(x=rng.uniform(r, w - r), y=rng.uniform(r, h - r), radius=r))
+        out.append(Bubble(x=_between(rng, r, w - r), y=_between(rng, r, h - r), radius=r))
     for kind, span, size in (
         ("dust", cfg.dust, (4, 28)),
         ("debris", cfg.debris, (40, 150)),
