@@ -17,6 +17,7 @@ from typing import Any
 from tissue_oracle.oracles.protocol import Oracle
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.policies.prices import FREE_BACKENDS, price_for, split_spec
+from tissue_oracle.tools.cascade import with_cascade
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import ModelPrice, Role
 
@@ -143,6 +144,12 @@ def build_oracles(
         if key not in built:
             built[key] = build_one(spec, policy, role=role, base_urls=base_urls)
         by_role[role], prices[role] = built[key]
+    owned = [oracle for oracle, _ in built.values()]
+    if policy.cascade.enabled and policy.cascade.student:
+        # Student first, the classifier only for unsure patches (tools.cascade); built once per run.
+        student, _ = build_one(policy.cascade.student, policy, role="classifier")
+        by_role = with_cascade(by_role, student=student, threshold=policy.cascade.confidence)
+        owned.append(student)
     return OracleSet(
         by_role=by_role,
         specs=specs,
@@ -151,5 +158,5 @@ def build_oracles(
             role: (1 if split_spec(spec)[0] in FREE_BACKENDS else policy.classify.retries + 1)
             for role, spec in specs.items()
         },
-        _owned=[oracle for oracle, _ in built.values()],
+        _owned=owned,
     )

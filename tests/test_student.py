@@ -209,3 +209,19 @@ def test_with_cascade_wraps_the_classifier_and_the_stage_keeps_cascade_sources(c
     assert sum(c.backend == "classical" for c in rec.calls) == stats.oracle_calls
     with pytest.raises(ConfigError, match="roles set"):
         cascade.with_cascade({}, student=student, threshold=0.9)
+
+
+def test_policy_cascade_makes_the_run_classifier_a_cascade(checkpoint: Path) -> None:
+    from tissue_oracle.agent.oracle_setup import build_oracles
+    from tissue_oracle.policies.policy import load_policy
+
+    policy = load_policy("default").with_updates(
+        {"cascade.enabled": True, "cascade.student": f"student:{checkpoint}", "cascade.confidence": 0.8}
+    )
+    oracles = build_oracles(policy)
+    classifier = oracles.by_role["classifier"]
+    assert isinstance(classifier, cascade.CascadeOracle) and classifier.threshold == 0.8
+    assert classifier.student.backend == "student" and classifier.oracle is oracles.by_role["oracle"]
+    assert oracles.identities()["classifier"]["backend"] == "cascade"
+    assert not isinstance(build_oracles(load_policy("default")).by_role["classifier"], cascade.CascadeOracle)
+    asyncio.run(oracles.aclose())
