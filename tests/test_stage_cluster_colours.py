@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import numpy as np
 import pytest
 from stage_support import core_boxes, core_slide_pixels, dice, make_deps, open_core_slide
 
+from tissue_oracle.tools.classify_patches import patch_coverage
 from tissue_oracle.tools.cluster_colours import (
     ClusterColoursInput,
     ClusterColoursParams,
@@ -13,7 +17,9 @@ from tissue_oracle.tools.cluster_colours import (
     cluster_colours,
     coarse_mask,
 )
+from tissue_oracle.tools.ground_boxes import GroundBoxesInput, ground_boxes
 from tissue_oracle.tools.schemas import Box
+from tissue_oracle.tools.slides import open_slide
 
 
 @pytest.mark.parametrize(
@@ -69,3 +75,29 @@ def test_local_background_is_the_cluster_nearest_the_global_one():
     out = coarse_mask(thumb, [(5, 5, 50, 55)], ClusterColoursParams())
     assert out.mask[10:50, 10:44].all()
     assert not out.mask[5:10, 5:50].any() and not out.mask[:, 50:].any()
+
+
+def test_mostly_tissue_inverts_under_the_majority_rule_but_not_the_lightest():
+    thumb = np.full((40, 40, 3), 238, dtype=np.uint8)
+    thumb[4:36, 4:36] = (200, 120, 170)  # 64% tissue: the majority cluster is tissue
+    rects = [(0, 0, 40, 40)]
+    majority = coarse_mask(thumb, rects, ClusterColoursParams())
+    lightest = coarse_mask(thumb, rects, ClusterColoursParams(background_rule="lightest"))
+    assert not majority.mask[4:36, 4:36].any()  # the paper's rule calls the tissue background
+    assert lightest.mask[4:36, 4:36].all() and lightest.mask.sum() == 32 * 32
+
+
+@pytest.mark.real
+def test_real_tcga_frozen_section_m1_agrees_with_histolab(real_data: Path):
+    """Agreement with histolab's threshold mask (another tool's output, not ground truth)."""
+    reference = np.load(real_data / "masks" / "tissue-mask-tcga-cr-7395.npy")
+    with open_slide(real_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs") as slide:
+        deps, _ = make_deps(slide)
+        boxes = asyncio.run(ground_boxes(GroundBoxesInput(downsample=16), deps))
+        assert boxes.fallback  # ~70% tissue: the lone box is rejected, then the whole slide is used
+        inp = ClusterColoursInput(downsample=16, boxes=boxes.boxes, background_rule="lightest")
+        out = cluster_colours(inp, deps)
+        grid = slide.patch_grid(256)
+        ours = patch_coverage(out.mask, grid, 16) >= 0.5
+        theirs = patch_coverage(reference, grid, slide.dimensions[0] / reference.shape[1]) >= 0.5
+    assert dice(ours, theirs) > 0.9

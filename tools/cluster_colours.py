@@ -1,7 +1,9 @@
 """Stage 2, cluster_colours: the coarse tissue mask M1 by two-pass K-means in CIELAB.
 
 Global pass: K=2 over the whole thumbnail; the cluster holding most pixels is background, and
-its centroid is the slide's background colour. Local pass: K=3 inside each box; the cluster
+its centroid is the slide's background colour. (On a slide that is mostly tissue the majority
+cluster is tissue and M1 comes out inverted; ``background_rule="lightest"`` picks the cluster
+with the highest L* instead. The paper's rule stays the default.) Local pass: K=3 inside each box; the cluster
 whose centroid is nearest to the global background centroid is background, the rest tissue.
 M1 is the union of the boxes' tissue; outside every box it is background.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +43,9 @@ class ClusterColoursParams(BaseModel):
     """K of the global pass (majority cluster = background)."""
     k_local: int = Field(default=3, ge=2, le=8)
     """K of the local pass inside each box (nearest to the global background = background)."""
+    background_rule: Literal["majority", "lightest"] = "majority"
+    """How the global pass picks background: the paper's ``majority`` cluster, or the ``lightest``
+    (highest L*) one, which stays right on slides that are mostly tissue."""
     max_samples: int = Field(default=20_000, ge=100)
     """Pixels K-means fits on, per pass (a seeded random subset when there are more)."""
     n_init: int = Field(default=3, ge=1, le=20)
@@ -150,8 +156,11 @@ def coarse_mask(
     lab = rgb2lab(np.asarray(thumbnail)[:, :, :3]).astype(np.float32)
     flat = lab.reshape(-1, 3)
     centroids = _fit_kmeans(flat, params.k_global, params)
-    counts = np.bincount(_nearest(flat, centroids), minlength=len(centroids))
-    background = centroids[int(np.argmax(counts))]
+    if params.background_rule == "lightest":
+        background = centroids[int(np.argmax(centroids[:, 0]))]
+    else:
+        counts = np.bincount(_nearest(flat, centroids), minlength=len(centroids))
+        background = centroids[int(np.argmax(counts))]
     mask = np.zeros(lab.shape[:2], dtype=bool)
     box_masks = []
     for x0, y0, x1, y1 in rects:
