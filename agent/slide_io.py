@@ -86,7 +86,7 @@ def slide_record(run_id: str, slide_id: str, slide: Slide) -> SlideRecord:
         run_id=run_id,
         slide_id=slide_id,
         path=str(slide.path) if slide.path is not None else f"<array {slide.name}>",
-        file_hash=slide.file_hash,
+        file_hash=slide.file_hash(),
         width=width,
         height=height,
         mpp=slide.mpp,

@@ -1,0 +1,190 @@
+"""``tissue-oracle segment``: find the tissue in slides under a policy, with every call audited.
+
+Writes ``OUT/<slide>/`` per slide and ``OUT/audit.duckdb`` for the run. Exits 0 when at least
+one slide was segmented (failed slides are listed), 1 when every slide failed, 2 on a usage or
+configuration error. Heavy imports wait inside the command so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from tissue_oracle.agent.runs import RunResult
+    from tissue_oracle.policies.policy import Policy
+
+SpecOption = Annotated[str | None, typer.Option(help="Backend spec for this role, overriding the policy.")]
+
+
+def build_policy(policy: str, *, max_usd: float | None, max_calls: int | None) -> Policy:
+    """The named or given policy with the command line's run caps applied."""
+    from tissue_oracle.policies.policy import load_policy
+
+    loaded = load_policy(policy)
+    updates: dict[str, Any] = {}
+    if max_usd is not None:
+        updates["budgets.run.usd"] = max_usd
+    if max_calls is not None:
+        updates["budgets.run.calls"] = max_calls
+    return loaded.with_updates(updates) if updates else loaded
+
+
+def run_segment(
+    paths: list[str],
+    out: Path,
+    policy: Policy,
+    *,
+    overrides: dict[str, str | None],
+    base_urls: list[str] | None = None,
+    use_cache: bool = True,
+    mpp: float | None = None,
+    run_id: str | None = None,
+    show_progress: bool = True,
+) -> RunResult:
+    """Open the store, build the oracles, segment every slide; the store and oracles are closed after."""
+    from tissue_oracle.agent.oracle_setup import build_oracles, parse_base_urls
+    from tissue_oracle.agent.runs import expand_paths, new_run_id, run_slides
+    from tissue_oracle.store.audit_store import AuditStore
+
+    slides = expand_paths(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    # The run's store opens first: a replay source that is the same file then shares it.
+    with AuditStore.open(out / "audit.duckdb") as store:
+        oracles = build_oracles(policy, overrides=overrides, base_urls=parse_base_urls(base_urls))  # type: ignore[arg-type]
+
+        async def main() -> RunResult:
+            try:
+                with _progress(show_progress) as tick:
+                    return await run_slides(
+                        slides,
+                        policy=policy,
+                        oracles=oracles,
+                        store=store,
+                        run_id=run_id or new_run_id(),
+                        out_dir=out,
+                        use_cache=use_cache,
+                        mpp=mpp,
+                        progress=tick,
+                    )
+            finally:
+                await oracles.aclose()
+
+        return asyncio.run(main())
+
+
+class _progress:
+    """A rich progress bar over slides (or nothing), as a context manager yielding ``tick``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("slides", total=None)
+        return self.tick
+
+    def tick(self, done: int, total: int, slide_id: str) -> None:
+        self.bar.update(self.task, completed=done, total=total, description=slide_id or "done")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def print_result(result: RunResult) -> None:
+    """One row per slide, then where the outputs and the audit store are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {result.run_id}")
+    for column in (
+        "slide",
+        "status",
+        "labelled as",
+        "regions",
+        "refined",
+        "calls",
+        "naive",
+        "USD",
+        "s",
+        "notes",
+    ):
+        table.add_column(column, overflow="fold")
+    for o in result.outcomes:
+        s = o.summary
+        if s is None:
+            table.add_row(o.slide_id, o.status, "", "", "", "", "", "", "", o.error or "")
+            continue
+        table.add_row(
+            o.slide_id, o.status, s.labelled_as, str(len(s.regions)), str(s.refinements), str(s.totals.calls),
+            str(s.patches.naive_calls), f"{s.totals.usd:.4f}", f"{s.seconds:.1f}", ", ".join(s.flags),
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    console.print(f"outputs in {str(result.out_dir)!r}; audit store {str(result.out_dir / 'audit.duckdb')!r}")
+
+
+def segment(
+    paths: Annotated[list[str], typer.Argument(help="Slide files, folders of slides, or globs.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (one sub-folder per slide).")],
+    policy: Annotated[str, typer.Option(help="'paper', 'default', or a policy YAML file.")] = "default",
+    oracle: SpecOption = None,
+    reviewer: SpecOption = None,
+    classifier: SpecOption = None,
+    base_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="OpenAI-compatible/Gemini endpoint (vLLM); 'gemini=URL' or 'openai=URL' for one backend."
+        ),
+    ] = None,
+    max_usd: Annotated[float | None, typer.Option(help="Hard cap on the run's cost in USD.")] = None,
+    max_calls: Annotated[int | None, typer.Option(help="Hard cap on the run's oracle calls.")] = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="Microns per pixel, for slides that don't record it.")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Ask again instead of answering from the store.")
+    ] = False,
+    run_id: Annotated[
+        str | None, typer.Option(help="Resume this run: slides it finished are skipped.")
+    ] = None,
+) -> None:
+    """Segment the tissue in slides: boxes, coarse mask, patch labels, review and Auto-context."""
+    from tissue_oracle.tools.errors import TissueOracleError
+
+    try:
+        chosen = build_policy(policy, max_usd=max_usd, max_calls=max_calls)
+        result = run_segment(
+            paths,
+            out,
+            chosen,
+            overrides={"oracle": oracle, "reviewer": reviewer, "classifier": classifier},
+            base_urls=base_url,
+            use_cache=not no_cache,
+            mpp=mpp,
+            run_id=run_id,
+        )
+    except TissueOracleError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+    print_result(result)
+    if result.all_failed:
+        typer.secho("every slide failed; see the notes above.", err=True, fg="red")
+        raise typer.Exit(1)

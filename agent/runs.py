@@ -1,0 +1,202 @@
+"""Many slides under one policy: expand paths, isolate failures, resume, and share a run budget.
+
+``run_slides`` segments slides one after another (each slide runs its own oracle calls
+concurrently), all charging one run ledger, so ``budgets.run`` is a hard cap over the batch.
+A slide that fails is recorded as failed and the batch goes on: results already paid for are
+kept. A run id that the store already holds resumes: slides the store marks done or degraded
+are skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import secrets
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from tissue_oracle.agent.controller import segment_slide
+from tissue_oracle.agent.oracle_setup import OracleSet
+from tissue_oracle.agent.summary import SlideSummary
+from tissue_oracle.policies.ledger import BudgetLedger
+from tissue_oracle.policies.policy import Policy
+from tissue_oracle.tools.errors import ConfigError, TissueOracleError
+from tissue_oracle.tools.schemas import RunRecord
+
+#: File suffixes taken from a folder (a file named explicitly is always tried).
+SLIDE_SUFFIXES: frozenset[str] = frozenset(
+    {
+        ".svs",
+        ".ndpi",
+        ".mrxs",
+        ".scn",
+        ".bif",
+        ".tif",
+        ".tiff",
+        ".dcm",
+        ".vms",
+        ".svslide",
+        ".png",
+        ".jpg",
+        ".jpeg",
+    }
+)
+
+
+@dataclass(kw_only=True)
+class SlideOutcome:
+    """What happened to one slide of a run."""
+
+    slide_id: str
+    path: Path
+    status: Literal["done", "degraded", "failed", "skipped"]
+    summary: SlideSummary | None = None
+    error: str | None = None
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """Every slide's outcome, in input order, and the run's ledger."""
+
+    run_id: str
+    out_dir: Path
+    outcomes: list[SlideOutcome] = field(default_factory=list)
+    ledger: BudgetLedger | None = None
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def all_failed(self) -> bool:
+        """True when slides were attempted and every one failed (the CLI's non-zero exit)."""
+        attempted = [o for o in self.outcomes if o.status != "skipped"]
+        return bool(attempted) and all(o.status == "failed" for o in attempted)
+
+
+def expand_paths(items: list[str]) -> list[Path]:
+    """Files as given, folders' slide files (not recursive), and globs; sorted within each item,
+    first occurrence kept. An item that matches nothing raises ``ConfigError``."""
+    found: dict[Path, None] = {}
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+        elif path.exists():
+            matches = [path]
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+        else:
+            matches = [path]  # a missing file fails as that slide, with the slide error's advice
+        if not matches:
+            raise ConfigError(f"{item!r} matches no slide files. Give files, folders or globs of slides.")
+        found.update(dict.fromkeys(matches))
+    return list(found)
+
+
+def slide_ids(paths: list[Path]) -> list[str]:
+    """File stems, made unique with a short hash of the path where two stems collide."""
+    stems = [p.stem for p in paths]
+    return [
+        stem
+        if stems.count(stem) == 1
+        else f"{stem}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:6]}"
+        for stem, p in zip(stems, paths, strict=True)
+    ]
+
+
+def new_run_id() -> str:
+    return f"run-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("tissue-oracle")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def run_record(run_id: str, policy: Policy) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        policy_name=policy.name,
+        policy_yaml=policy.to_yaml(),
+        policy_hash=policy.policy_hash,
+        tool_version=tool_version(),
+        command_line=" ".join(sys.argv),
+    )
+
+
+async def run_slides(
+    paths: list[Path],
+    *,
+    policy: Policy,
+    oracles: OracleSet,
+    store: Any,
+    run_id: str,
+    out_dir: Path,
+    use_cache: bool = True,
+    mpp: float | None = None,
+    progress: Any = None,
+) -> RunResult:
+    """Segment ``paths`` in order under one run ledger; never raises for one slide's failure.
+
+    ``store`` is an open ``AuditStore``; the run is begun and finished in it. ``progress`` is
+    an optional callable ``(done, total, slide_id)``.
+    """
+    done_before = store.finished_slides(run_id)
+    store.begin_run(run_record(run_id, policy))
+    ledger = BudgetLedger(policy.budgets.run, scope="run")
+    result = RunResult(run_id=run_id, out_dir=out_dir, ledger=ledger)
+    status = "interrupted"
+    try:
+        for i, (path, sid) in enumerate(zip(paths, slide_ids(paths), strict=True)):
+            if progress is not None:
+                progress(i, len(paths), sid)
+            if sid in done_before:
+                result.outcomes.append(SlideOutcome(slide_id=sid, path=path, status="skipped"))
+                continue
+            result.outcomes.append(
+                await _one(path, sid, policy, oracles, store, run_id, out_dir, use_cache, mpp, ledger)
+            )
+        if progress is not None:
+            progress(len(paths), len(paths), "")
+        status = "failed" if result.all_failed else "finished"
+    finally:
+        store.finish_run(run_id, status)
+    return result
+
+
+async def _one(
+    path: Path,
+    sid: str,
+    policy: Policy,
+    oracles: OracleSet,
+    store: Any,
+    run_id: str,
+    out_dir: Path,
+    use_cache: bool,
+    mpp: float | None,
+    ledger: BudgetLedger,
+) -> SlideOutcome:
+    try:
+        summary = await segment_slide(
+            path,
+            policy=policy,
+            oracles=oracles,
+            store=store,
+            run_id=run_id,
+            out_dir=out_dir,
+            use_cache=use_cache,
+            ledger=ledger,
+            slide_id=sid,
+            mpp=mpp,
+        )
+    except TissueOracleError as exc:
+        return SlideOutcome(slide_id=sid, path=path, status="failed", error=str(exc))
+    except Exception as exc:  # a bug on one slide must not cost the batch; the store has the error
+        return SlideOutcome(slide_id=sid, path=path, status="failed", error=f"{type(exc).__name__}: {exc}")
+    return SlideOutcome(slide_id=sid, path=path, status=summary.status, summary=summary)
