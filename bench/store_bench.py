@@ -12,11 +12,21 @@
   slide it reported must be there with all its rows.
 
 All records are synthetic (no oracle runs); they are sized like real classify_patches rows.
+
+    python -m tissue_oracle.bench.store_bench --replay-only --out bench-out/store-replay.json
+
+- **replay** (``--replay``/``--replay-only``, about a minute): one synthetic slide segmented by the
+  controller with oracle and reviewer ``openai:`` served by the loopback fake VLM server (tests/fakes,
+  so run it from a checkout; its answers are image analysis, not a real VLM), then again with both
+  roles ``replay:<first audit.duckdb>`` after the server is stopped. Reported: requests the server
+  saw during the replay, calls recorded that were not cache hits, and which output files are
+  byte-identical (``summary.json`` holds timings and ``patches.h5`` an HDF5 timestamp).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -189,6 +199,55 @@ def kill9(tmp: Path, slides_before_kill: int = 20) -> dict[str, Any]:
     }
 
 
+async def _segment(slide: Path, out: Path, overrides: dict[str, str], base_url: str) -> None:
+    from tissue_oracle.agent.controller import segment_slide
+    from tissue_oracle.agent.oracle_setup import build_oracles
+    from tissue_oracle.policies.policy import load_policy
+
+    policy = load_policy("default")
+    oracles = build_oracles(policy, overrides=overrides, base_urls={"*": base_url})  # type: ignore[arg-type]
+    try:
+        with AuditStore.open(out / "audit.duckdb") as store:
+            await segment_slide(
+                slide, policy=policy, oracles=oracles, store=store, run_id=out.name, out_dir=out
+            )
+    finally:
+        await oracles.aclose()
+
+
+def replay(tmp: Path) -> dict[str, Any]:
+    """Live run against the fake VLM server, then a replay with the server stopped."""
+    from tissue_oracle.bench.oracle_throughput import _fakes
+    from tissue_oracle.bench.synth import generate_slide
+
+    fakes = _fakes()
+    slide = generate_slide(tmp / "slide.tiff", preset="tiny", seed=3, width=6144, height=4096)
+    server = fakes.fixtures.start_server("openai")
+    base_url, spec = server.base_url, f"openai:{fakes.fixtures.MODELS['openai']}"
+    try:
+        asyncio.run(_segment(slide, tmp / "live", {"oracle": spec, "reviewer": spec}, base_url))
+    finally:
+        server.stop()
+    live_requests = server.requests
+    source = f"replay:{tmp / 'live' / 'audit.duckdb'}"
+    asyncio.run(_segment(slide, tmp / "replay", {"oracle": source, "reviewer": source}, base_url))
+    sql = "SELECT [count(*), count(*) FILTER (WHERE NOT cache_hit)] FROM calls"  # [calls, not cache hits]
+    files = sorted(p.name for p in (tmp / "live" / "slide").iterdir())
+    same = {
+        n: (tmp / "live" / "slide" / n).read_bytes() == (tmp / "replay" / "slide" / n).read_bytes()
+        for n in files
+    }
+    return {
+        "oracle": "fake OpenAI-compatible loopback server (simulated VLM answers)",
+        "live_server_requests": live_requests,
+        "replay_server_requests": server.requests - live_requests,
+        "live_calls_and_not_cached": _count(tmp / "live" / "audit.duckdb", sql),
+        "replay_calls_and_not_cached": _count(tmp / "replay" / "audit.duckdb", sql),
+        "identical_files": [n for n, ok in same.items() if ok],
+        "differing_files": [n for n, ok in same.items() if not ok],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -196,17 +255,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--baseline-rows", type=int, default=2_000)
     parser.add_argument("--out", type=Path, default=None, help="Also write the figures here as JSON.")
+    parser.add_argument("--replay", action="store_true", help="Also run the end-to-end replay figure.")
+    parser.add_argument("--replay-only", action="store_true", help="Run only the replay figure.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child)
     with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
-        figures = {
-            "throughput": throughput(Path(tmp), args.rows, args.baseline_rows),
-            "threads": threads(Path(tmp), args.rows),
-            "kill9": kill9(Path(tmp)),
-            "duckdb": duckdb.__version__,
-        }
+        figures: dict[str, Any] = {"duckdb": duckdb.__version__}
+        if not args.replay_only:
+            figures["throughput"] = throughput(Path(tmp), args.rows, args.baseline_rows)
+            figures["threads"] = threads(Path(tmp), args.rows)
+            figures["kill9"] = kill9(Path(tmp))
+        if args.replay or args.replay_only:
+            figures["replay"] = replay(Path(tmp))
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out:
