@@ -173,8 +173,16 @@ class WholeImageAnswers:
 def test_oversized_answers_are_rejected_retried_uncached_then_fall_back(slide: Any):
     oracle = WholeImageAnswers(contexts=[])
     deps, _ = make_deps(slide, oracle)  # type: ignore[arg-type]
-    out = asyncio.run(ground_boxes(GroundBoxesInput(downsample=16, retries=3), deps))
+    out = asyncio.run(ground_boxes(GroundBoxesInput(downsample=16, retries=3, stop_on_repeat=False), deps))
     assert out.fallback and out.attempts == 4
     assert out.failures == ["a single box covers more than 60% of the slide"] * 4
     assert oracle.contexts is not None
     assert [c.use_cache for c in oracle.contexts] == [True, False, False, False]
+
+
+def test_a_repeated_rejected_answer_stops_the_retries(slide: Any):
+    oracle = WholeImageAnswers(contexts=[])
+    deps, _ = make_deps(slide, oracle)  # type: ignore[arg-type]
+    out = asyncio.run(ground_boxes(GroundBoxesInput(downsample=16, retries=3), deps))
+    assert out.fallback and out.attempts == 2
+    assert out.failures[-1] == "attempt 2 repeated a rejected answer; not asking again"

@@ -7,8 +7,9 @@ that can't find the cores tends to box the whole image); boxes are padded by ``p
 their size and merged while the intersection over the smaller box's area is at least
 ``merge_fraction``. A large box among others is kept: dropping it would lose whatever tissue it
 alone holds. An
-empty, rejected or failed answer is asked again up to ``retries`` times; after that the whole
-slide becomes one box. A budget that runs out falls back at once.
+empty, rejected or failed answer is asked again up to ``retries`` times (sooner given up when a
+deterministic backend repeats a rejected answer); after that the whole slide becomes one box. A
+budget that runs out falls back at once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class GroundBoxesParams(BaseModel):
     """An answer that is one box covering more than this fraction of the slide is rejected."""
     retries: int = Field(default=3, ge=0, le=10)
     """Questions asked again after an empty, rejected or failed answer (at most retries + 1 in all)."""
+    stop_on_repeat: bool = True
+    """Stop retrying when an answer repeats an earlier rejected one exactly: the backend is
+    deterministic (temperature 0, the classical oracle) and asking again only spends calls."""
     role: Role = "oracle"
     """The role that answers."""
 
@@ -163,6 +167,7 @@ async def ground_boxes(inp: GroundBoxesInput, deps: StageDeps) -> GroundBoxesOut
     oracle = deps.oracle(inp.role)
     first_ctx = deps.context("ground_boxes", inp.role)
     out = GroundBoxesOutput(boxes=[])
+    rejected: list[list[Box]] = []
     for attempt in range(inp.retries + 1):
         # A retry must reach the model: a cached answer would only repeat the rejected one. Replay
         # keeps the cache, since it answers from nothing else.
@@ -185,5 +190,9 @@ async def ground_boxes(inp: GroundBoxesInput, deps: StageDeps) -> GroundBoxesOut
             out.boxes, out.raw_boxes = boxes, list(answer.boxes)
             return out
         out.failures.append(reason)
+        if inp.stop_on_repeat and answer.boxes in rejected:
+            out.failures.append(f"attempt {out.attempts} repeated a rejected answer; not asking again")
+            break
+        rejected.append(list(answer.boxes))
     out.boxes, out.fallback = [whole_slide_box(width, height)], True
     return out
