@@ -64,12 +64,12 @@ def _cases(spec: Any, out: Path, data: Path | None, seed: int, echo: Any) -> tup
 
 
 def _methods(cases: list[Any]) -> list[Any]:
-    from tissue_oracle.bench import harness
+    from tissue_oracle.bench import harness, pipeline_bench
 
     methods = [harness.OTSU, harness.KMEANS, harness.classical_per_patch()]
     if any(c.truth_obj is not None for c in cases):
         methods.append(harness.simulated_per_patch())
-    methods.extend(harness.controller_methods(cases))
+    methods.extend(pipeline_bench.controller_methods(cases))
     return methods
 
 
@@ -105,7 +105,13 @@ def run_suite(
     reviewer = reviewer_results(cases, open_slide, seed=seed, max_stains=spec.reviewer_stains)
     policy: list[dict[str, Any]] = []
     if spec.policy_experiment and cases:
-        policy = harness.policy_experiment(cases, out / "work", seed=seed)
+        from tissue_oracle.bench.pipeline_bench import policy_experiment
+
+        try:
+            policy = policy_experiment(cases, out / "work", seed=seed, max_slides=spec.policy_slides)
+        except Exception as exc:  # the sweep is an extra: its failure must not cost the tables
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            notes.append(f"SIMULATED policy experiment failed: {type(exc).__name__}: {first}")
     result = {
         "suite": spec.name,
         "command": " ".join(["tissue-oracle", *sys.argv[1:]]) if sys.argv else "",
@@ -203,7 +209,7 @@ def _markdown(result: dict[str, Any], tables: dict[str, str], report: Any) -> st
     ]
     if errors:
         parts.append("Errors (method failed on a slide; the rest of the run went on):")
-        parts.extend(f"- {r['slide_id']} / {r['method']}: {r['error']}" for r in errors)
+        parts.extend(f"- {r['slide_id']} / {r['method']}: {r['error'].splitlines()[0]}" for r in errors)
     for title, text in tables.items():
         parts.append(f"## {title}\n\n{text}")
     parts.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in result["plots"]))

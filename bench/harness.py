@@ -225,16 +225,6 @@ def simulated_per_patch() -> Method:
     return per_patch_method("SIMULATED oracle, every patch (zero-shot)", "simulated", make)
 
 
-def controller_methods(cases: list[Case]) -> list[Method]:
-    """The full pipeline rows, when the controller is installed (added as it lands)."""
-    return []
-
-
-def policy_experiment(cases: list[Case], work_dir: Path, *, seed: int = 0) -> list[dict[str, Any]]:
-    """SIMULATED Dice against calls over tau_g, rounds and budgets (needs the controller)."""
-    return []
-
-
 # --------------------------------------------------------------------------- scoring
 
 

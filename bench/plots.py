@@ -37,7 +37,7 @@ def dice_per_stain(rows: Sequence[Row], group: str, path: Path) -> Path | None:
     stains = sorted({r["stain"] for r in rows})
     methods = list(dict.fromkeys(label(r) for r in rows))
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(stains) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(stains) + 2) + 3.5, 4.2))
     x = np.arange(len(stains))
     for i, name in enumerate(methods):
         stats = [summarise(r["dice"] for r in rows if label(r) == name and r["stain"] == s) for s in stains]
@@ -49,7 +49,7 @@ def dice_per_stain(rows: Sequence[Row], group: str, path: Path) -> Path | None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"patch {word}")
     ax.set_title(f"{word} per stain: {group}")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -62,12 +62,14 @@ def dice_vs_calls(rows: Sequence[Row], policy_points: Sequence[Row], path: Path)
     if not rows and not policy_points:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(10.0, 4.6))
     for group in dict.fromkeys(r["group"] for r in rows):
         for name in dict.fromkeys(label(r) for r in rows if r["group"] == group):
             mine = [r for r in rows if r["group"] == group and label(r) == name]
             calls = summarise(r["calls"] for r in mine).mean
-            ax.scatter([max(calls, 1)], [summarise(r["dice"] for r in mine).mean], label=f"{name} ({group})")
+            marker = "x" if mine[0].get("simulated") else "o"
+            dice = summarise(r["dice"] for r in mine).mean
+            ax.scatter([max(calls, 1)], [dice], marker=marker, label=f"{name} ({group})")
     if policy_points:
         for setting in dict.fromkeys(p["setting"] for p in policy_points):
             pts = sorted((p for p in policy_points if p["setting"] == setting), key=lambda p: p["calls"])
@@ -83,7 +85,7 @@ def dice_vs_calls(rows: Sequence[Row], policy_points: Sequence[Row], path: Path)
     ax.set_ylabel("patch Dice")
     has_sim = bool(policy_points) or any(r.get("simulated") for r in rows)
     ax.set_title("Dice against calls" + (" (SIMULATED oracle series marked)" if has_sim else ""))
-    ax.legend(fontsize=6, loc="lower right")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -177,15 +177,9 @@ def cost_table(rows: Sequence[Row]) -> str:
     """Cost per slide: calls, tokens, USD and wall time, and calls against classifying every patch."""
     rows = _ok(rows)
     headers = [
-        "group",
-        "method",
-        "slides",
-        "calls/slide",
-        "tokens/slide",
-        "USD/slide",
-        "wall s/slide",
-        "calls / naive",
-    ]
+        "group", "method", "slides", "calls/slide", "patches sent/slide", "tokens/slide", "USD/slide",
+        "wall s/slide", "calls / naive", "patches sent / naive",
+    ]  # fmt: skip
     body = []
     for group in groups(rows):
         for name in _methods([r for r in rows if r["group"] == group]):
@@ -212,8 +206,13 @@ def cost_table(rows: Sequence[Row]) -> str:
     return md_table(headers, body) + "\n\n" + note
 
 
-def tests_table(rows: Sequence[Row], group: str, metric: str = "dice") -> tuple[str, list[Row]]:
-    """Paired Wilcoxon signed-rank tests of every pair of methods, Bonferroni over the family."""
+REFERENCE_METHOD = "Otsu (CLAM)"
+
+
+def tests_table(
+    rows: Sequence[Row], group: str, metric: str = "dice", reference: str = REFERENCE_METHOD
+) -> tuple[str, list[Row]]:
+    """Paired Wilcoxon signed-rank tests of each method against ``reference``, Bonferroni over them."""
     rows = [r for r in _ok(rows) if r["group"] == group and metric in r]
     slides = list(dict.fromkeys(r["slide_id"] for r in rows))
     scores: dict[str, list[float]] = {}
@@ -222,7 +221,7 @@ def tests_table(rows: Sequence[Row], group: str, metric: str = "dice") -> tuple[
         scores[name] = [by_slide.get(s, math.nan) for s in slides]
     if len(scores) < 2:
         return "_Fewer than two methods: no paired tests._", []
-    tests = compare_methods(scores, metric=metric)
+    tests = compare_methods(scores, metric=metric, reference=reference if reference in scores else None)
     headers = ["A", "B", "pairs", "non-zero", "median A-B", "W", "p", "p (Bonferroni)", "note"]
     body = [
         [t.a, t.b, t.n_pairs, t.n_nonzero, t.median_diff, t.statistic, t.p_value, t.p_adjusted, t.note or ""]

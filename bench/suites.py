@@ -20,9 +20,13 @@ import numpy as np
 
 from tissue_oracle.bench.harness import Case, ReferenceKind
 from tissue_oracle.bench.labelled import LabelledPair, find_pairs, load_mask, mask_fraction
+from tissue_oracle.bench.simulated_oracle import NOT_ON_GLASS
+from tissue_oracle.bench.truth import Truth
 from tissue_oracle.tools.errors import ConfigError
 
 SMALL_SIDE = 2500
+#: A patch counts as holding an artefact when the artefact covers at least this share of it.
+ARTEFACT_FRACTION = 0.05
 #: Stains of the shared real images, from MANIFEST.md and their sources (names say IHC or H&E).
 _REAL_STAINS = {"kidney-48-5": "IHC", "models__coverslip_edge_ihc__coverslip_edge": "IHC"}
 
@@ -42,10 +46,14 @@ class SuiteSpec:
     reviewer_stains: int = 3
     policy_experiment: bool = True
     """Run the SIMULATED policy experiment (needs the controller)."""
+    policy_slides: int = 6
+    """Slides in the policy experiment (the artefact-heaviest first)."""
 
 
 SUITES: dict[str, SuiteSpec] = {
-    "quick": SuiteSpec(name="quick", presets=(("tiny", 4, None),), patch_size=256, send_size=64),
+    "quick": SuiteSpec(
+        name="quick", presets=(("tiny", 3, None),), patch_size=128, send_size=64, policy_slides=1
+    ),
     "synthetic": SuiteSpec(
         name="synthetic",
         presets=(("leica-like", 6, None), ("stress", 6, None), ("zoo", 4, None)),
@@ -73,22 +81,33 @@ def synthetic_cases(spec: SuiteSpec, data_dir: Path, *, seed: int = 0) -> list[C
 
     cases = []
     for preset, count, size in spec.presets:
-        paths = generate_set(data_dir / preset, preset=preset, count=count, seed=seed, size=size)
+        paths = _existing(data_dir / preset, preset, count, seed)
+        if paths is None:
+            paths = generate_set(data_dir / preset, preset=preset, count=count, seed=seed, size=size)
         for path in paths:
             truth = load_truth(path)
             cases.append(_synthetic_case(path, truth, preset, spec.patch_size))
     return cases
 
 
-def _synthetic_case(path: Path, truth, preset: str, patch_size: int) -> Case:  # type: ignore[no-untyped-def]
-    artefact = None
-    if truth.artefacts:
-        fracs = [
-            mask_fraction(m, truth.slide_width, truth.slide_height, patch_size)
-            for m in truth.artefacts.values()
-        ]
-        labels = truth.patch_labels(patch_size=patch_size)
-        artefact = (np.max(fracs, axis=0) >= 0.05) & ~labels
+def _existing(folder: Path, preset: str, count: int, seed: int) -> list[Path] | None:
+    """The set ``generate_set`` would write, when it is already there with its truth (reused)."""
+    from tissue_oracle.bench.truth import truth_folder
+
+    paths = [folder / f"{preset}_{seed}_{i:03d}.tiff" for i in range(count)]
+    if all(p.is_file() and (truth_folder(p) / "meta.json").is_file() for p in paths):
+        return paths
+    return None
+
+
+def _synthetic_case(path: Path, truth: Truth, preset: str, patch_size: int) -> Case:
+    labels = truth.patch_labels(patch_size)
+    marked = [
+        m
+        for name, m in truth.patch_artefacts(patch_size, ARTEFACT_FRACTION).items()
+        if name not in NOT_ON_GLASS
+    ]
+    artefact = np.logical_or.reduce(marked) & ~labels if marked else None
     return Case(
         slide_id=f"{preset}/{path.stem}",
         path=path,
@@ -100,7 +119,7 @@ def _synthetic_case(path: Path, truth, preset: str, patch_size: int) -> Case:  #
         thumb_downsample=thumb_downsample(patch_size),
         reference_kind="truth",
         reference="synthetic ground truth (exact)",
-        truth=truth.patch_labels(patch_size=patch_size),
+        truth=labels,
         focus=truth.patch_focus(patch_size),
         artefact=artefact,
         artefact_reference="synthetic artefact masks (glass patches with >=5% artefact)",
@@ -158,17 +177,20 @@ def labelled_cases(
     return cases
 
 
-def _grid(path: Path | None, width: int, height: int, patch_size: int) -> np.ndarray | None:
+def _grid(
+    path: Path | None, width: int, height: int, patch_size: int, threshold: float = 0.5
+) -> np.ndarray | None:
     if path is None:
         return None
     mask = load_mask(path, slide_width=width, slide_height=height)
-    return mask_fraction(mask, width, height, patch_size) >= 0.5
+    return mask_fraction(mask, width, height, patch_size) >= threshold
 
 
 def _artefact_grid(pair: LabelledPair, width: int, height: int, patch_size: int) -> np.ndarray | None:
     if not pair.artefacts:
         return None
-    grids = [_grid(p, width, height, patch_size) for p in pair.artefacts.values()]
+    # Pen strokes and coverslip edges are thin: a patch is marked when they cover 5% of it.
+    grids = [_grid(p, width, height, patch_size, ARTEFACT_FRACTION) for p in pair.artefacts.values()]
     return np.logical_or.reduce([g for g in grids if g is not None])
 
 
