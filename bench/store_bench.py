@@ -20,7 +20,7 @@ All records are synthetic (no oracle runs); they are sized like real classify_pa
   so run it from a checkout; its answers are image analysis, not a real VLM), then again with both
   roles ``replay:<first audit.duckdb>`` after the server is stopped. Reported: requests the server
   saw during the replay, calls recorded that were not cache hits, and which output files are
-  byte-identical (``summary.json`` holds timings and ``patches.h5`` an HDF5 timestamp).
+  byte-identical (``summary.json`` holds timings, ``patches.h5`` its output folder in ``save_path``).
 """
 
 from __future__ import annotations
