@@ -41,7 +41,7 @@ class MorphParams:
 
 
 def _clean(mask: np.ndarray, params: MorphParams) -> np.ndarray:
-    from skimage import morphology
+    import skimage.morphology as morphology
 
     min_obj = max(1, round(params.min_object_patches * params.patch_area_px))
     max_hole = max(1, round(params.max_hole_patches * params.patch_area_px))

@@ -73,7 +73,8 @@ def _cost(store: Any, run_id: str, slide_id: str) -> dict[str, float]:
 def _focus(store: Any, run_id: str, slide_id: str, case: Case) -> np.ndarray:
     sql = "SELECT x, y, focus FROM patches WHERE run_id = ? AND slide_id = ? AND label = 'tissue'"
     rows = store.query(lambda con: con.execute(sql, [run_id, slide_id]).fetchall())
-    grid = np.full(case.truth.shape if case.truth is not None else (1, 1), NO_FOCUS, dtype=np.uint8)
+    shape = (math.ceil(case.slide_height / case.patch_size), math.ceil(case.slide_width / case.patch_size))
+    grid = np.full(shape, NO_FOCUS, dtype=np.uint8)
     for x, y, focus in rows:
         r, c = y // case.patch_size, x // case.patch_size
         if focus in _FOCUS_CODE and r < grid.shape[0] and c < grid.shape[1]:
@@ -209,7 +210,7 @@ def policy_experiment(
         return []
     from tissue_oracle.bench.simulated_oracle import SimulatedOracle
 
-    pool = [c for c in cases if c.truth_obj is not None and c.truth is not None]
+    pool = [c for c in cases if c.truth_obj is not None]
     pool.sort(key=lambda c: -(0 if c.artefact is None else int(c.artefact.sum())))
     pool = pool[:max_slides]
     if not pool:
@@ -227,7 +228,7 @@ def policy_experiment(
                 policy = bench_policy(case, send_size=32, updates=updates)  # the simulation ignores pixels
                 oracle = SimulatedOracle(truths={case.path.stem: case.truth_obj}, seed=seed)
                 res = segment(case, oracle, policy, store, f"policy-{i}", work_dir / "policy" / str(i))
-                dice.append(seg_scores(res["final"], case.truth).dice)
+                dice.append(seg_scores(res["final"], case.truth_obj.patch_labels(case.patch_size)).dice)
                 calls.append(res["cost"]["calls"])
                 refined.append(sum(1 for r in res["summary"].regions if r.refinements))
             summary = {"dice": float(np.nanmean(dice)), "calls": float(np.mean(calls))}

@@ -39,6 +39,7 @@ from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     BoxesRequest,
     Focus,
+    Label,
     PatchLabel,
     PatchLabelsAnswer,
     PatchLabelsRequest,
@@ -253,12 +254,13 @@ class SimulatedOracle:
         ox, oy = math.floor(r.x0 / sx), math.floor(r.y0 / sy)
         rng = self._rng(3, r.x0, r.y0, r.x1, r.y1)
         points = []
-        for label, sel in (("tissue", win), ("background", ~win)):
+        pairs: tuple[tuple[Label, np.ndarray], ...] = (("tissue", win), ("background", ~win))
+        for label, sel in pairs:
             ys, xs = np.nonzero(sel)
             for i in rng.permutation(ys.size)[: req.max_points_per_class]:
                 x = min(r.x1 - 1, max(r.x0, int((ox + xs[i] + 0.5) * sx)))
                 y = min(r.y1 - 1, max(r.y0, int((oy + ys[i] + 0.5) * sy)))
-                points.append(Point(x=x, y=y, label=label))  # type: ignore[arg-type]
+                points.append(Point(x=x, y=y, label=label))
         return PointsAnswer(points=points)
 
     async def rerank(self, req: RerankRequest, ctx: CallContext) -> RerankAnswer:
@@ -274,7 +276,8 @@ class SimulatedOracle:
         from tissue_oracle.tools.schemas import Exemplar
 
         exemplars = []
-        for label in ("tissue", "background"):
+        labels: tuple[Label, ...] = ("tissue", "background")
+        for label in labels:
             idx = [i for i, lab in enumerate(req.candidate_labels) if lab == label]
             score = {i: _frac(truth.tissue, truth, req.candidates[i]) for i in idx}
             if label == "background":
@@ -284,7 +287,7 @@ class SimulatedOracle:
                 exemplars.append(
                     Exemplar(
                         ref=req.candidates[i], label=label, focus=focus, image=req.images[i], score=score[i]
-                    )  # type: ignore[arg-type]
+                    )
                 )
         return RerankAnswer(exemplars=exemplars)
 
