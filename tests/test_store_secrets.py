@@ -54,12 +54,14 @@ def test_planted_keys_never_reach_the_file_or_wal(tmp_path: Path, monkeypatch: p
             call_record("h1").model_copy(
                 update={
                     "request_json": json.dumps(request),
-                    "response_raw": f"authorization: Bearer {s['bearer']}\n{{\"label\": \"tissue\"}}",
+                    "response_raw": f'authorization: Bearer {s["bearer"]}\n{{"label": "tissue"}}',
                     "error": f"GET https://gen.example/v1?key={s['query_key']} failed, {canary}",
                 }
             )
         )
-        store.record_decision(decision_record("s1").model_copy(update={"reason": f"{s['env_plain']} {canary}"}))
+        store.record_decision(
+            decision_record("s1").model_copy(update={"reason": f"{s['env_plain']} {canary}"})
+        )
         store.record_output(output_record("s1").model_copy(update={"path": signed_url}))
         store.finish_slide("run-1", "s1", status="done")
         store.flush()
