@@ -72,9 +72,9 @@ class RunResult:
 
     @property
     def all_failed(self) -> bool:
-        """True when slides were attempted and every one failed (the CLI's non-zero exit)."""
-        attempted = [o for o in self.outcomes if o.status != "skipped"]
-        return bool(attempted) and all(o.status == "failed" for o in attempted)
+        """True when every slide failed (the CLI's non-zero exit); a slide skipped on resume had
+        finished in an earlier attempt, so it counts as a success."""
+        return bool(self.outcomes) and all(o.status == "failed" for o in self.outcomes)
 
 
 def expand_paths(items: list[str]) -> list[Path]:

@@ -52,12 +52,15 @@ def _lookup(table: dict[str, ModelPrice], model: str) -> ModelPrice | None:
 def price_for(spec: str, *, base_url: str | None = None) -> ModelPrice:
     """The price of the model a spec string names.
 
-    ``openai:MODEL`` with a ``base_url`` is a self-hosted OpenAI-compatible server (vLLM) and
+    Backends other than ``openai`` and ``gemini`` cost 0 here. ``openai:MODEL`` with a
+    ``base_url`` is a self-hosted OpenAI-compatible server (vLLM) and
     costs 0 unless the model is in the table. A hosted model missing from the table raises
     ``ConfigError``: a USD cap with an unknown price would be no cap at all.
     """
     backend, model = split_spec(spec)
-    if backend in FREE_BACKENDS:
+    if backend not in PRICES:
+        # classical, replay, student, and plug-ins: the latter's rows carry their own cost, which
+        # the ledger settles from; only the reservation can't know it in advance.
         return FREE
     known = _lookup(PRICES.get(backend, {}), model)
     if known is not None:

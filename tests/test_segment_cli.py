@@ -1,0 +1,88 @@
+"""``tissue-oracle segment`` through the real CLI: a good slide, a bad one, all bad, resume, bad policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from stage_support import core_slide_pixels
+from typer.testing import CliRunner
+
+from tissue_oracle.agent.cli import app
+from tissue_oracle.policies.policy import load_policy
+from tissue_oracle.store.audit_store import AuditStore
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the two-core slide as a PNG, a garbage '.svs' and a small-grid policy file."""
+    folder = tmp_path_factory.mktemp("slides")
+    image, _ = core_slide_pixels()
+    Image.fromarray(image).save(folder / "good.png")
+    (folder / "bad.svs").write_bytes(b"this is not a slide")
+    policy = load_policy("default").with_updates(
+        {
+            "classify.patch_size": 256,
+            "classify.send_size": 128,
+            "classify.batch_size": 16,
+            "review.crop_size": 512,
+        }
+    )
+    (folder.parent / "small.yaml").write_text(policy.to_yaml())
+    return folder
+
+
+def slide_rows(db: Path) -> dict[str, tuple[str, str | None]]:
+    with AuditStore.open(db, read_only=True) as store:
+        found = store.query(lambda c: c.execute("SELECT slide_id, status, error FROM slides").fetchall())
+    return {sid: (status, error) for sid, status, error in found}
+
+
+def test_a_bad_slide_is_isolated_and_resume_skips_finished_slides(slides: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    policy = str(slides.parent / "small.yaml")
+    args = ["segment", str(slides), "--out", str(out), "--policy", policy, "--run-id", "r1"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rows = slide_rows(out / "audit.duckdb")
+    assert rows["good"][0] in ("done", "degraded") and rows["bad"][0] == "failed"
+    assert "bad.svs" in (rows["bad"][1] or "") and "not an image" in (rows["bad"][1] or "")
+    assert (out / "good" / "summary.json").is_file() and not (out / "bad").exists()
+
+    with AuditStore.open(out / "audit.duckdb", read_only=True) as store:
+        calls_before = store.query(lambda c: c.execute("SELECT count(*) FROM calls").fetchone())
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    with AuditStore.open(out / "audit.duckdb", read_only=True) as store:
+        calls_after = store.query(lambda c: c.execute("SELECT count(*) FROM calls").fetchone())
+    assert calls_after == calls_before  # good was skipped; bad failed again without any call
+
+
+def test_every_slide_failing_exits_non_zero(slides: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["segment", str(slides / "bad.svs"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert slide_rows(tmp_path / "o" / "audit.duckdb")["bad"][0] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--policy", "papper"], "paper, default"),
+        (["--oracle", "nonsense:model"], "unknown oracle backend"),
+    ],
+)
+def test_configuration_errors_exit_2_with_advice(
+    slides: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["segment", str(slides / "good.png"), "--out", str(tmp_path / "o"), *extra])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_paths_that_match_nothing_are_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["segment", str(tmp_path / "*.svs"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "matches no slide files" in result.output
