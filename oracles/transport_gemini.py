@@ -7,6 +7,8 @@ at a proxy or a test server. SDK retries are off (the oracle retries; one row pe
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 from typing import Any
 
@@ -49,18 +51,23 @@ class GeminiTransport:
 
     name = "gemini"
 
-    def __init__(self, *, base_url: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, *, base_url: str | None = None, timeout_s: float = 120.0, pool_shards: int = 1
+    ) -> None:
         options = types.HttpOptions(base_url=base_url, timeout=int(timeout_s * 1000))
         if os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true"):
-            self._client = genai.Client(vertexai=True, http_options=options)
-            return
-        key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-        if not key:
-            raise ConfigError(
-                "gemini needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment, "
-                "or GOOGLE_GENAI_USE_VERTEXAI=true with Vertex AI credentials."
-            )
-        self._client = genai.Client(api_key=key, http_options=options)
+            make = functools.partial(genai.Client, vertexai=True, http_options=options)
+        else:
+            key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+            if not key:
+                raise ConfigError(
+                    "gemini needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment, "
+                    "or GOOGLE_GENAI_USE_VERTEXAI=true with Vertex AI credentials."
+                )
+            make = functools.partial(genai.Client, api_key=key, http_options=options)
+        # Several small connection pools: httpx scans a whole pool per request (transport_openai).
+        self._clients = [make() for _ in range(max(1, pool_shards))]
+        self._next = itertools.cycle(self._clients)
 
     async def send(self, request: TransportRequest) -> TransportResponse:
         parts = [types.Part.from_bytes(data=im.data, mime_type=im.mime) for im in request.images]
@@ -71,9 +78,10 @@ class GeminiTransport:
             response_mime_type="application/json",
             response_schema=gemini_schema(request.schema),
             http_options=types.HttpOptions(timeout=int(request.timeout_s * 1000)),
+            automatic_continuation=False,
         )
         try:
-            response = await self._client.aio.models.generate_content(
+            response = await next(self._next).aio.models.generate_content(
                 model=request.model, contents=[types.Content(role="user", parts=parts)], config=config
             )
         except genai_errors.APIError as exc:
@@ -98,4 +106,5 @@ class GeminiTransport:
         )
 
     async def aclose(self) -> None:
-        await self._client.aio.aclose()
+        for client in self._clients:
+            await client.aio.aclose()

@@ -47,6 +47,9 @@ from tissue_oracle.tools.schemas import (
     Usage,
 )
 
+#: In-flight requests per HTTP connection pool of the openai transport (see transport_openai).
+CONNECTIONS_PER_POOL = 8
+
 
 @dataclass(kw_only=True)
 class VLMOracle:
@@ -336,15 +339,16 @@ def build_vlm_oracle(
 ) -> VLMOracle:
     """A VLM oracle over the ``openai`` or ``gemini`` transport; keys come from the environment."""
     timeout_s = float(options.get("timeout_s", 120.0))
+    shards = max(1, -(-int(options.get("max_in_flight", 16)) // CONNECTIONS_PER_POOL))
     transport: Transport
     if family == "openai":
         from tissue_oracle.oracles.transport_openai import OpenAITransport
 
-        transport = OpenAITransport(base_url=base_url, timeout_s=timeout_s)
+        transport = OpenAITransport(base_url=base_url, timeout_s=timeout_s, pool_shards=shards)
     elif family == "gemini":
         from tissue_oracle.oracles.transport_gemini import GeminiTransport
 
-        transport = GeminiTransport(base_url=base_url, timeout_s=timeout_s)
+        transport = GeminiTransport(base_url=base_url, timeout_s=timeout_s, pool_shards=shards)
     else:
         raise ConfigError(f"unknown VLM family {family!r}; use 'openai' or 'gemini'.")
     try:

@@ -73,6 +73,7 @@ async def attempt_question(
         started = time.perf_counter()
         try:
             async with slots:
+                started = time.perf_counter()  # latency is the server's time, not the queue's
                 response = await asyncio.wait_for(transport.send(sent), timeout=policy.timeout_s + 1.0)
         except (TransportError, TimeoutError) as exc:
             error = exc if isinstance(exc, TransportError) else TransportError("timed out", retryable=True)

@@ -55,6 +55,10 @@ FAULTS: tuple[Fault, ...] = (
 )
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # many clients connect at once (64+ in flight); the default 5 drops them
+
+
 @dataclass
 class Parsed:
     """What a request asked, independent of the protocol."""
@@ -96,7 +100,7 @@ class FakeServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
         threading.Thread(
