@@ -71,7 +71,11 @@ class CallEstimator:
     """Patch images are downscaled to this side before sending (None: sent as they are)."""
 
     @classmethod
-    def from_policy(cls, policy: Policy, price: ModelPrice, *, attempts: int | None = None) -> CallEstimator:
+    def from_policy(
+        cls, policy: Policy, price: ModelPrice, *, attempts: int | None = None, output_cap: int | None = None
+    ) -> CallEstimator:
+        """Bounds from the policy; ``output_cap`` is the backend's own output-token cap, which
+        then bounds every question (a VLM oracle applies one ``max_tokens`` to all of them)."""
         outputs: dict[Question, int] = {
             "boxes": policy.ground.max_tokens,
             # A batch answers every patch in one reply, each about as long as a single answer.
@@ -80,6 +84,8 @@ class CallEstimator:
             "rerank": policy.autocontext.max_tokens,
             "review": policy.review.max_tokens,
         }
+        if output_cap is not None:
+            outputs = dict.fromkeys(outputs, output_cap)
         return cls(
             price=price,
             attempts=attempts if attempts is not None else policy.classify.retries + 1,

@@ -80,7 +80,12 @@ def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[R
         role: BudgetedOracle(
             oracle,
             ledger,
-            CallEstimator.from_policy(policy, oracles.prices[role], attempts=oracles.attempts[role]),
+            CallEstimator.from_policy(
+                policy,
+                oracles.prices[role],
+                attempts=oracles.attempts[role],
+                output_cap=getattr(oracle, "max_tokens", None),
+            ),
         )
         for role, oracle in oracles.by_role.items()
     }

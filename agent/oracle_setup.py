@@ -98,12 +98,21 @@ def parse_base_urls(values: list[str] | None) -> dict[str, str]:
 
 
 def _vlm_options(policy: Policy) -> dict[str, Any]:
+    """Transport settings from the policy. One patch-labels question is one call of
+    ``batch_size`` patches, and the output cap covers the longest answer any question needs."""
     c = policy.classify
     return {
         "max_in_flight": c.max_in_flight,
         "retries": c.retries,
         "timeout_s": c.timeout_s,
         "image_max_side": c.send_size,
+        "patch_batch": c.batch_size,
+        "max_tokens": max(
+            c.max_tokens * c.batch_size,
+            policy.ground.max_tokens,
+            policy.review.max_tokens,
+            policy.autocontext.max_tokens,
+        ),
     }
 
 
