@@ -32,18 +32,12 @@ from tissue_oracle.agent.slide_io import (
     final_labels,
     finish_outputs,
     patch_records,
+    record_failure,
     recorder_of,
     slide_record,
     tracks_slides,
 )
-from tissue_oracle.agent.summary import (
-    PatchCounts,
-    RegionSummary,
-    RoundRecord,
-    SlideSummary,
-    StageTally,
-    labelled_as,
-)
+from tissue_oracle.agent.summary import RegionSummary, RoundRecord, SlideSummary, StageTally, build_summary
 from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.policies.decide import Decision, decide, refinement_helped
 from tissue_oracle.policies.ledger import BudgetLedger
@@ -66,7 +60,6 @@ from tissue_oracle.tools.schemas import (
     Exemplar,
     Grades,
     Role,
-    SlideRecord,
     Stage,
 )
 from tissue_oracle.tools.slide_base import Slide
@@ -304,72 +297,6 @@ class SlideRun:
         return answered_only(few), ""
 
 
-def _flags(
-    run: SlideRun, regions: list[RegionSummary], final: ClassifyPatchesOutput
-) -> tuple[list[str], list[str]]:
-    flags: list[str] = []
-    reasons: list[str] = []
-    if run.ledger.exhausted_reason is not None or final.budget_exhausted:
-        flags.append("budget_exhausted")
-        reasons.append(f"budget exhausted: {run.ledger.exhausted_reason or 'a stage was refused'}")
-    if run.boxes is not None and run.boxes.fallback:
-        flags.append("boxes_fallback")
-    escalated = [r for r in regions if r.needs_human_review]
-    reasons += [f"region {r.index}: {r.reason}" for r in escalated]
-    if escalated or flags[:1] == ["budget_exhausted"]:
-        flags.append("needs_human_review")
-    return flags, reasons
-
-
-def _summary(
-    run: SlideRun,
-    oracles: OracleSet,
-    regions: list[RegionSummary],
-    final: ClassifyPatchesOutput,
-    cleaned: CleanOutput,
-) -> SlideSummary:
-    assert run.boxes is not None and run.zero_shot is not None
-    zero, grid = run.zero_shot, final.grid
-    flags, reasons = _flags(run, regions, final)
-    left = run.ledger.remaining()
-    width, height = run.slide.dimensions
-    return SlideSummary(
-        run_id=run.run_id,
-        slide_id=run.slide_id,
-        path=None if run.slide.path is None else str(run.slide.path),
-        width=width,
-        height=height,
-        mpp=run.slide.mpp,
-        status="degraded" if "budget_exhausted" in flags else "done",
-        flags=flags,
-        reasons=reasons,
-        policy_name=run.policy.name,
-        policy_hash=run.policy.policy_hash,
-        oracles=oracles.identities(),
-        labelled_as=labelled_as(oracles.by_role),
-        thumbnail_downsample=run.policy.thumbnail.downsample,
-        boxes=run.boxes.boxes,
-        boxes_fallback=run.boxes.fallback,
-        regions=regions,
-        patches=PatchCounts(
-            patch_size=grid.patch_size,
-            rows=grid.rows,
-            cols=grid.cols,
-            naive_calls=grid.rows * grid.cols,
-            in_scope=int(zero.scope.sum()),
-            sent_zero_shot=zero.sent,
-            gated_out=zero.gated_out,
-            sent_few_shot=sum(r.patches_sent or 0 for reg in regions for r in reg.rounds),
-            coarse_fallback=zero.failed,
-            tissue=int(cleaned.tissue.sum()),
-            changed_by_clean=int(cleaned.changed.sum()),
-        ),
-        stages=dict(run.tally.stats),
-        totals=run.tally.total(),
-        budget_left={"calls": left.calls, "tokens": left.tokens, "usd": left.usd},
-    )
-
-
 async def run_slide(run: SlideRun, out_dir: Path, *, oracles: OracleSet, started: float) -> SlideSummary:
     """Everything after the slide is open: stages, regions, merge, outputs, summary."""
     await run.coarse_stages()
@@ -384,7 +311,7 @@ async def run_slide(run: SlideRun, out_dir: Path, *, oracles: OracleSet, started
     cleaned = await run.cleaned(final.tissue)
     labels = final_labels(final, cleaned)
     run.sink.record_patches(patch_records(run.run_id, run.slide_id, labels))
-    summary = _summary(run, oracles, regions, final, cleaned)
+    summary = build_summary(run, oracles, regions, final, cleaned)
     summary.seconds = time.perf_counter() - started
     await run.deps.in_thread(
         finish_outputs,
@@ -430,7 +357,7 @@ async def segment_slide(
         try:
             slide = await asyncio.to_thread(open_slide, path_or_slide, mpp=mpp)
         except BaseException as exc:
-            _failed(store, run_id, sid, str(path_or_slide), exc)
+            record_failure(store, run_id, sid, str(path_or_slide), exc)
             raise
     try:
         if tracks_slides(store):
@@ -451,7 +378,7 @@ async def segment_slide(
         try:
             summary = await run_slide(run, Path(out_dir) / sid, oracles=oracles, started=started)
         except BaseException as exc:
-            _failed(store, run_id, sid, None, exc)
+            record_failure(store, run_id, sid, None, exc)
             raise
         if tracks_slides(store):
             error = "; ".join(summary.reasons) if summary.status == "degraded" else None
@@ -460,12 +387,3 @@ async def segment_slide(
     finally:
         if own:
             slide.close()
-
-
-def _failed(store: Any, run_id: str, slide_id: str, path: str | None, exc: BaseException) -> None:
-    """Tell a slide-tracking store the slide failed (begun first when it never opened)."""
-    if not tracks_slides(store):
-        return
-    if path is not None:
-        store.begin_slide(SlideRecord(run_id=run_id, slide_id=slide_id, path=path))
-    store.finish_slide(run_id, slide_id, status="failed", error=f"{type(exc).__name__}: {exc}")

@@ -190,3 +190,12 @@ def finish_outputs(
     for record in records:
         sink.record_output(record)
     return summary.outputs
+
+
+def record_failure(store: Any, run_id: str, slide_id: str, path: str | None, exc: BaseException) -> None:
+    """Tell a slide-tracking store the slide failed (begun first when it never opened)."""
+    if not tracks_slides(store):
+        return
+    if path is not None:
+        store.begin_slide(SlideRecord(run_id=run_id, slide_id=slide_id, path=path))
+    store.finish_slide(run_id, slide_id, status="failed", error=f"{type(exc).__name__}: {exc}")
