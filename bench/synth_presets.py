@@ -99,7 +99,7 @@ PRESETS: dict[str, Preset] = {
         p_fold=0.6,
         p_faint=0.45,
         gradient=0.12,
-        seam_gain=0.05,
+        seam_gain=0.03,
     ),
     "zoo": Preset(
         size=(12288, 9216),
@@ -118,7 +118,7 @@ PRESETS: dict[str, Preset] = {
         p_fold=0.3,
         p_faint=0.2,
         gradient=0.08,
-        seam_gain=0.04,
+        seam_gain=0.025,
         every_artefact=True,
     ),
     "tiny": Preset(
@@ -282,6 +282,8 @@ def _glomeruli(piece: Piece, rng: np.random.Generator, scale: float) -> tuple[Gl
     area = (piece.bbox[2] - piece.bbox[0]) * (piece.bbox[3] - piece.bbox[1])
     for _ in range(int(area / 2.5e6) + 1):
         rad = rng.uniform(180, 250) * min(1.0, max(scale, 0.6))
+        if min(piece.radii) < 1.6 * rad:  # a glomerulus never outgrows its piece
+            continue
         x, y = _point_in(piece, rng, 0.55)
         if all(math.hypot(x - g.x, y - g.y) > rad + g.radius + 40 for g in out):
             out.append(Glomerulus(x=x, y=y, radius=rad))

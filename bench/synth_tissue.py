@@ -127,7 +127,7 @@ def texture(piece: Piece, grid: Grid) -> np.ndarray:
     mottle = 0.7 + 0.45 * fbm(grid, mix_seed(seed, 2), 24, octaves=3)
     fibres = _fibres(grid, seed)
     stroma_share = {"kidney": 0.5, "gland": 0.8, "stroma": 1.0, "lymphoid": 0.25}[piece.texture]
-    fields[CYTO] = epi * mottle + inter * 0.22 + tuft * 0.45
+    fields[CYTO] = epi * mottle + inter * 0.3 + tuft * 0.45
     fields[COLL] = inter * (0.25 + 0.9 * fibres) * stroma_share
     fields[MEMB] = membrane + tuft * 0.5 * (0.6 + 0.4 * mottle)
     fields[ELAS] = inter * _elastic(grid, seed) * (0.8 if piece.texture == "stroma" else 0.4)
@@ -185,16 +185,19 @@ def _glomeruli(
 def _fibres(grid: Grid, seed: int) -> np.ndarray:
     """Wavy collagen fibre bundles (~16 px period) in [0, 1]; their mean (0.3) when too fine.
 
-    Orientation drifts over ~1.5 mm and the phase is warped, so fibres curve and fan out; a
+    The phase is warped at two scales, so fibres curve and fan out; a
     bundle mask leaves looser, paler gaps between bundles.
     """
     period = 16.0
     if grid.ds * 2 > period:
         return np.full((grid.h, grid.w), 0.3, np.float32)
-    theta = math.pi * (mix_seed(seed, 7) % 1000) / 1000 + 1.1 * fbm(grid, mix_seed(seed, 15), 1600, octaves=2)
-    xs, ys = grid.xs[None, :].astype(np.float32), grid.ys[:, None].astype(np.float32)
-    along = xs * np.cos(theta) + ys * np.sin(theta)
-    warp = 9.0 * fbm(grid, mix_seed(seed, 8), 300, octaves=3)
+    theta = math.pi * (mix_seed(seed, 7) % 1000) / 1000
+    # Phase in float64 then wrapped, so float32 keeps precision far from the origin; a large slow
+    # warp bends whole bundles.
+    along64 = grid.xs[None, :] * math.cos(theta) + grid.ys[:, None] * math.sin(theta)
+    along = (along64 % period).astype(np.float32)
+    warp = 60.0 * fbm(grid, mix_seed(seed, 15), 900, octaves=2)
+    warp += 22.0 * fbm(grid, mix_seed(seed, 8), 170, octaves=2)
     wave = 0.5 + 0.5 * np.sin(along * (2 * math.pi / period) + warp)
     bundles = np.clip(0.55 + 1.6 * fbm(grid, mix_seed(seed, 16), 90, octaves=2), 0, 1)
     return (wave * wave * bundles).astype(np.float32)
