@@ -17,7 +17,7 @@ def synth(
 ) -> None:
     """Write COUNT synthetic slides (pyramidal TIFF) with tissue, artefact and focus truth."""
     # Heavy imports here keep `tissue-oracle --help` fast.
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from tissue_oracle.bench.synth import generate_slide, plan_set
     from tissue_oracle.tools.errors import ConfigError
@@ -31,7 +31,7 @@ def synth(
         for name, slide_seed, stain in members:
             task = bar.add_task(name, total=None)
 
-            def advance(done: int, total: int, task: int = task) -> None:
+            def advance(done: int, total: int, task: TaskID = task) -> None:
                 bar.update(task, completed=done, total=total)
 
             generate_slide(

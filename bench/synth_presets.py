@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from tissue_oracle.bench.synth_artefacts import (
     Illumination,
     InkArtefact,
     Pen,
+    PenColour,
     SlideBorder,
     Speck,
     Speckle,
@@ -360,10 +362,10 @@ def _pens(
             Pen(
                 path=tuple(path),
                 width=rng.uniform(90, 220) * scale,
-                colour=colour,
+                colour=cast(PenColour, colour),
                 seed=int(rng.integers(2**62)),
             )
-        )  # type: ignore[arg-type]
+        )
     return out
 
 
