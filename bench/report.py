@@ -82,7 +82,7 @@ def stage_table(rows: Sequence[Row], group: str) -> str:
     rows = [r for r in _ok(rows) if r["group"] == group and r.get("stage")]
     if not rows:
         return "_No staged pipeline rows (the controller was not available or not run)._"
-    headers = ["method", "stage", "Dice", "precision", "recall", "calls/slide", "calls / naive"]
+    headers = ["method", "stage", "Dice", "precision", "recall", "calls/slide", "patches sent / naive"]
     body = []
     for name in _methods(rows):
         mine = [r for r in rows if label(r) == name]
@@ -94,7 +94,7 @@ def stage_table(rows: Sequence[Row], group: str) -> str:
                 summarise(r.get("precision", math.nan) for r in mine).fmt(),
                 summarise(r.get("recall", math.nan) for r in mine).fmt(),
                 summarise(r["calls"] for r in mine).mean,
-                summarise(r["call_ratio"] for r in mine).mean,
+                summarise(r["sent_ratio"] for r in mine).mean,
             ]
         )
     return md_table(headers, body)
@@ -147,7 +147,7 @@ def focus_table(rows: Sequence[Row]) -> str:
 def reviewer_table(results: Sequence[Row]) -> str:
     """Table 6: grade accuracy (precision, recall, joint), QWK, MAE of percentage estimates."""
     if not results:
-        return "_Reviewer benchmark not run._"
+        return "_Not run in this suite (the reviewer benchmark needs exact synthetic truth)._"
     headers = [
         "reviewer",
         "stain",
@@ -254,7 +254,7 @@ def artefact_table(rows: Sequence[Row]) -> str:
 def policy_table(points: Sequence[Row]) -> str:
     """The SIMULATED policy experiment: Dice against calls per setting (tau_g, rounds, budget)."""
     if not points:
-        return "_Policy experiment not run (needs the controller)._"
+        return "_Not run in this suite (it needs synthetic truth and the controller)._"
     headers = [
         "SIMULATED setting",
         "tau_g",

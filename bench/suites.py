@@ -46,7 +46,7 @@ class SuiteSpec:
     reviewer_stains: int = 3
     policy_experiment: bool = True
     """Run the SIMULATED policy experiment (needs the controller)."""
-    policy_slides: int = 6
+    policy_slides: int = 4
     """Slides in the policy experiment (the artefact-heaviest first)."""
 
 
@@ -56,7 +56,7 @@ SUITES: dict[str, SuiteSpec] = {
     ),
     "synthetic": SuiteSpec(
         name="synthetic",
-        presets=(("leica-like", 6, None), ("stress", 6, None), ("zoo", 4, None)),
+        presets=(("leica-like", 4, None), ("stress", 4, None), ("zoo", 3, None)),
         patch_size=512,
         send_size=128,
     ),
