@@ -90,11 +90,12 @@ class Speckle:
         clusters = np.clip(value_noise(grid, mix_seed(self.seed, 2), 90.0) * 3 + 0.6, 0, 1)
         presence = zone * self.density * (0.3 + 0.7 * clusters)
         grains = blobs(grid, mix_seed(self.seed, 3), cell=30, r_min=6, r_max=11, presence=presence)
-        small = blobs(grid, mix_seed(self.seed, 4), cell=14, r_min=2, r_max=4, presence=presence * 0.6)
+        small = blobs(grid, mix_seed(self.seed, 4), cell=14, r_min=2, r_max=4, presence=presence * 0.2)
         texture = 0.75 + 0.35 * value_noise(grid, mix_seed(self.seed, 5), 5.0)
         _add(od, stain.precipitate, (grains * 1.1 + small * 0.7) * texture)
         # A faint cytoplasm-like haze around clusters is what makes precipitate pass for cells.
-        haze = zone * clusters * 0.12 * (0.7 + 0.6 * fbm(grid, mix_seed(self.seed, 6), 40, octaves=2))
+        patchy = np.clip(0.6 + 0.9 * fbm(grid, mix_seed(self.seed, 6), 28, octaves=2), 0, 1.5)
+        haze = zone * clusters * 0.2 * patchy
         _add(od, stain.matrix[:, 1] / max(float(np.linalg.norm(stain.matrix[:, 1])), 1e-3), haze)
 
 
