@@ -65,8 +65,9 @@ class ClassicalOracle:
 
     params: EvidenceParams = DEFAULT_PARAMS
     """Pixel-rule thresholds."""
-    tissue_fraction: float = 0.10
-    """A patch is tissue when at least this share of its pixels is tissue."""
+    tissue_fraction: float = 0.5
+    """A patch is tissue when solid tissue covers at least this share of it (calibrated on synthetic
+    slides against truth "tissue fraction >= 0.5")."""
     work_max_side: int = 1024
     """Crops and thumbnails are analysed at most this many pixels on the long side."""
     backend: str = "classical"

@@ -9,8 +9,8 @@ works on RGB uint8 arrays in whatever frame the caller gives; nothing here knows
   textured. Pen pixels never count as tissue.
 - *Speckle* (stain precipitate, dust) is sparse dots on bright background: stained components too
   small to be tissue, far from any larger stained area, are dropped.
-- *Sharpness* is the share of fine-scale detail in the detail at a coarser scale, over tissue
-  pixels: blur removes fine detail first, and the ratio does not depend on stain intensity.
+- *Sharpness* is the fine-band detail over the coarse-band detail, over tissue pixels: blur
+  removes fine detail first, and the ratio does not depend on stain intensity.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from tissue_oracle.oracles.base import as_rgb_uint8
+from tissue_oracle.oracles.base import as_rgb_uint8, downscale
 from tissue_oracle.tools.schemas import Focus
 
 
@@ -42,10 +42,17 @@ class EvidenceParams:
     """Stained components smaller than this fraction of the image are speckle candidates."""
     speckle_reach: int = 6
     """Speckle within this many pixels of a large stained area is kept as tissue edge detail."""
-    sharp_ratio: float = 0.24
-    """Fine/coarse detail ratio at or above which tissue is ``sharp``."""
-    blur_ratio: float = 0.15
+    sharp_ratio: float = 0.47
+    """Fine/coarse detail ratio at or above which tissue is ``sharp``. Calibrated on synthetic
+    slides' sharp tissue blurred by the generator's sigmas (mild 2-3.5 px, out of focus 6-10 px)."""
+    blur_ratio: float = 0.25
     """Fine/coarse detail ratio below which tissue is ``out_of_focus`` (between: ``mild_blur``)."""
+    texture_od_std: float = 0.01
+    """Local OD std (9x9) above which a pixel is structured (faint tissue is textured, glass is not)."""
+    texture_od_margin: float = 0.015
+    """Structured pixels must be this much denser (summed OD) than the palest 2% of the image."""
+    thick_ink_radius: int = 4
+    """Dark neutral regions surviving an opening of this many pixels are ink or rims, not stain."""
 
 
 DEFAULT_PARAMS = EvidenceParams()
@@ -139,35 +146,59 @@ def drop_speckle(
     return stained & ~speckle, speckle
 
 
+def thick_dark(rgb: np.ndarray, params: EvidenceParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Wide dark-grey areas (black pen, bubble rims, slide borders): silver and elastic stain is thin."""
+    arr = as_rgb_uint8(rgb).astype(np.float32)
+    neutral_dark = (arr.max(axis=2) < 140) & (_saturation(arr) < 0.15)
+    if not neutral_dark.any():
+        return neutral_dark
+    return ndi.binary_dilation(
+        ndi.binary_opening(neutral_dark, iterations=params.thick_ink_radius), iterations=2
+    )
+
+
 def pixel_evidence(
     rgb: np.ndarray, params: EvidenceParams = DEFAULT_PARAMS, od_threshold: float | None = None
 ) -> PixelEvidence:
-    """All pixel maps of one RGB image. ``od_threshold`` overrides ``od_coloured`` (few-shot)."""
+    """All pixel maps of one RGB image. ``od_threshold`` overrides ``od_coloured`` (few-shot).
+
+    Tissue is stained or structured (faint tissue is barely denser than glass, but textured),
+    minus ink and wide dark artefacts, minus isolated speckle.
+    """
     if od_threshold is not None:
         params = EvidenceParams(**{**params.__dict__, "od_coloured": od_threshold})
     od = optical_density(rgb)
-    pen = pen_mask(rgb, params)
-    stained = stained_mask(rgb, od, params) & ~pen
-    tissue, speckle = drop_speckle(stained, params)
-    return PixelEvidence(tissue=tissue, pen=pen, speckle=speckle, od=od)
+    ink = pen_mask(rgb, params) | thick_dark(rgb, params)
+    # Structure counts only on pixels denser than the palest glass in view: the glass right
+    # around a precipitate dot is "textured" too, but no denser than glass.
+    above_glass = od > float(np.percentile(od, 2)) + params.texture_od_margin
+    structured = (_local_std(od, 9) > params.texture_od_std) & above_glass
+    candidate = (stained_mask(rgb, od, params) | structured) & ~ink
+    tissue, speckle = drop_speckle(candidate, params)
+    return PixelEvidence(tissue=tissue, pen=ink, speckle=speckle, od=od)
+
+
+def fill_solid(tissue: np.ndarray) -> np.ndarray:
+    """The tissue map closed over small gaps with holes filled (lumina and pale cytoplasm count)."""
+    return np.asarray(ndi.binary_fill_holes(ndi.binary_closing(tissue, iterations=3) | tissue))
 
 
 def sharpness(rgb: np.ndarray, where: np.ndarray | None = None, od: np.ndarray | None = None) -> float | None:
-    """Fine/coarse detail ratio over ``where`` (default: all pixels); None when too few pixels.
+    """Fine-band / coarse-band detail ratio over ``where`` (default: all pixels); None when too few pixels.
 
-    Fine detail is ``|g - G(g, 1)|`` and coarse detail ``|g - G(g, 4)|`` on the OD image, so the
-    ratio is independent of stain intensity and drops as blur grows.
+    On the OD image, the fine band is ``|G1 - G3|`` and the coarse band ``|G3 - G9|`` (Gaussians
+    of sigma 1, 3, 9 px): blur empties the fine band first, the ratio does not depend on stain
+    intensity, and starting at sigma 1 keeps pixel noise (which survives blur) out of it.
     """
     od = optical_density(rgb) if od is None else od
     mask = np.ones(od.shape, dtype=bool) if where is None else where
     if mask.sum() < 64:
         return None
-    fine = np.abs(od - ndi.gaussian_filter(od, 1.0))[mask]
-    coarse = np.abs(od - ndi.gaussian_filter(od, 4.0))[mask]
-    denom = float(coarse.mean())
-    if denom < 1e-4:
+    g1, g3, g9 = (ndi.gaussian_filter(od, s) for s in (1.0, 3.0, 9.0))
+    coarse = float(np.abs(g3 - g9)[mask].mean())
+    if coarse < 1e-4:
         return None  # flat stain: no detail to judge focus by
-    return float(fine.mean()) / denom
+    return float(np.abs(g1 - g3)[mask].mean()) / coarse
 
 
 def focus_from_sharpness(ratio: float | None, params: EvidenceParams = DEFAULT_PARAMS) -> Focus | None:
@@ -186,7 +217,7 @@ class PatchEvidence:
     """Summary features of one patch image."""
 
     tissue_frac: float
-    """Share of pixels that are tissue (0-1)."""
+    """Share of the patch covered by solid tissue (stain map closed and filled; 0-1)."""
     pen_frac: float
     """Share of pixels that are ink (0-1)."""
     speckle_frac: float
@@ -204,14 +235,28 @@ class PatchEvidence:
 
 
 def patch_evidence(
-    rgb: np.ndarray, params: EvidenceParams = DEFAULT_PARAMS, od_threshold: float | None = None
+    rgb: np.ndarray,
+    params: EvidenceParams = DEFAULT_PARAMS,
+    od_threshold: float | None = None,
+    analysis_side: int = 256,
 ) -> PatchEvidence:
-    """Features of one patch (any size; 512 px level-0 patches are the usual case)."""
-    ev = pixel_evidence(rgb, params, od_threshold)
+    """Features of one patch (any size; 512 px level-0 patches are the usual case).
+
+    The tissue map is made at ``analysis_side`` px (cheaper, and the thresholds were calibrated
+    there); sharpness is measured at full resolution, where blur shows.
+    """
+    small = downscale(rgb, analysis_side)
+    ev = pixel_evidence(small, params, od_threshold)
+    solid = fill_solid(ev.tissue)
     n_tissue = int(ev.tissue.sum())
-    ratio = sharpness(rgb, ev.tissue, ev.od) if n_tissue >= 64 else None
+    ratio = None
+    if n_tissue >= 16:
+        full = as_rgb_uint8(rgb)
+        rows = np.arange(full.shape[0]) * small.shape[0] // full.shape[0]
+        cols = np.arange(full.shape[1]) * small.shape[1] // full.shape[1]
+        ratio = sharpness(full, ev.tissue[np.ix_(rows, cols)])
     return PatchEvidence(
-        tissue_frac=n_tissue / ev.tissue.size,
+        tissue_frac=float(solid.mean()),
         pen_frac=float(ev.pen.mean()),
         speckle_frac=float(ev.speckle.mean()),
         tissue_od=float(ev.od[ev.tissue].mean()) if n_tissue else 0.0,
