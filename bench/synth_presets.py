@@ -234,6 +234,10 @@ def _lay_out_pieces(cfg: Preset, rng: np.random.Generator, w: int, h: int, scale
         if len(pieces) == want:
             break
         kind = str(rng.choice(list(cfg.pieces), p=_weights(cfg.pieces)))
+        if cfg.every_artefact and len(pieces) < len(cfg.pieces):  # zoo: one of each kind first
+            kind = list(cfg.pieces)[len(pieces)]
+        elif not pieces:  # the first piece is the preset's main kind (a needle core on leica-like)
+            kind = max(cfg.pieces, key=lambda k: cfg.pieces[k])
         shrink = 0.85 ** (attempt // 10)
         piece = _draw_piece(kind, rng, w, h, scale * shrink, seed=int(rng.integers(2**62)))
         b = piece.bbox
@@ -267,7 +271,7 @@ def _draw_piece(kind: str, rng: np.random.Generator, w: int, h: int, scale: floa
         )
         piece = Piece(kind="core", texture=texture, seed=seed, path=path, radii=(r, r), roughness=0.12)  # type: ignore[arg-type]
     else:
-        size = {"fragment": (200, 800), "tma": (1100, 1500), "resection": (2200, 3600)}[kind]
+        size = {"fragment": (200, 800), "tma": (1100, 1500), "resection": (1600, 2600)}[kind]
         rough = {"fragment": 0.35, "tma": 0.04, "resection": 0.18}[kind]
         ra = rng.uniform(*size) * scale
         rb = ra if kind == "tma" else ra * rng.uniform(0.55, 0.95)
