@@ -29,6 +29,7 @@ def bench(
     ),
     seed: int = typer.Option(0, help="Seed for synthetic slides, baselines and the simulated oracle."),
     send_size: int | None = typer.Option(None, help="Pixels per side of patches sent to per-patch oracles."),
+    report_only: bool = typer.Option(False, help="Rebuild report.md and plots from OUT/results.json only."),
 ) -> None:
     """Benchmark segmentation, focus and review against ground truth; tables shaped like the paper's."""
     from tissue_oracle.bench.suites import get_suite
@@ -36,7 +37,10 @@ def bench(
 
     spec = get_suite(suite)
     try:
-        result = run_suite(spec, out, data=data, seed=seed, send_size=send_size, echo=typer.echo)
+        if report_only:
+            result = rerender(out)
+        else:
+            result = run_suite(spec, out, data=data, seed=seed, send_size=send_size, echo=typer.echo)
     except TissueOracleError as exc:
         typer.echo(f"bench: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -83,7 +87,7 @@ def run_suite(
     echo: Any = print,
 ) -> dict[str, Any]:
     """Run a suite end to end and write its report; returns what ``results.json`` holds."""
-    from tissue_oracle.bench import harness, plots, report
+    from tissue_oracle.bench import harness
     from tissue_oracle.bench.reviewer_bench import reviewer_results
     from tissue_oracle.tools.slides import open_slide
 
@@ -117,21 +121,36 @@ def run_suite(
         "command": " ".join(["tissue-oracle", *sys.argv[1:]]) if sys.argv else "",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seed": seed,
-        "wall_s": 0.0,
+        "wall_s": time.perf_counter() - started,
         "notes": notes + [f"{m.name}: {m.description}" for m in methods],
         "cases": [_case_meta(c) for c in cases],
         "rows": rows,
         "reviewer": reviewer,
         "policy": policy,
     }
+    return write_report(result, out)
+
+
+def write_report(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Tables, paired tests and plots from ``result``; writes report.md and results.json into ``out``."""
+    from tissue_oracle.bench import plots
+
+    rows, reviewer, policy = result["rows"], result["reviewer"], result["policy"]
     tables, tests = _tables(rows, reviewer, policy)
     result["tests"] = tests
     result["plots"] = _plots(rows, policy, out, plots)
-    result["wall_s"] = time.perf_counter() - started
     result["tables"] = tables
-    (out / "report.md").write_text(_markdown(result, tables, report))
+    (out / "report.md").write_text(_markdown(result, tables))
     (out / "results.json").write_text(json.dumps(_clean(result), indent=1, default=str) + "\n")
     return result
+
+
+def rerender(out: Path) -> dict[str, Any]:
+    """Rebuild report.md, the plots and the tests from ``out/results.json`` without re-running."""
+    result = json.loads((out / "results.json").read_text())
+    for table in ("rows", "reviewer", "policy"):
+        result[table] = [{k: math.nan if v is None else v for k, v in r.items()} for r in result[table]]
+    return write_report(result, out)
 
 
 def _case_meta(case: Any) -> dict[str, Any]:
@@ -164,6 +183,14 @@ def _tables(
         tables[f"Table 3. Zero-shot against few-shot: {group}"] = report.shot_table(rows, group)
         text, tests[group] = report.tests_table(rows, group)
         tables[f"Paired Wilcoxon tests (Dice): {group}"] = text
+    truth_groups = report.groups([r for r in scored if r.get("reference_kind") == "truth"])
+    if len(truth_groups) > 1:
+        pooled = [{**r, "group": "all synthetic"} for r in scored if r.get("reference_kind") == "truth"]
+        tables["Table 1. Segmentation per stain: all synthetic slides"] = report.segmentation_table(
+            pooled, "all synthetic"
+        )
+        text, tests["all synthetic"] = report.tests_table(pooled, "all synthetic")
+        tables["Paired Wilcoxon tests (Dice): all synthetic slides"] = text
     tables["Table 5. Focus"] = report.focus_table(rows)
     tables["Table 6. Reviewer"] = report.reviewer_table(reviewer)
     tables["Cost per slide"] = report.cost_table(rows)
@@ -198,7 +225,7 @@ _DISCLAIMER = (
 )
 
 
-def _markdown(result: dict[str, Any], tables: dict[str, str], report: Any) -> str:
+def _markdown(result: dict[str, Any], tables: dict[str, str]) -> str:
     errors = [r for r in result["rows"] if "error" in r]
     parts = [
         f"# tissue-oracle bench: suite `{result['suite']}`",

@@ -96,3 +96,15 @@ def test_real_suite_cases_call_histolab_masks_agreement(real_data: Path) -> None
     assert all(c.reference_kind == "agreement" and "AGREEMENT" in c.reference for c in tissue)
     assert len(pens) == 5 and all(c.artefact is not None and c.artefact.any() for c in pens)
     assert all(c.patch_size <= 64 for c in cases)
+
+
+def test_report_only_rebuilds_from_json(quick_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(quick_run, copy, ignore=shutil.ignore_patterns("data", "work", "*.png"))
+    (copy / "report.md").unlink()
+    result = CliRunner().invoke(app, ["bench", "--out", str(copy), "--report-only"])
+    assert result.exit_code == 0, result.output
+    assert (copy / "report.md").read_text().count("Table 1.") >= 1
+    assert json.loads((copy / "results.json").read_text())["plots"]
