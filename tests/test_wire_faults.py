@@ -116,3 +116,30 @@ def test_in_flight_calls_are_bounded() -> None:
         server.stop()
     assert server.requests == 12 and len(rec.calls) == 12
     assert 1 < server.max_in_flight_seen <= 3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_retry_after_reaches_the_backoff(family: str) -> None:
+    """A 429's Retry-After header is read by the transport, so the backoff can honour it."""
+    from tissue_oracle.oracles.transport import TransportError, TransportRequest
+
+    server = fixtures.start_server(family, retry_after_s=7.0)
+    server.inject("rate_limit")
+    oracle = fixtures.oracle_for(family, server)
+    request = TransportRequest(model=fixtures.MODELS[family], prompt="hi", schema={"type": "object"})
+
+    async def main() -> TransportError:
+        try:
+            await oracle.transport.send(request)
+        except TransportError as exc:
+            return exc
+        finally:
+            await oracle.aclose()
+        raise AssertionError("expected a 429")
+
+    try:
+        error = asyncio.run(main())
+    finally:
+        server.stop()
+    assert error.status == 429 and error.retryable and error.retry_after_s == 7.0
+    assert oracle.backoff_max_s < 7.0  # the wait is capped, as the attempt policy promises
