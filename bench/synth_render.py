@@ -30,7 +30,7 @@ _MIN_VISIBLE_SIGMA = 0.35
 # cost of level 0), computed in chunks of about _FINE_PIXELS fine pixels.
 _SUPERSAMPLE_FROM = 16
 _FINE_DS = 4
-_FINE_PIXELS = 1 << 21
+_FINE_PIXELS = 1 << 19
 
 
 @dataclass(frozen=True, kw_only=True)
