@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -308,12 +308,3 @@ def _run_one(case: Case, method: Method, env: CaseEnv) -> list[dict[str, Any]]:
             }
         ]
     return [score(case, method, variant, pred) for variant, pred in preds.items()]
-
-
-def by_method(rows: list[dict[str, Any]], metric: str) -> Mapping[str, list[float]]:
-    """Per method, the metric over slides in case order (nan where missing), for paired tests."""
-    slides = list(dict.fromkeys(r["slide_id"] for r in rows))
-    table: dict[str, dict[str, float]] = {}
-    for r in rows:
-        table.setdefault(r["method"], {})[r["slide_id"]] = float(r.get(metric, math.nan))
-    return {m: [vals.get(s, math.nan) for s in slides] for m, vals in table.items()}
