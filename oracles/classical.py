@@ -56,7 +56,7 @@ from tissue_oracle.tools.schemas import (
 )
 
 ALGORITHM_VERSION = "classical-v1"
-_FOCUS_WEIGHT = {"sharp": 1.0, "mild_blur": 0.4, "out_of_focus": 0.1, None: 0.0}
+_FOCUS_WEIGHT = {"sharp": 1.0, "mild_blur": 0.4, "out_of_focus": 0.1}
 
 
 @dataclass(kw_only=True)
@@ -140,8 +140,9 @@ class ClassicalOracle:
         for ref, image in zip(req.patches, req.images, strict=True):
             ev = patch_evidence(image, self.params, od_threshold)
             label, confidence = self._decide(ev, centroids)
-            focus = ev.focus if label == "tissue" else None
-            labels.append(PatchLabel(ref=ref, label=label, focus=focus, confidence=confidence, source=source))
+            labels.append(
+                PatchLabel(ref=ref, label=label, focus=ev.focus, confidence=confidence, source=source)
+            )
         return PatchLabelsAnswer(labels=labels)
 
     def _decide(self, ev: PatchEvidence, centroids: dict[Label, np.ndarray]) -> tuple[Label, float]:

@@ -226,8 +226,8 @@ class PatchEvidence:
     """Mean summed OD over tissue pixels (0 when there are none)."""
     sharpness: float | None
     """Fine/coarse detail ratio over tissue pixels, None when there is too little tissue."""
-    focus: Focus | None
-    """Focus grade from ``sharpness``."""
+    focus: Focus
+    """Focus grade: from ``sharpness``, else from the whole patch, else ``sharp`` (plain glass)."""
 
     def features(self) -> np.ndarray:
         """A standardised feature vector for nearest-centroid few-shot (roughly unit scales)."""
@@ -255,11 +255,14 @@ def patch_evidence(
         rows = np.arange(full.shape[0]) * small.shape[0] // full.shape[0]
         cols = np.arange(full.shape[1]) * small.shape[1] // full.shape[1]
         ratio = sharpness(full, ev.tissue[np.ix_(rows, cols)])
+    # Focus is graded for every patch, as a VLM grades it: over tissue when there is enough,
+    # else over whatever the patch shows; featureless glass has nothing blurred ("sharp").
+    focus = focus_from_sharpness(ratio if ratio is not None else sharpness(rgb), params) or "sharp"
     return PatchEvidence(
         tissue_frac=float(solid.mean()),
         pen_frac=float(ev.pen.mean()),
         speckle_frac=float(ev.speckle.mean()),
         tissue_od=float(ev.od[ev.tissue].mean()) if n_tissue else 0.0,
         sharpness=ratio,
-        focus=focus_from_sharpness(ratio, params),
+        focus=focus,
     )
