@@ -191,16 +191,25 @@ class SlideSummary(BaseModel):
 def slide_flags(
     run: SlideRun, regions: list[RegionSummary], final: ClassifyPatchesOutput
 ) -> tuple[list[str], list[str]]:
+    """Short flags for the store and the reasons a human should look, in words.
+
+    ``budget_exhausted`` and ``oracle_errors`` (patches that kept the coarse label because their
+    question failed) and escalated regions all ask for human review.
+    """
     flags: list[str] = []
     reasons: list[str] = []
     if run.ledger.exhausted_reason is not None or final.budget_exhausted:
         flags.append("budget_exhausted")
         reasons.append(f"budget exhausted: {run.ledger.exhausted_reason or 'a stage was refused'}")
+    failed = run.zero_shot.failed if run.zero_shot is not None else 0
+    if failed and "budget_exhausted" not in flags:
+        flags.append("oracle_errors")
+        reasons.append(f"{failed} patch(es) kept the coarse label after oracle errors")
     if run.boxes is not None and run.boxes.fallback:
         flags.append("boxes_fallback")
     escalated = [r for r in regions if r.needs_human_review]
     reasons += [f"region {r.index}: {r.reason}" for r in escalated]
-    if escalated or flags[:1] == ["budget_exhausted"]:
+    if escalated or {"budget_exhausted", "oracle_errors"} & set(flags):
         flags.append("needs_human_review")
     return flags, reasons
 
