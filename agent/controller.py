@@ -148,7 +148,11 @@ class SlideRun:
                 self.deps,
             )
         inp = ClusterColoursInput(
-            downsample=ds, k_global=p.cluster.k_global, k_local=p.cluster.k_local, boxes=self.boxes.boxes
+            downsample=ds,
+            k_global=p.cluster.k_global,
+            k_local=p.cluster.k_local,
+            background_rule=p.cluster.background_rule,
+            boxes=self.boxes.boxes,
         )
         inp.thumbnail = thumb
         with self.tally.timed("cluster_colours"):

@@ -71,6 +71,9 @@ class ClusterParams(_Section):
     """K of the global CIELAB K-means on the thumbnail (majority cluster = background)."""
     k_local: int = Field(default=3, ge=2, le=8)
     """K of the local K-means inside each box (nearest to global background = background)."""
+    background_rule: Literal["majority", "lightest"] = "majority"
+    """Which global cluster is background: the paper's majority cluster, or the lightest (highest L*).
+    The majority rule inverts M1 on slides that are mostly tissue (resections, TMAs)."""
 
 
 class ClassifyParams(_Section):
