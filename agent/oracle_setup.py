@@ -16,7 +16,7 @@ from typing import Any
 
 from tissue_oracle.oracles.protocol import Oracle
 from tissue_oracle.policies.policy import Policy
-from tissue_oracle.policies.prices import FREE_BACKENDS, price_for, split_spec
+from tissue_oracle.policies.prices import FREE, FREE_BACKENDS, price_for, split_spec
 from tissue_oracle.tools.cascade import with_cascade
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import ModelPrice, Role
@@ -117,9 +117,18 @@ def _vlm_options(policy: Policy) -> dict[str, Any]:
 
 
 def build_one(
-    spec: str, policy: Policy, *, role: Role, base_urls: Mapping[str, str] | None = None
+    spec: str,
+    policy: Policy,
+    *,
+    role: Role,
+    base_urls: Mapping[str, str] | None = None,
+    replaying: bool = False,
 ) -> tuple[Oracle, ModelPrice]:
-    """Build one oracle from its spec. ``replay:AUDIT_DB`` replays the backend that served ``role``."""
+    """Build one oracle from its spec. ``replay:AUDIT_DB`` replays the backend that served ``role``.
+
+    ``replaying`` builds the recorded backend behind a replay: it never sends a request, so it
+    needs no price (a self-hosted model replayed without its ``--base-url`` has none).
+    """
     from tissue_oracle.oracles.registry import build_oracle
 
     backend, argument = split_spec(spec)
@@ -127,11 +136,11 @@ def build_one(
         from tissue_oracle.agent.replay_setup import build_replay_oracle
 
         def live(recorded: str) -> Oracle:
-            return build_one(recorded, policy, role=role, base_urls=base_urls)[0]
+            return build_one(recorded, policy, role=role, base_urls=base_urls, replaying=True)[0]
 
         return build_replay_oracle(Path(argument), role, live), price_for(spec)
     base_url = base_url_for(spec, base_urls)
-    price = price_for(spec, base_url=base_url)
+    price = FREE if replaying else price_for(spec, base_url=base_url)
     options = _vlm_options(policy) if backend in VLM_BACKENDS else {}
     return build_oracle(spec, base_url=base_url, price=price, **options), price
 
