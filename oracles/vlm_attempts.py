@@ -87,6 +87,11 @@ async def attempt_question(
                 await asyncio.sleep(policy.backoff(attempt, error.retry_after_s))
             sent, row_spec = request, spec
             continue
+        except Exception as exc:
+            # A transport bug must not escape as a raw traceback: one row, then a clean error.
+            last = f"{transport.name}: unexpected {type(exc).__name__}: {exc}"
+            record_attempt(ctx, row_spec, ok=False, attempt=attempt, error=last, latency_s=_since(started))
+            raise OracleError(f"{spec.backend}:{spec.model} failed: {last}") from exc
         cost = price.cost(response.input_tokens, response.output_tokens) if price else 0.0
         usage = usage + Usage(
             calls=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=cost
