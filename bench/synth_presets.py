@@ -61,7 +61,9 @@ class Preset:
     gradient: float
     seam_gain: float
     every_artefact: bool = False
-    """Guarantee at least one fold and one faint piece (zoo)."""
+    """Guarantee one piece of each kind, a fold and a faint piece (zoo)."""
+    speckle_size: float = 1.0
+    """Scale of precipitate zones (stress has larger ones)."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -89,8 +91,8 @@ PRESETS: dict[str, Preset] = {
         stains={"jones": 0.45, "evg": 0.4, "he": 0.15},
         pieces={"core": 0.6, "fragment": 0.4},
         n_pieces=(2, 4),
-        speckle=(2, 4),
-        pens=(1, 3),
+        speckle=(3, 5),
+        pens=(2, 4),
         bubbles=(1, 3),
         dust=(15, 40),
         debris=(3, 8),
@@ -99,9 +101,10 @@ PRESETS: dict[str, Preset] = {
         p_coverslip=0.7,
         p_border=0.8,
         p_fold=0.6,
-        p_faint=0.45,
+        p_faint=0.5,
         gradient=0.12,
         seam_gain=0.03,
+        speckle_size=1.4,
     ),
     "zoo": Preset(
         size=(12288, 9216),
@@ -333,8 +336,9 @@ def _speckle_zones(
         if len(zones) == want:
             break
         shrink = 0.85 ** (attempt // 8)  # crowded slides get smaller zones rather than none
-        rx = min(rng.uniform(700, 1600) * scale * shrink, w / 2.2)
-        ry = min(rng.uniform(500, 1300) * scale * shrink, h / 2.2)
+        size = scale * shrink * cfg.speckle_size
+        rx = min(rng.uniform(700, 1600) * size, w / 2.2)
+        ry = min(rng.uniform(500, 1300) * size, h / 2.2)
         x, y = _between(rng, rx, w - rx), _between(rng, ry, h - ry)
         if _free((x - rx, y - ry, x + rx, y + ry), taken, 0):
             zones.append(
