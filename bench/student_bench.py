@@ -37,7 +37,7 @@ from tissue_oracle.store.audit_store import AuditStore
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools import distil_data
 from tissue_oracle.tools.cascade import CascadeOracle
-from tissue_oracle.tools.distil import distil
+from tissue_oracle.tools.distil import CARD_NAME, CHECKPOINT_NAME, ModelCard, distil
 from tissue_oracle.tools.distil_train import TrainConfig
 from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef, RunRecord, StudentSpec
 from tissue_oracle.tools.slides import open_slide
@@ -241,23 +241,29 @@ def main(
     epochs: int = typer.Option(4, "--epochs"),
     max_per_class: int = typer.Option(1500, "--max-per-class"),
     threshold: float = typer.Option(0.9, "--threshold", help="Cascade confidence threshold."),
+    reuse: bool = typer.Option(
+        False, "--reuse", help="Keep OUT's teacher run and student; redo speed and cascade."
+    ),
 ) -> None:
     """Distil a student from a classical-oracle run and measure it (CPU, bounded to a few minutes)."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     paths = _slides(out / "slides", slides, seed, size)
     audit = out / "audit.duckdb"
-    audit.unlink(missing_ok=True)
-    teacher_seconds = teacher_run(paths, audit, out, patch_size)
-    result = distil(
-        audit,
-        out / "student",
-        spec=StudentSpec(patch_px=patch_px),
-        cfg=TrainConfig(epochs=epochs, seed=seed),
-        max_per_class=max_per_class,
-        truth=truth_lookup,
-    )
-    card = result.card
+    card_path, checkpoint = out / "student" / CARD_NAME, out / "student" / CHECKPOINT_NAME
+    teacher_seconds: dict[str, float] | str = "reused"
+    if not (reuse and card_path.is_file() and checkpoint.is_file()):
+        audit.unlink(missing_ok=True)
+        teacher_seconds = teacher_run(paths, audit, out, patch_size)
+        distil(
+            audit,
+            out / "student",
+            spec=StudentSpec(patch_px=patch_px),
+            cfg=TrainConfig(epochs=epochs, seed=seed),
+            max_per_class=max_per_class,
+            truth=truth_lookup,
+        )
+    card = ModelCard.model_validate_json(card_path.read_text())
     test_ids = card.slides["test"]
     figures: dict[str, Any] = {
         "teacher": card.teacher.model_dump(),
@@ -268,14 +274,12 @@ def main(
             for k in ("slides", "counts", "metrics_vs_teacher", "metrics_vs_truth", "teacher_vs_truth")
         },
         "train_seconds": card.train_seconds,
-        "speed": speed(audit, result.checkpoint, test_ids),
+        "speed": speed(audit, checkpoint, test_ids),
     }
     test_paths = [p for p in paths if p.stem in test_ids]
     cascade_audit = out / "cascade.duckdb"
     cascade_audit.unlink(missing_ok=True)
-    figures["cascade"] = cascade_figures(
-        test_paths, result.checkpoint, cascade_audit, out, threshold, patch_size
-    )
+    figures["cascade"] = cascade_figures(test_paths, checkpoint, cascade_audit, out, threshold, patch_size)
     figures["total_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "student_bench.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
     typer.echo(json.dumps(figures, indent=2, default=str))
