@@ -251,6 +251,13 @@ def artefact_table(rows: Sequence[Row]) -> str:
     return md_table(headers, body) + "\n\n" + note
 
 
+def _budget(value: Any) -> str:
+    """A call cap for a table cell: "none" when there is no cap (None, or NaN after a JSON round trip)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    return str(int(value))
+
+
 def policy_table(points: Sequence[Row]) -> str:
     """The SIMULATED policy experiment: Dice against calls per setting (tau_g, rounds, budget)."""
     if not points:
@@ -269,7 +276,7 @@ def policy_table(points: Sequence[Row]) -> str:
             str(p["setting"]),
             str(p["tau_g"]),
             str(p["max_rounds"]),
-            str(p["budget"]),
+            _budget(p["budget"]),
             p["dice"],
             p["calls"],
             p["refined"],
