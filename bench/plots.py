@@ -57,19 +57,20 @@ def dice_per_stain(rows: Sequence[Row], group: str, path: Path) -> Path | None:
 
 
 def dice_vs_calls(rows: Sequence[Row], policy_points: Sequence[Row], path: Path) -> Path | None:
-    """Mean Dice against mean oracle calls per slide (log x), methods and SIMULATED policy settings."""
+    """Mean Dice against mean oracle calls per slide (log x) over all scored slides, per method,
+    and the SIMULATED policy settings. Simulated series use crosses and say SIMULATED."""
     rows = [r for r in rows if "dice" in r and "error" not in r and r.get("calls")]
     if not rows and not policy_points:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10.0, 4.6))
-    for group in dict.fromkeys(r["group"] for r in rows):
-        for name in dict.fromkeys(label(r) for r in rows if r["group"] == group):
-            mine = [r for r in rows if r["group"] == group and label(r) == name]
-            calls = summarise(r["calls"] for r in mine).mean
-            marker = "x" if mine[0].get("simulated") else "o"
-            dice = summarise(r["dice"] for r in mine).mean
-            ax.scatter([max(calls, 1)], [dice], marker=marker, label=f"{name} ({group})")
+    colours = plt.get_cmap("tab20").colors
+    for i, name in enumerate(dict.fromkeys(label(r) for r in rows)):
+        mine = [r for r in rows if label(r) == name]
+        calls = summarise(r["calls"] for r in mine).mean
+        dice = summarise(r["dice"] for r in mine).mean
+        marker = "x" if mine[0].get("simulated") else "o"
+        ax.scatter([max(calls, 1)], [dice], marker=marker, color=colours[i % 20], s=40, label=name)
     if policy_points:
         for setting in dict.fromkeys(p["setting"] for p in policy_points):
             pts = sorted((p for p in policy_points if p["setting"] == setting), key=lambda p: p["calls"])
