@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -54,7 +55,9 @@ def scripted(calls: list[tuple[str, dict[str, Any]]]) -> tuple[FunctionModel, li
 
 def run_agent(model: Any, deps: StageDeps) -> str:
     agent = Agent(model, deps_type=StageDeps, toolsets=[stage_toolset()])
-    return agent.run_sync("Segment the tissue on this slide.", deps=deps).output
+    # Not run_sync: it leaves a global event loop open, which pytest reports as an unclosed loop.
+    result = asyncio.run(agent.run("Segment the tissue on this slide.", deps=deps))
+    return result.output
 
 
 def content(part: Any) -> dict[str, Any]:
