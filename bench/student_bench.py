@@ -84,10 +84,15 @@ async def _segment_all(
     return done
 
 
-def bench_policy(patch_size: int) -> Policy:
-    """The default policy (classical oracle in every role) on a ``patch_size`` grid, sent at full res."""
+def bench_policy(patch_size: int, batch_size: int = 8) -> Policy:
+    """The default policy (classical oracle in every role) on a ``patch_size`` grid, sent at full res,
+    ``batch_size`` patches per patch-label question."""
     return load_policy("default").with_updates(
-        {"classify.patch_size": patch_size, "classify.send_size": patch_size}
+        {
+            "classify.patch_size": patch_size,
+            "classify.send_size": patch_size,
+            "classify.batch_size": batch_size,
+        }
     )
 
 
@@ -189,10 +194,16 @@ def _oracle_calls(audit: Path, run_id: str) -> dict[str, dict[str, int]]:
 
 
 def cascade_figures(
-    slides: list[Path], checkpoint: Path, audit: Path, out: Path, threshold: float, patch_size: int
+    slides: list[Path],
+    checkpoint: Path,
+    audit: Path,
+    out: Path,
+    threshold: float,
+    patch_size: int,
+    batch_size: int,
 ) -> dict[str, Any]:
     """Segment ``slides`` with and without the cascade; oracle calls and Dice per slide."""
-    plain = bench_policy(patch_size)
+    plain = bench_policy(patch_size, batch_size)
     cascaded = plain.with_updates(
         {"cascade.enabled": True, "cascade.student": f"student:{checkpoint}", "cascade.confidence": threshold}
     )
@@ -213,7 +224,8 @@ def cascade_figures(
             pred = _mask_from_store(audit, run_id, path.stem, truth.shape, patch_size)
             row[run_id] = {**calls[run_id].get(path.stem, {}), "dice": round(_dice(pred, truth), 4)}
         per_slide[path.stem] = row
-    return {"threshold": threshold, "per_slide": per_slide, "stats": dataclasses.asdict(wrapped.stats)}
+    stats = dataclasses.asdict(wrapped.stats)
+    return {"threshold": threshold, "batch_size": batch_size, "per_slide": per_slide, "stats": stats}
 
 
 # --------------------------------------------------------------------------- the whole figure set
@@ -241,6 +253,7 @@ def main(
     epochs: int = typer.Option(4, "--epochs"),
     max_per_class: int = typer.Option(1500, "--max-per-class"),
     threshold: float = typer.Option(0.9, "--threshold", help="Cascade confidence threshold."),
+    cascade_batch: int = typer.Option(8, "--cascade-batch", help="Patches per question in the cascade runs."),
     reuse: bool = typer.Option(
         False, "--reuse", help="Keep OUT's teacher run and student; redo speed and cascade."
     ),
@@ -279,7 +292,9 @@ def main(
     test_paths = [p for p in paths if p.stem in test_ids]
     cascade_audit = out / "cascade.duckdb"
     cascade_audit.unlink(missing_ok=True)
-    figures["cascade"] = cascade_figures(test_paths, checkpoint, cascade_audit, out, threshold, patch_size)
+    figures["cascade"] = cascade_figures(
+        test_paths, checkpoint, cascade_audit, out, threshold, patch_size, cascade_batch
+    )
     figures["total_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "student_bench.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
     typer.echo(json.dumps(figures, indent=2, default=str))
