@@ -42,11 +42,12 @@ class SuiteSpec:
     """Level-0 patch side for slides; thumbnails use ``small_patch``."""
     small_patch: int = 32
     send_size: int = 128
-    """Pixels per side of patch images sent to per-patch oracles (read from the pyramid)."""
+    """Pixels per side of patch images sent to oracles (read from the pyramid). The classical focus
+    grade needs full resolution: at 128 px for 512 px patches it never sees blur."""
     reviewer_stains: int = 3
     policy_experiment: bool = True
     """Run the SIMULATED policy experiment (needs the controller)."""
-    policy_slides: int = 4
+    policy_slides: int = 3
     """Slides in the policy experiment (the artefact-heaviest first)."""
 
 
@@ -56,9 +57,9 @@ SUITES: dict[str, SuiteSpec] = {
     ),
     "synthetic": SuiteSpec(
         name="synthetic",
-        presets=(("leica-like", 4, None), ("stress", 4, None), ("zoo", 3, None)),
+        presets=(("leica-like", 4, None), ("stress", 3, None), ("zoo", 2, None)),
         patch_size=512,
-        send_size=128,
+        send_size=512,
     ),
     "real": SuiteSpec(name="real", policy_experiment=False),
     "folder": SuiteSpec(name="folder", policy_experiment=False),
