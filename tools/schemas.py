@@ -474,6 +474,7 @@ class StudentSpec(BaseModel):
 
     def to_input(self, images: np.ndarray) -> np.ndarray:
         """RGB uint8 ``(N, patch_px, patch_px, 3)`` to normalised float32 ``(N, 3, patch_px, patch_px)``."""
-        x = images.astype(np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        scaled: np.ndarray = (images.astype(np.float32) / np.float32(255.0) - mean) / std
+        return np.ascontiguousarray(scaled.transpose(0, 3, 1, 2))
