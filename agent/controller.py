@@ -184,6 +184,7 @@ class SlideRun:
             min_tissue_patches=c.min_tissue_patches,
             max_hole_patches=c.max_hole_patches,
             connectivity=c.connectivity,
+            keep_largest=c.keep_largest,
         )
         with self.tally.timed("clean"):
             return await self.deps.in_thread(clean, inp)

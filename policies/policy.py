@@ -124,6 +124,8 @@ class CleanParams(_Section):
     max_hole_patches: int = Field(default=10, ge=0)
     """Background holes smaller than this many patches are filled."""
     connectivity: Literal[4, 8] = 4
+    keep_largest: bool = False
+    """Never remove the largest tissue component (the paper's rule can erase a small biopsy whole)."""
 
 
 class Budget(_Section):

@@ -78,3 +78,31 @@ def test_clean_island_inside_hole_makes_the_hole_whole():
 def test_clean_rejects_non_grid():
     with pytest.raises(ValueError, match="2-D"):
         clean(CleanInput(tissue=np.zeros(5, dtype=bool)))
+
+
+KEEP_LARGEST_CASES = [
+    # (name, grid, expected with keep_largest, removed)
+    (
+        "a biopsy in pieces of 5, 2 and 1 keeps its largest piece",
+        "###.#\n##..#\n.....\n#....",
+        "###..\n##...\n.....\n.....",
+        2,
+    ),
+    (
+        "a large component makes the rule a no-op",
+        "#########\n.........\n##.......",
+        "#########\n.........\n.........",
+        1,
+    ),
+    ("empty grid stays empty", "...\n...", "...\n...", 0),
+]
+
+
+@pytest.mark.parametrize(("name", "before", "after", "removed"), KEEP_LARGEST_CASES)
+def test_keep_largest_never_erases_the_slide(name: str, before: str, after: str, removed: int):
+    out, count = remove_small_components(grid(before), 8, 4, keep_largest=True)
+    assert np.array_equal(out, grid(after)), name
+    assert count == removed, name
+    # The paper's rule, for contrast, erases the fragmented biopsy whole.
+    if name.startswith("a biopsy"):
+        assert not remove_small_components(grid(before), 8, 4)[0].any()

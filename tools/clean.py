@@ -31,6 +31,9 @@ class CleanParams(BaseModel):
     """Enclosed background holes with fewer cells than this are filled (0 or 1 fills nothing)."""
     connectivity: Literal[4, 8] = 4
     """4: cells touch through edges only; 8: corners count too."""
+    keep_largest: bool = False
+    """Never remove the largest tissue component, so a slide whose only tissue is a small biopsy
+    fragment is not erased whole (the paper's rule, ``False``, can empty such a slide)."""
 
 
 class CleanInput(CleanParams):
@@ -62,9 +65,12 @@ class CleanOutput(BaseModel):
 
 
 def remove_small_components(
-    tissue: np.ndarray, min_size: int, connectivity: int = 4
+    tissue: np.ndarray, min_size: int, connectivity: int = 4, *, keep_largest: bool = False
 ) -> tuple[np.ndarray, int]:
-    """``tissue`` without its components of fewer than ``min_size`` cells, and how many went."""
+    """``tissue`` without its components of fewer than ``min_size`` cells, and how many went.
+
+    With ``keep_largest`` the largest component stays whatever its size (ties: the first found).
+    """
     mask = np.asarray(tissue, dtype=bool)
     labels, count = ndimage.label(mask, structure=_STRUCTURE[connectivity])
     if count == 0 or min_size <= 1:
@@ -72,6 +78,8 @@ def remove_small_components(
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     small = sizes < min_size
     small[0] = False
+    if keep_largest:
+        small[1 + int(np.argmax(sizes[1:]))] = False
     return mask & ~small[labels], int(small.sum())
 
 
@@ -98,7 +106,9 @@ def clean(inp: CleanInput) -> CleanOutput:
     before = np.asarray(inp.tissue, dtype=bool)
     if before.ndim != 2:
         raise ValueError(f"clean needs a 2-D (rows, cols) tissue grid, got shape {before.shape}")
-    kept, removed = remove_small_components(before, inp.min_tissue_patches, inp.connectivity)
+    kept, removed = remove_small_components(
+        before, inp.min_tissue_patches, inp.connectivity, keep_largest=inp.keep_largest
+    )
     filled, holes = fill_small_holes(kept, inp.max_hole_patches, inp.connectivity)
     return CleanOutput(
         tissue=filled,
