@@ -52,15 +52,16 @@ def _show(table: Table, as_json: bool, title: str) -> None:
         records = [{k: _jsonable(v) for k, v in r.items()} for r in table.records()]
         typer.echo(json.dumps(records, indent=2, default=str))
         return
-    from rich.console import Console
     from rich.table import Table as RichTable
+
+    from tissue_oracle.agent.console import make_console
 
     out = RichTable(title=title)
     for column in table.columns:
         out.add_column(column, overflow="fold")
     for row in table.rows:
         out.add_row(*(_cell(v) for v in row))
-    Console().print(out)
+    make_console().print(out)
 
 
 def _query(db: Path, fn: Callable[[duckdb.DuckDBPyConnection], Table]) -> Table:

@@ -62,9 +62,9 @@ def print_scores(result: RunResult, title: str) -> None:
     """Per slide: Dice of the zero-shot and final masks and of two baselines against the exact
     truth, calls against the naive one-per-patch count, refinements, time; then means per stain."""
     import numpy as np
-    from rich.console import Console
     from rich.table import Table
 
+    from tissue_oracle.agent.console import make_console
     from tissue_oracle.bench.truth import load_truth
 
     columns = ("slide", "stain", "status", "Dice zero-shot", "Dice final", "Dice Otsu", "Dice K-means")
@@ -89,7 +89,7 @@ def print_scores(result: RunResult, title: str) -> None:
             o.slide_id, truth.stain, s.status, *(f"{v:.3f}" for v in scores), str(int(target.sum())),
             str(s.totals.calls), str(s.patches.naive_calls), str(s.refinements), f"{s.seconds:.1f}",
         )  # fmt: skip
-    console = Console()
+    console = make_console()
     console.print(table)
     means = Table(title="mean Dice per stain")
     for column in ("stain", "slides", *columns[3:]):

@@ -37,12 +37,12 @@ def distil(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
     """Distil the run's pseudo-labels into a MobileNetV3 student, and write its model card."""
-    from rich.console import Console
     from rich.markup import escape
 
+    from tissue_oracle.agent.console import make_console
     from tissue_oracle.tools.errors import TissueOracleError
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     if device not in ("cpu", "cuda"):
         console.print(f"[red]error:[/red] --device {device!r} is not one of ['cpu', 'cuda']")
         raise typer.Exit(2)
@@ -130,11 +130,12 @@ def truth_lookup() -> Any:
 
 
 def _print_card(card: Any) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from tissue_oracle.agent.console import make_console
+
+    console = make_console()
     teacher = card.teacher
     who = "VLM" if teacher.is_vlm else f"{teacher.kind} (not a VLM)"
     models = ", ".join(teacher.models) or "?"

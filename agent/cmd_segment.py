@@ -110,8 +110,9 @@ class _progress:
 
 def print_result(result: RunResult) -> None:
     """One row per slide, then where the outputs and the audit store are."""
-    from rich.console import Console
     from rich.table import Table
+
+    from tissue_oracle.agent.console import make_console
 
     table = Table(title=f"run {result.run_id}")
     for column in (
@@ -136,7 +137,7 @@ def print_result(result: RunResult) -> None:
             o.slide_id, o.status, s.labelled_as, str(len(s.regions)), str(s.refinements), str(s.totals.calls),
             str(s.patches.naive_calls), f"{s.totals.usd:.4f}", f"{s.seconds:.1f}", ", ".join(s.flags),
         )  # fmt: skip
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(f"outputs in {str(result.out_dir)!r}; audit store {str(result.out_dir / 'audit.duckdb')!r}")
 
