@@ -58,11 +58,26 @@ def decide(
 
 
 def refinement_helped(before: Grades | None, after: Grades | None) -> bool:
-    """Keep an Auto-context round's labels unless the reviewer graded them worse than before.
+    """Keep an Auto-context round's labels unless the reviewer judged them worse than before.
 
-    Worse means a worse worst grade, or the same worst grade with a worse sum. Without grades
-    on either side there is no evidence against the refinement, so it is kept.
+    When both reviews carry percentage estimates, they decide: the round is kept unless its
+    estimated F1 (harmonic mean of precision and recall %) fell. Grades are too coarse for this:
+    recall rising from 0% to 34% stays grade 4, and a precision slip from 100% to 88% would then
+    drop the round. Without percentages, worse means a worse worst grade, or the same worst grade
+    with a worse sum. Without grades on either side there is no evidence against the refinement,
+    so it is kept.
     """
     if before is None or after is None:
         return True
+    before_f1, after_f1 = _estimated_f1(before), _estimated_f1(after)
+    if before_f1 is not None and after_f1 is not None:
+        return after_f1 >= before_f1
     return (after.worst, after.precision + after.recall) <= (before.worst, before.precision + before.recall)
+
+
+def _estimated_f1(grades: Grades) -> float | None:
+    """The reviewer's precision and recall estimates combined as F1 (0-100), when it gave both."""
+    p, r = grades.precision_pct, grades.recall_pct
+    if p is None or r is None:
+        return None
+    return 0.0 if p + r == 0 else 2 * p * r / (p + r)

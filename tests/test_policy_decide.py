@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 
 from tissue_oracle.policies.decide import decide, refinement_helped
-from tissue_oracle.tools.schemas import Action, Grades
+from tissue_oracle.tools.schemas import Action, Grades, grade_from_percent
 
 
 def g(precision: int, recall: int) -> Grades:
@@ -72,4 +72,31 @@ def test_decide_table(
     ],
 )
 def test_refinement_kept_unless_graded_worse(before: Grades | None, after: Grades | None, kept: bool) -> None:
+    assert refinement_helped(before, after) is kept
+
+
+def pct(precision_pct: float, recall_pct: float) -> Grades:
+    return Grades(
+        precision=grade_from_percent(precision_pct),
+        recall=grade_from_percent(recall_pct),
+        precision_pct=precision_pct,
+        recall_pct=recall_pct,
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "kept"),
+    [
+        # Recall 0% -> 34% is a gain although both are grade 4 and precision slipped a grade.
+        (pct(100.0, 0.0), pct(87.6, 34.3), True),
+        (pct(90.0, 90.0), pct(96.0, 60.0), False),
+        (pct(60.0, 96.0), pct(85.0, 85.0), True),
+        (pct(0.0, 0.0), pct(0.0, 0.0), True),
+        # One side without estimates: the grades decide.
+        (g(3, 1), pct(99.0, 40.0), False),
+    ],
+)
+def test_refinement_judged_by_estimated_f1_when_percentages_exist(
+    before: Grades, after: Grades, kept: bool
+) -> None:
     assert refinement_helped(before, after) is kept
