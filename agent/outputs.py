@@ -210,6 +210,19 @@ def overlay_image(thumbnail: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.rint(out).astype(np.uint8)
 
 
+def _overlay(
+    tissue: np.ndarray,
+    grid: PatchGrid,
+    thumbnail: np.ndarray,
+    mask_thumb: np.ndarray,
+    picture: tuple[np.ndarray, float] | None,
+) -> np.ndarray:
+    if picture is None:
+        return overlay_image(thumbnail, mask_thumb)
+    image, downsample = picture
+    return overlay_image(image, mask_at_thumbnail(tissue, grid, image.shape[:2], downsample))
+
+
 def write_summary_json(path: Path, summary: dict[str, Any]) -> None:
     """``summary`` as JSON with sorted keys; numpy values, paths, models and dates converted."""
     _text(path, json.dumps(_jsonable(summary), sort_keys=True, indent=2, allow_nan=False) + "\n")
@@ -261,8 +274,12 @@ def write_slide_outputs(
     summary: dict[str, Any],
     level_dim: tuple[int, int],
     magnification: float | None = None,
+    picture: tuple[np.ndarray, float] | None = None,
 ) -> list[OutputRecord]:
     """Write every output of one slide into ``out_dir`` (created) and describe each file.
+
+    ``picture`` is an optional (RGB image, downsample) to draw ``overlay.png`` on when the
+    thumbnail is too small to read; by default the overlay is drawn on the thumbnail.
 
     ``tissue`` is the final bool mask of ``grid.shape``; ``thumbnail`` RGB uint8 taken at
     ``thumb_downsample``; ``focus`` per-patch codes (FOCUS_CODES) or focus names of
@@ -288,7 +305,7 @@ def write_slide_outputs(
         ),
         ("patches.parquet", "patches_parquet", lambda p: write_patches_parquet(p, labels)),
         ("focus.png", "focus", lambda p: write_focus_png(p, codes)),
-        ("overlay.png", "overlay", lambda p: _png(p, overlay_image(thumbnail, mask_thumb))),
+        ("overlay.png", "overlay", lambda p: _png(p, _overlay(tissue, grid, thumbnail, mask_thumb, picture))),
         ("summary.json", "summary", lambda p: write_summary_json(p, summary)),
     ]
     records = []

@@ -186,10 +186,28 @@ def finish_outputs(
         summary=summary.model_dump(mode="json"),
         level_dim=(summary.width, summary.height),
         magnification=slide.magnification,
+        picture=readable_picture(slide, thumbnail),
     )
     for record in records:
         sink.record_output(record)
     return summary.outputs
+
+
+#: The overlay's long side is at least this many pixels when the slide is that large.
+OVERLAY_MIN_SIDE = 1024
+
+
+def readable_picture(slide: Slide, thumbnail: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """A finer thumbnail for ``overlay.png`` when the grounding thumbnail is too small to read.
+
+    A 64x thumbnail of an 8k-pixel slide is 128 px wide; the overlay is for a person, so it is
+    redrawn with a long side of ``OVERLAY_MIN_SIDE`` (read from the best pyramid level).
+    """
+    if max(thumbnail.shape[:2]) >= OVERLAY_MIN_SIDE:
+        return None
+    width, height = slide.dimensions
+    downsample = max(1.0, max(width, height) / OVERLAY_MIN_SIDE)
+    return slide.thumbnail(downsample), downsample
 
 
 def record_failure(store: Any, run_id: str, slide_id: str, path: str | None, exc: BaseException) -> None:

@@ -203,6 +203,29 @@ def test_write_slide_outputs_end_to_end(tmp_path: Path) -> None:
     assert text.index('"a"') < text.index('"dice"') < text.index('"path"')
 
 
+def test_overlay_drawn_on_a_finer_picture_when_given(tmp_path: Path) -> None:
+    mask = ring_and_blobs()
+    image = np.full((GRID.slide_height, GRID.slide_width, 3), 240, np.uint8)
+    with open_slide(image, name="synthetic") as slide:
+        thumb, picture = slide.thumbnail(64), slide.thumbnail(8)
+    out = tmp_path / "synthetic"
+    write_slide_outputs(
+        out, run_id="r1", slide_id="synthetic", grid=GRID, tissue=mask, labels=labels_for(mask),
+        thumbnail=thumb, thumb_downsample=64, focus=None, summary={},
+        level_dim=(GRID.slide_width, GRID.slide_height), picture=(picture, 8.0),
+    )  # fmt: skip
+    overlay = np.asarray(Image.open(out / "overlay.png"))
+    assert overlay.shape == picture.shape
+    # The mask thumbnail stays at the grounding thumbnail's resolution.
+    assert np.asarray(Image.open(out / "mask_thumb.png")).shape == thumb.shape[:2]
+    # Tissue cells are tinted: the overlay differs from the plain grey picture exactly there.
+    tinted = np.any(overlay != picture, axis=2)
+    row, col = np.argwhere(mask)[0]
+    size = GRID.patch_size // 8
+    assert tinted[row * size + size // 2, col * size + size // 2]
+    assert not tinted[~mask_at_thumbnail(mask, GRID, picture.shape[:2], 8.0)].any()
+
+
 def test_focus_array_given_by_name_or_code(tmp_path: Path) -> None:
     mask = np.zeros(GRID.shape, bool)
     names = np.full(GRID.shape, None, dtype=object)
