@@ -2,8 +2,8 @@
 
 Commands are listed here as data (name -> ``module:attribute``) and imported when the CLI
 starts; each command module keeps its heavy imports inside the command body, so ``--help``
-stays fast. The ``synth`` and ``bench`` commands live in ``bench/`` beside what they drive:
-this table is the one place where the entry point reaches down to them.
+stays fast. The ``demo``, ``synth`` and ``bench`` commands live in ``bench/`` beside what they
+drive: this table is the one place where the entry point reaches down to them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ app = typer.Typer(
 COMMANDS: dict[str, str] = {
     "audit": "tissue_oracle.agent.cmd_audit:app",
     "segment": "tissue_oracle.agent.cmd_segment:segment",
-    "demo": "tissue_oracle.agent.cmd_demo:demo",
+    "demo": "tissue_oracle.bench.cmd_demo:demo",
     "distil": "tissue_oracle.agent.cmd_distil:distil",
     "bench": "tissue_oracle.bench.cmd_bench:bench",
     "synth": "tissue_oracle.bench.cmd_synth:synth",

@@ -1,8 +1,8 @@
 """``tissue-oracle demo``: synthesise a small leica-like set, segment it, score it against the truth.
 
-Runs anywhere: the classical oracle (no VLM) plays every role, and the table says so. This
-command reaches into ``bench`` (the synthetic generator, its truth and its metrics) because a
-demo needs slides with known truth; ``segment`` never does.
+Runs anywhere: the classical oracle (no VLM) plays every role, and the table says so. It lives
+in ``bench`` because it composes the synthetic generator, its truth and its metrics with the
+agent's ``segment`` run; ``segment`` itself never needs ground truth.
 """
 
 from __future__ import annotations
