@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fakes import answerer
 from tissue_oracle.oracles.profiles import PROFILES, ModelProfile
@@ -41,18 +41,7 @@ Fault = Literal[
     "empty",
     "unauthorized",
 ]
-FAULTS: tuple[Fault, ...] = (
-    "latency",
-    "rate_limit",
-    "server_error",
-    "hang",
-    "truncated",
-    "invalid_json",
-    "wrong_keys",
-    "out_of_range",
-    "empty",
-    "unauthorized",
-)
+FAULTS: tuple[Fault, ...] = get_args(Fault)
 
 
 class _Server(ThreadingHTTPServer):
