@@ -1,4 +1,4 @@
-"""Oracle plumbing benchmarks against the loopback fake VLM servers (run from a repository checkout).
+"""Oracle plumbing benchmarks against the loopback fake VLM servers.
 
     .venv/bin/python -m tissue_oracle.bench.oracle_throughput throughput --latency 0.1 --in-flight 16 64
     .venv/bin/python -m tissue_oracle.bench.oracle_throughput faults
@@ -9,7 +9,7 @@ calls/s, so the ratio says how much the orchestration (prompting, encoding, SDK,
 costs. The server answers with a canned valid JSON (it does not analyse images), so its own CPU
 is not what is measured. ``faults``: the table of fault type against outcome, per transport.
 
-The fake servers live in ``tests/fakes`` (test code, not shipped), so this needs the checkout.
+The fake servers ship in ``tissue_oracle.bench.fakes``, so an installed package runs this too.
 """
 
 from __future__ import annotations
@@ -20,38 +20,22 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tissue_oracle.bench.fakes.faults import run_faulted
+from tissue_oracle.bench.fakes.server import FAULTS
 from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.oracles.registry import build_oracle
 from tissue_oracle.store.memory import MemoryRecorder
-from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
 MODELS = {"openai": "Qwen/Qwen3-VL-8B-Instruct", "gemini": "gemini-2.5-flash"}
-
-
-def _fakes() -> Any:
-    if not (TESTS / "fakes").is_dir():
-        raise ConfigError(
-            f"the fake servers are in {str(TESTS / 'fakes')!r}: run this from a source checkout."
-        )
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    import fakes.faults
-    import fakes.fixtures
-
-    return fakes
-
 
 _SERVE = """
 import sys
-sys.path.insert(0, {tests!r})
-from fakes.server import FakeGeminiServer, FakeOpenAIServer
+from tissue_oracle.bench.fakes.server import FakeGeminiServer, FakeOpenAIServer
 cls = FakeOpenAIServer if {family!r} == "openai" else FakeGeminiServer
 server = cls(latency_s={latency!r}, analyse=False).start()
 print(server.base_url, flush=True)
@@ -66,8 +50,7 @@ def throughput(family: str, latency_s: float, in_flight: int, calls: int, side: 
     The server runs in its own process, so this process's CPU time is the orchestrator's alone
     (oracle, SDK, encoding, audit rows): ``cpu_ms_per_call`` bounds the rate one core can drive.
     """
-    _fakes()
-    code = _SERVE.format(tests=str(TESTS), family=family, latency=latency_s)
+    code = _SERVE.format(family=family, latency=latency_s)
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -114,11 +97,10 @@ def throughput(family: str, latency_s: float, in_flight: int, calls: int, side: 
 
 
 def fault_table(families: list[str]) -> None:
-    fakes = _fakes()
     print("| fault | transport | attempts (rows) | outcome | first row error |")
     print("|---|---|---|---|---|")
     cases: list[tuple[str, list[str], dict[str, Any]]] = [
-        (f, [f], {}) for f in fakes.server.FAULTS if f != "unauthorized"
+        (f, [f], {}) for f in FAULTS if f != "unauthorized"
     ]
     cases += [
         ("unauthorized (401)", ["unauthorized"] * 5, {}),
@@ -127,7 +109,7 @@ def fault_table(families: list[str]) -> None:
     ]
     for name, faults, options in cases:
         for family in families:
-            outcome = fakes.faults.run_faulted(family, "boxes", faults, **options)
+            outcome = run_faulted(family, "boxes", faults, **options)
             first = (outcome.rows[0].error or "-")[:70] if outcome.rows else "-"
             detail = ""
             if outcome.answer is not None:

@@ -16,8 +16,8 @@ All records are synthetic (no oracle runs); they are sized like real classify_pa
     python -m tissue_oracle.bench.store_bench --replay-only --out bench-out/store-replay.json
 
 - **replay** (``--replay``/``--replay-only``, about a minute): one synthetic slide segmented by the
-  controller with oracle and reviewer ``openai:`` served by the loopback fake VLM server (tests/fakes,
-  so run it from a checkout; its answers are image analysis, not a real VLM), then again with both
+  controller with oracle and reviewer ``openai:`` served by the loopback fake VLM server (bench/fakes;
+  its answers are image analysis, not a real VLM), then again with both
   roles ``replay:<first audit.duckdb>`` after the server is stopped. Reported: requests the server
   saw during the replay, calls recorded that were not cache hits, and which output files are
   byte-identical (``summary.json`` holds timings, ``patches.h5`` its output folder in ``save_path``).
@@ -217,13 +217,12 @@ async def _segment(slide: Path, out: Path, overrides: dict[str, str], base_url: 
 
 def replay(tmp: Path) -> dict[str, Any]:
     """Live run against the fake VLM server, then a replay with the server stopped."""
-    from tissue_oracle.bench.oracle_throughput import _fakes
+    from tissue_oracle.bench.fakes import fixtures
     from tissue_oracle.bench.synth import generate_slide
 
-    fakes = _fakes()
     slide = generate_slide(tmp / "slide.tiff", preset="tiny", seed=3, width=6144, height=4096)
-    server = fakes.fixtures.start_server("openai")
-    base_url, spec = server.base_url, f"openai:{fakes.fixtures.MODELS['openai']}"
+    server = fixtures.start_server("openai")
+    base_url, spec = server.base_url, f"openai:{fixtures.MODELS['openai']}"
     try:
         asyncio.run(_segment(slide, tmp / "live", {"oracle": spec, "reviewer": spec}, base_url))
     finally:

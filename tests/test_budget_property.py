@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes.fixtures import start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stage_support import core_slide_pixels
 
 from tissue_oracle.agent.oracle_setup import OracleSet, build_oracles
 from tissue_oracle.agent.runs import RunResult, run_slides
+from tissue_oracle.bench.fakes.fixtures import start_server
 from tissue_oracle.oracles.profiles import profile_for_model
 from tissue_oracle.policies.policy import Policy, load_policy
 from tissue_oracle.store.memory import MemoryRecorder

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import images
 from PIL import Image
 
+from tissue_oracle.bench.fakes import images
 from tissue_oracle.oracles.classical import ClassicalOracle
 from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.store.memory import MemoryRecorder

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-from fakes.fixtures import MODELS, start_server
 from PIL import Image
 from stage_support import core_slide_pixels
 
 from tissue_oracle.agent.cmd_segment import run_segment
+from tissue_oracle.bench.fakes.fixtures import MODELS, start_server
 from tissue_oracle.policies.policy import load_policy
 
 

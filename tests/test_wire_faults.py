@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fakes import fixtures
-from fakes.faults import QUESTIONS, run_faulted
 
+from tissue_oracle.bench.fakes import fixtures
+from tissue_oracle.bench.fakes.faults import QUESTIONS, run_faulted
 from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import OracleError, OracleUnavailableError

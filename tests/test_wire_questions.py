@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from fakes import fixtures
-from fakes.server import FakeServer
 
+from tissue_oracle.bench.fakes import fixtures
+from tissue_oracle.bench.fakes.server import FakeServer
 from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.oracles.vlm import VLMOracle
 from tissue_oracle.store.memory import MemoryRecorder

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, get_args
 
-from fakes import answerer
+from tissue_oracle.bench.fakes import answerer
 from tissue_oracle.oracles.profiles import PROFILES, ModelProfile
 
 Fault = Literal[

@@ -9,8 +9,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from fakes import fixtures
-from fakes.server import Fault
+from tissue_oracle.bench.fakes import fixtures
+from tissue_oracle.bench.fakes.server import Fault
 from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import OracleError

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fakes import images
-from fakes.server import FakeGeminiServer, FakeOpenAIServer, FakeServer
+from tissue_oracle.bench.fakes import images
+from tissue_oracle.bench.fakes.server import FakeGeminiServer, FakeOpenAIServer, FakeServer
 from tissue_oracle.oracles.registry import build_oracle
 from tissue_oracle.oracles.vlm import VLMOracle
 from tissue_oracle.tools.schemas import (
