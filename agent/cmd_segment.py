@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
+    from tissue_oracle.agent.run_settings import RunSettings
     from tissue_oracle.agent.runs import RunResult
     from tissue_oracle.policies.policy import Policy
 
@@ -35,41 +36,29 @@ def build_policy(policy: str, *, max_usd: float | None, max_calls: int | None) -
 
 def run_segment(
     paths: list[str],
-    out: Path,
-    policy: Policy,
+    settings: RunSettings,
     *,
     overrides: dict[str, str | None],
     base_urls: list[str] | None = None,
-    use_cache: bool = True,
-    mpp: float | None = None,
-    run_id: str | None = None,
     show_progress: bool = True,
 ) -> RunResult:
     """Open the store, build the oracles, segment every slide; the store and oracles are closed after."""
     from tissue_oracle.agent.oracle_setup import build_oracles, parse_base_urls
-    from tissue_oracle.agent.runs import expand_paths, new_run_id, run_slides
+    from tissue_oracle.agent.run_settings import RunDeps
+    from tissue_oracle.agent.runs import expand_paths, run_slides
     from tissue_oracle.store.audit_store import AuditStore
 
     slides = expand_paths(paths)
-    out.mkdir(parents=True, exist_ok=True)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
     # The run's store opens first: a replay source that is the same file then shares it.
-    with AuditStore.open(out / "audit.duckdb") as store:
-        oracles = build_oracles(policy, overrides=overrides, base_urls=parse_base_urls(base_urls))  # type: ignore[arg-type]
+    with AuditStore.open(settings.out_dir / "audit.duckdb") as store:
+        oracles = build_oracles(settings.policy, overrides=overrides, base_urls=parse_base_urls(base_urls))  # type: ignore[arg-type]
+        deps = RunDeps.for_run(settings, oracles=oracles, store=store)
 
         async def main() -> RunResult:
             try:
                 with _progress(show_progress) as tick:
-                    return await run_slides(
-                        slides,
-                        policy=policy,
-                        oracles=oracles,
-                        store=store,
-                        run_id=run_id or new_run_id(),
-                        out_dir=out,
-                        use_cache=use_cache,
-                        mpp=mpp,
-                        progress=tick,
-                    )
+                    return await run_slides(slides, settings, deps, progress=tick)
             finally:
                 await oracles.aclose()
 
@@ -168,19 +157,23 @@ def segment(
     ] = None,
 ) -> None:
     """Segment the tissue in slides: boxes, coarse mask, patch labels, review and Auto-context."""
+    from tissue_oracle.agent.run_settings import RunSettings
+    from tissue_oracle.agent.runs import new_run_id
     from tissue_oracle.tools.errors import TissueOracleError
 
     try:
-        chosen = build_policy(policy, max_usd=max_usd, max_calls=max_calls)
-        result = run_segment(
-            paths,
-            out,
-            chosen,
-            overrides={"oracle": oracle, "reviewer": reviewer, "classifier": classifier},
-            base_urls=base_url,
+        settings = RunSettings(
+            run_id=run_id or new_run_id(),
+            policy=build_policy(policy, max_usd=max_usd, max_calls=max_calls),
+            out_dir=out,
             use_cache=not no_cache,
             mpp=mpp,
-            run_id=run_id,
+        )
+        result = run_segment(
+            paths,
+            settings,
+            overrides={"oracle": oracle, "reviewer": reviewer, "classifier": classifier},
+            base_urls=base_url,
         )
     except TissueOracleError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")

@@ -26,6 +26,7 @@ import numpy as np
 
 from tissue_oracle.agent.budget_guard import BudgetedOracle, CallEstimator
 from tissue_oracle.agent.oracle_setup import OracleSet
+from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.agent.slide_io import (
     AuditSink,
     answered_only,
@@ -332,63 +333,55 @@ async def run_slide(run: SlideRun, out_dir: Path, *, oracles: OracleSet, started
     return summary
 
 
-async def segment_slide(
-    path_or_slide: str | Path | Slide,
-    *,
-    policy: Policy,
-    oracles: OracleSet,
-    store: Any,
-    run_id: str,
-    out_dir: str | Path,
-    use_cache: bool = True,
-    ledger: BudgetLedger | None = None,
-    slide_id: str | None = None,
-    mpp: float | None = None,
+async def segment_file(
+    path: str | Path, settings: RunSettings, deps: RunDeps, *, slide_id: str | None = None
 ) -> SlideSummary:
-    """Segment one slide under ``policy``; outputs go to ``out_dir/<slide_id>/``.
+    """Open the slide file at ``path`` (with ``settings.mpp``), segment it, and close it.
 
-    ``store`` is an ``AuditStore`` (the slide is begun and finished there) or a bare recorder
-    such as ``MemoryRecorder``. ``ledger`` is the run's budget ledger (a fresh one from the
-    policy's run budget when None); the slide gets a child ledger with the slide budget.
+    ``slide_id`` defaults to the file's stem. A slide that can't be opened is recorded as failed
+    in the store before its ``SlideError`` propagates.
+    """
+    sid = slide_id or Path(path).stem
+    try:
+        slide = await asyncio.to_thread(open_slide, path, mpp=settings.mpp)
+    except BaseException as exc:
+        record_failure(deps.store, settings.run_id, sid, str(path), exc)
+        raise
+    with slide:
+        return await segment_slide(slide, settings, deps, slide_id=sid)
+
+
+async def segment_slide(
+    slide: Slide, settings: RunSettings, deps: RunDeps, *, slide_id: str | None = None
+) -> SlideSummary:
+    """Segment one open slide under ``settings.policy``; outputs go to ``settings.slide_dir(slide_id)``.
+
+    ``slide_id`` defaults to the slide's name. The slide is begun and finished in ``deps.store``
+    when the store tracks slides, and charges a child of ``deps.ledger`` under the slide budget.
+    The caller keeps the slide open and closes it (``segment_file`` does both for a file).
     Slide errors (``SlideError``) and anything unexpected propagate after the store has been
     told the slide failed; oracle failures and budget exhaustion never do.
     """
     started = time.perf_counter()
-    own = not isinstance(path_or_slide, Slide)
-    if isinstance(path_or_slide, Slide):
-        slide, sid = path_or_slide, slide_id or path_or_slide.name
-    else:
-        sid = slide_id or Path(path_or_slide).stem
-        try:
-            slide = await asyncio.to_thread(open_slide, path_or_slide, mpp=mpp)
-        except BaseException as exc:
-            record_failure(store, run_id, sid, str(path_or_slide), exc)
-            raise
+    policy, store, sid = settings.policy, deps.store, slide_id or slide.name
+    if tracks_slides(store):
+        store.begin_slide(slide_record(settings.run_id, sid, slide))
+    run = SlideRun(
+        slide=slide,
+        slide_id=sid,
+        policy=policy,
+        oracles=deps.oracles,
+        store=store,
+        run_id=settings.run_id,
+        ledger=deps.ledger.child(policy.budgets.slide, scope=f"slide {sid!r}"),
+        use_cache=settings.use_cache,
+    )
     try:
-        if tracks_slides(store):
-            store.begin_slide(slide_record(run_id, sid, slide))
-        slide_ledger = (ledger or BudgetLedger(policy.budgets.run)).child(
-            policy.budgets.slide, scope=f"slide {sid!r}"
-        )
-        run = SlideRun(
-            slide=slide,
-            slide_id=sid,
-            policy=policy,
-            oracles=oracles,
-            store=store,
-            run_id=run_id,
-            ledger=slide_ledger,
-            use_cache=use_cache,
-        )
-        try:
-            summary = await run_slide(run, Path(out_dir) / sid, oracles=oracles, started=started)
-        except BaseException as exc:
-            record_failure(store, run_id, sid, None, exc)
-            raise
-        if tracks_slides(store):
-            error = "; ".join(summary.reasons) if summary.status == "degraded" else None
-            store.finish_slide(run_id, sid, status=summary.status, error=error, flags=summary.flags)
-        return summary
-    finally:
-        if own:
-            slide.close()
+        summary = await run_slide(run, settings.slide_dir(sid), oracles=deps.oracles, started=started)
+    except BaseException as exc:
+        record_failure(store, settings.run_id, sid, None, exc)
+        raise
+    if tracks_slides(store):
+        error = "; ".join(summary.reasons) if summary.status == "degraded" else None
+        store.finish_slide(settings.run_id, sid, status=summary.status, error=error, flags=summary.flags)
+    return summary

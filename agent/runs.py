@@ -19,8 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from tissue_oracle.agent.controller import segment_slide
-from tissue_oracle.agent.oracle_setup import OracleSet
+from tissue_oracle.agent.controller import segment_file
+from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.agent.summary import SlideSummary
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy
@@ -131,26 +131,17 @@ def run_record(run_id: str, policy: Policy) -> RunRecord:
 
 
 async def run_slides(
-    paths: list[Path],
-    *,
-    policy: Policy,
-    oracles: OracleSet,
-    store: Any,
-    run_id: str,
-    out_dir: Path,
-    use_cache: bool = True,
-    mpp: float | None = None,
-    progress: Any = None,
+    paths: list[Path], settings: RunSettings, deps: RunDeps, *, progress: Any = None
 ) -> RunResult:
-    """Segment ``paths`` in order under one run ledger; never raises for one slide's failure.
+    """Segment ``paths`` in order, all charging ``deps.ledger``; never raises for one slide's failure.
 
-    ``store`` is an open ``AuditStore``; the run is begun and finished in it. ``progress`` is
+    ``deps.store`` is an open ``AuditStore``; the run is begun and finished in it. ``progress`` is
     an optional callable ``(done, total, slide_id)``.
     """
+    store, run_id = deps.store, settings.run_id
     done_before = store.finished_slides(run_id)
-    store.begin_run(run_record(run_id, policy))
-    ledger = BudgetLedger(policy.budgets.run, scope="run")
-    result = RunResult(run_id=run_id, out_dir=out_dir, ledger=ledger)
+    store.begin_run(run_record(run_id, settings.policy))
+    result = RunResult(run_id=run_id, out_dir=settings.out_dir, ledger=deps.ledger)
     status = "interrupted"
     try:
         for i, (path, sid) in enumerate(zip(paths, slide_ids(paths), strict=True)):
@@ -159,9 +150,7 @@ async def run_slides(
             if sid in done_before:
                 result.outcomes.append(SlideOutcome(slide_id=sid, path=path, status="skipped"))
                 continue
-            result.outcomes.append(
-                await _one(path, sid, policy, oracles, store, run_id, out_dir, use_cache, mpp, ledger)
-            )
+            result.outcomes.append(await _one(path, sid, settings, deps))
         if progress is not None:
             progress(len(paths), len(paths), "")
         status = "failed" if result.all_failed else "finished"
@@ -170,31 +159,9 @@ async def run_slides(
     return result
 
 
-async def _one(
-    path: Path,
-    sid: str,
-    policy: Policy,
-    oracles: OracleSet,
-    store: Any,
-    run_id: str,
-    out_dir: Path,
-    use_cache: bool,
-    mpp: float | None,
-    ledger: BudgetLedger,
-) -> SlideOutcome:
+async def _one(path: Path, sid: str, settings: RunSettings, deps: RunDeps) -> SlideOutcome:
     try:
-        summary = await segment_slide(
-            path,
-            policy=policy,
-            oracles=oracles,
-            store=store,
-            run_id=run_id,
-            out_dir=out_dir,
-            use_cache=use_cache,
-            ledger=ledger,
-            slide_id=sid,
-            mpp=mpp,
-        )
+        summary = await segment_file(path, settings, deps, slide_id=sid)
     except TissueOracleError as exc:
         return SlideOutcome(slide_id=sid, path=path, status="failed", error=str(exc))
     except Exception as exc:  # a bug on one slide must not cost the batch; the store has the error

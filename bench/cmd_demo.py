@@ -113,6 +113,8 @@ def demo(
 ) -> None:
     """Synthesise a small set, segment it with the classical oracle (no VLM), print Dice per slide."""
     from tissue_oracle.agent.cmd_segment import print_result, run_segment
+    from tissue_oracle.agent.run_settings import RunSettings
+    from tissue_oracle.agent.runs import new_run_id
     from tissue_oracle.policies.policy import load_policy
     from tissue_oracle.tools.errors import TissueOracleError
 
@@ -127,7 +129,8 @@ def demo(
             "reviewer": "classical",
             "classifier": "classical",
         }
-        result = run_segment([str(p) for p in slides], out, policy, overrides=overrides)
+        settings = RunSettings(run_id=new_run_id(), policy=policy, out_dir=out)
+        result = run_segment([str(p) for p in slides], settings, overrides=overrides)
     except TissueOracleError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(2) from exc

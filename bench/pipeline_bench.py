@@ -86,15 +86,13 @@ def segment(
     case: Case, oracle: Oracle, policy: Any, store: Any, run_id: str, out_dir: Path
 ) -> dict[str, Any]:
     """One controller run; returns the masks, the summary, and cost and focus from the store."""
-    from tissue_oracle.agent.controller import segment_slide
+    from tissue_oracle.agent.controller import segment_file
+    from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 
     sid = case.path.stem
-    summary = asyncio.run(
-        segment_slide(
-            case.path, policy=policy, oracles=_oracle_set(oracle), store=store, run_id=run_id,
-            out_dir=out_dir, use_cache=False, slide_id=sid,
-        )
-    )  # fmt: skip
+    settings = RunSettings(run_id=run_id, policy=policy, out_dir=out_dir, use_cache=False)
+    deps = RunDeps.for_run(settings, oracles=_oracle_set(oracle), store=store)
+    summary = asyncio.run(segment_file(case.path, settings, deps, slide_id=sid))
     folder = out_dir / sid
     return {
         "final": np.load(folder / "mask.npy"),

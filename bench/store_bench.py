@@ -200,17 +200,17 @@ def kill9(tmp: Path, slides_before_kill: int = 20) -> dict[str, Any]:
 
 
 async def _segment(slide: Path, out: Path, overrides: dict[str, str], base_url: str) -> None:
-    from tissue_oracle.agent.controller import segment_slide
+    from tissue_oracle.agent.controller import segment_file
     from tissue_oracle.agent.oracle_setup import build_oracles
+    from tissue_oracle.agent.run_settings import RunDeps, RunSettings
     from tissue_oracle.policies.policy import load_policy
 
     policy = load_policy("default")
     oracles = build_oracles(policy, overrides=overrides, base_urls={"*": base_url})  # type: ignore[arg-type]
     try:
         with AuditStore.open(out / "audit.duckdb") as store:
-            await segment_slide(
-                slide, policy=policy, oracles=oracles, store=store, run_id=out.name, out_dir=out
-            )
+            settings = RunSettings(run_id=out.name, policy=policy, out_dir=out)
+            await segment_file(slide, settings, RunDeps.for_run(settings, oracles=oracles, store=store))
     finally:
         await oracles.aclose()
 

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import typer
 
-from tissue_oracle.agent.controller import segment_slide
+from tissue_oracle.agent.controller import segment_file
 from tissue_oracle.agent.oracle_setup import OracleSet, build_oracles
+from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.bench.synth import generate_set
 from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.oracles.student import build as build_student
@@ -77,9 +78,8 @@ async def _segment_all(
     done = {}
     for path in slides:
         started = time.perf_counter()
-        summary = await segment_slide(
-            path, policy=policy, oracles=oracles, store=store, run_id=run_id, out_dir=out
-        )
+        settings = RunSettings(run_id=run_id, policy=policy, out_dir=out)
+        summary = await segment_file(path, settings, RunDeps.for_run(settings, oracles=oracles, store=store))
         done[path.stem] = (summary, time.perf_counter() - started)
     return done
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from stage_support import core_slide_pixels
 
 from tissue_oracle.agent.oracle_setup import OracleSet, build_oracles
+from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.agent.runs import RunResult, run_slides
 from tissue_oracle.bench.fakes.fixtures import start_server
 from tissue_oracle.oracles.profiles import profile_for_model
@@ -65,9 +66,8 @@ def segment_all(
 
     async def main() -> RunResult:
         try:
-            return await run_slides(
-                paths, policy=policy, oracles=oracles, store=store, run_id="r", out_dir=out
-            )
+            settings = RunSettings(run_id="r", policy=policy, out_dir=out)
+            return await run_slides(paths, settings, RunDeps.for_run(settings, oracles=oracles, store=store))
         finally:
             await oracles.aclose()
 

@@ -17,6 +17,7 @@ from stage_support import core_slide_pixels
 
 from tissue_oracle.agent.controller import segment_slide
 from tissue_oracle.agent.oracle_setup import build_oracles
+from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.agent.runs import run_record
 from tissue_oracle.agent.slide_io import OUTPUT_NAMES
 from tissue_oracle.agent.summary import SlideSummary
@@ -59,9 +60,9 @@ def run(policy: Policy, store: Any, out: Path, run_id: str = "run-1") -> SlideSu
         oracles = build_oracles(policy)
         try:
             with open_slide(image, name="two-cores") as slide:
-                return await segment_slide(
-                    slide, policy=policy, oracles=oracles, store=store, run_id=run_id, out_dir=out
-                )
+                settings = RunSettings(run_id=run_id, policy=policy, out_dir=out)
+                deps = RunDeps.for_run(settings, oracles=oracles, store=store)
+                return await segment_slide(slide, settings, deps)
         finally:
             await oracles.aclose()
 
@@ -175,10 +176,11 @@ def test_failed_questions_keep_the_coarse_label_and_ask_for_a_human(tmp_path: Pa
         attempts=dict.fromkeys(("oracle", "classifier", "reviewer"), 1),
     )
     recorder = MemoryRecorder()
+    settings = RunSettings(run_id="r", policy=policy, out_dir=tmp_path)
     image, _ = core_slide_pixels()
     with open_slide(image, name="two-cores") as slide:
         summary = asyncio.run(
-            segment_slide(slide, policy=policy, oracles=oracles, store=recorder, run_id="r", out_dir=tmp_path)
+            segment_slide(slide, settings, RunDeps.for_run(settings, oracles=oracles, store=recorder))
         )
     assert summary.patches.coarse_fallback == 8  # two failed questions of four patches each
     assert {"oracle_errors", "needs_human_review"} <= set(summary.flags) and summary.status == "done"

@@ -13,6 +13,7 @@ from PIL import Image
 from stage_support import core_slide_pixels
 
 from tissue_oracle.agent.cmd_segment import run_segment
+from tissue_oracle.agent.run_settings import RunSettings
 from tissue_oracle.bench.fakes.fixtures import MODELS, start_server
 from tissue_oracle.policies.policy import load_policy
 
@@ -37,8 +38,7 @@ def test_replay_without_base_url_gives_the_same_mask_and_pays_nothing(tmp_path: 
     try:
         live = run_segment(
             [str(slides)],
-            tmp_path / "live",
-            policy,
+            RunSettings(run_id="live", policy=policy, out_dir=tmp_path / "live"),
             overrides={"oracle": spec, "classifier": spec, "reviewer": "classical"},
             base_urls=[server.base_url],
             show_progress=False,
@@ -51,8 +51,7 @@ def test_replay_without_base_url_gives_the_same_mask_and_pays_nothing(tmp_path: 
     replay = f"replay:{tmp_path / 'live' / 'audit.duckdb'}"
     again = run_segment(
         [str(slides)],
-        tmp_path / "replayed",
-        policy,
+        RunSettings(run_id="replayed", policy=policy, out_dir=tmp_path / "replayed"),
         overrides={"oracle": replay, "classifier": replay, "reviewer": replay},
         show_progress=False,
     )

@@ -1,0 +1,59 @@
+"""What one run's slides share: its settings (plain data) and its deps (live resources).
+
+``segment`` builds both once (``agent.cmd_segment.run_segment``) and passes them unchanged
+through ``agent.runs.run_slides`` to ``agent.controller.segment_slide``. Settings are frozen and
+hold no open handle, so they can be copied to another process; deps hold the open oracles, the
+store and the run's budget ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tissue_oracle.policies.ledger import BudgetLedger
+from tissue_oracle.policies.policy import Policy
+
+if TYPE_CHECKING:
+    from tissue_oracle.agent.oracle_setup import OracleSet
+
+
+@dataclass(kw_only=True, frozen=True)
+class RunSettings:
+    """How every slide of one run is segmented and where its results go."""
+
+    run_id: str
+    """The run's id in the store; a run id the store already holds resumes that run."""
+    policy: Policy
+    """Stage parameters, review rules and budgets (command-line caps already applied)."""
+    out_dir: Path
+    """Output folder: one ``<slide_id>/`` sub-folder per slide, ``audit.duckdb`` beside them."""
+    use_cache: bool = True
+    """Answer a question from the store when it was answered before (False: ask again)."""
+    mpp: float | None = None
+    """Microns per pixel for slides that don't record it (None: the slide's own, or none)."""
+
+    def slide_dir(self, slide_id: str) -> Path:
+        """Where one slide's outputs go."""
+        return self.out_dir / slide_id
+
+
+@dataclass(kw_only=True)
+class RunDeps:
+    """The live resources a run's slides share; the caller opens and closes them."""
+
+    oracles: OracleSet
+    """The built oracle of each role."""
+    store: Any
+    """What records calls, decisions, patches, outputs and slides: an ``AuditStore``, or a
+    ``MemoryRecorder`` in tests."""
+    ledger: BudgetLedger
+    """The run's budget ledger (``budgets.run``); each slide charges a child ledger of it."""
+
+    @classmethod
+    def for_run(cls, settings: RunSettings, *, oracles: OracleSet, store: Any) -> RunDeps:
+        """Deps with a fresh run ledger under ``settings.policy.budgets.run``."""
+        return cls(
+            oracles=oracles, store=store, ledger=BudgetLedger(settings.policy.budgets.run, scope="run")
+        )
