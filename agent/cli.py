@@ -26,8 +26,8 @@ COMMANDS: dict[str, str] = {
     "segment": "tissue_oracle.agent.cmd_segment:segment",
     "demo": "tissue_oracle.bench.cmd_demo:demo",
     "distil": "tissue_oracle.agent.cmd_distil:distil",
-    "bench": "tissue_oracle.bench.cmd_bench:bench",
-    "synth": "tissue_oracle.bench.cmd_synth:synth",
+    "bench": "tissue_oracle.bench.evaluation.cmd_bench:bench",
+    "synth": "tissue_oracle.bench.synth.cmd_synth:synth",
 }
 
 

@@ -113,7 +113,7 @@ def truth_lookup() -> Any:
     distillation simply skips the truth comparison when it is not installed.
     """
     try:
-        truth_mod = importlib.import_module("tissue_oracle.bench.truth")
+        truth_mod = importlib.import_module("tissue_oracle.bench.synth.truth")
     except ImportError:
         return None
 

@@ -26,8 +26,8 @@ def demo_slides(
     folder: Path, *, preset: str = DEMO_PRESET, count: int = DEMO_COUNT, size: int = DEMO_SIZE
 ) -> list[Path]:
     """The demo's slides, generated once: existing slides with their truth are reused."""
-    from tissue_oracle.bench.synth import generate_set, plan_set
-    from tissue_oracle.bench.truth import find_truth
+    from tissue_oracle.bench.synth.generate import generate_set, plan_set
+    from tissue_oracle.bench.synth.truth import find_truth
 
     expected = [folder / name for name, _, _ in plan_set(preset, count, DEMO_SEED)]
     if all(p.is_file() and find_truth(p) is not None for p in expected):
@@ -37,7 +37,7 @@ def demo_slides(
 
 def baseline_dice(path: Path, target: object, patch_size: int) -> dict[str, float]:
     """Dice of the Otsu (CLAM) and optical-density K-means baselines on the same slide and grid."""
-    from tissue_oracle.bench.baselines import BASELINES, MorphParams, to_patch_grid
+    from tissue_oracle.bench.evaluation.baselines import BASELINES, MorphParams, to_patch_grid
     from tissue_oracle.tools.slides import open_slide
 
     downsample = 64.0
@@ -52,7 +52,7 @@ def baseline_dice(path: Path, target: object, patch_size: int) -> dict[str, floa
 
 
 def dice(pred: object, truth: object) -> float:
-    from tissue_oracle.bench.metrics import seg_scores
+    from tissue_oracle.bench.evaluation.metrics import seg_scores
 
     s = seg_scores(pred, truth)  # type: ignore[arg-type]
     return 2 * s.tp / (2 * s.tp + s.fp + s.fn) if (s.tp + s.fp + s.fn) else 1.0
@@ -65,7 +65,7 @@ def print_scores(result: RunResult, title: str) -> None:
     from rich.table import Table
 
     from tissue_oracle.agent.console import make_console
-    from tissue_oracle.bench.truth import load_truth
+    from tissue_oracle.bench.synth.truth import load_truth
 
     columns = ("slide", "stain", "status", "Dice zero-shot", "Dice final", "Dice Otsu", "Dice K-means")
     table = Table(title=title)

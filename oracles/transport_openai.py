@@ -73,7 +73,7 @@ class OpenAITransport:
         try:
             # The SDK's documented raw ``post`` sends the same chat-completions request without its
             # per-call recursive parameter transform, which walked every base64 image string and
-            # cost more CPU than everything else in a call (bench/oracle_throughput.py).
+            # cost more CPU than everything else in a call (bench/perf/oracle_throughput.py).
             completion = await next(self._next).post(
                 "/chat/completions", cast_to=ChatCompletion, body=body, options={"timeout": request.timeout_s}
             )

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tissue_oracle.bench.baselines import MorphParams, kmeans_mask, otsu_mask, to_patch_grid
-from tissue_oracle.bench.labelled import find_pairs, load_mask, mask_fraction, mask_to_patches
-from tissue_oracle.bench.metrics import seg_scores
+from tissue_oracle.bench.evaluation.baselines import MorphParams, kmeans_mask, otsu_mask, to_patch_grid
+from tissue_oracle.bench.evaluation.labelled import find_pairs, load_mask, mask_fraction, mask_to_patches
+from tissue_oracle.bench.evaluation.metrics import seg_scores
 
 
 def _drawn_slide() -> tuple[np.ndarray, np.ndarray]:

@@ -87,7 +87,7 @@ def test_folder_suite_scores_a_users_labelled_slides(tmp_path: Path) -> None:
 
 @pytest.mark.real
 def test_real_suite_cases_call_histolab_masks_agreement(real_data: Path) -> None:
-    from tissue_oracle.bench.suites import get_suite, real_cases
+    from tissue_oracle.bench.evaluation.suites import get_suite, real_cases
 
     cases = real_cases(real_data, get_suite("real"))
     tissue = [c for c in cases if c.truth is not None]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tissue_oracle.bench.metrics import (
+from tissue_oracle.bench.evaluation.metrics import (
     fmt,
     focus_scores,
     seg_scores,
@@ -15,7 +15,7 @@ from tissue_oracle.bench.metrics import (
     summarise,
     weighted_kappa,
 )
-from tissue_oracle.bench.stats import compare_methods, wilcoxon_pair
+from tissue_oracle.bench.evaluation.stats import compare_methods, wilcoxon_pair
 
 
 def test_seg_scores_hand_computed() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tissue_oracle.bench.reviewer_bench import (
+from tissue_oracle.bench.evaluation.reviewer_bench import (
     GRADE_TARGETS,
     ReviewSource,
     achieved,

@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tissue_oracle.agent.cli import app
-from tissue_oracle.bench.synth import compute_truth, generate_slide, plan_set
-from tissue_oracle.bench.synth_artefacts import ARTEFACT_TYPES
-from tissue_oracle.bench.synth_noise import Grid
-from tissue_oracle.bench.synth_presets import PRESETS, build_spec
-from tissue_oracle.bench.synth_render import render_block, render_sharp
-from tissue_oracle.bench.synth_stains import STAINS
-from tissue_oracle.bench.truth import load_truth
+from tissue_oracle.bench.synth.artefacts import ARTEFACT_TYPES
+from tissue_oracle.bench.synth.generate import compute_truth, generate_slide, plan_set
+from tissue_oracle.bench.synth.noise import Grid
+from tissue_oracle.bench.synth.presets import PRESETS, build_spec
+from tissue_oracle.bench.synth.render import render_block, render_sharp
+from tissue_oracle.bench.synth.stains import STAINS
+from tissue_oracle.bench.synth.truth import load_truth
 from tissue_oracle.tools.errors import ConfigError
 
 

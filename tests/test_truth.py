@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tissue_oracle.bench.synth import generate_slide
-from tissue_oracle.bench.truth import FOCUS_CODES, find_truth, load_truth
+from tissue_oracle.bench.synth.generate import generate_slide
+from tissue_oracle.bench.synth.truth import FOCUS_CODES, find_truth, load_truth
 from tissue_oracle.tools.errors import SlideError
 from tissue_oracle.tools.schemas import PatchGrid
 

@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tissue_oracle.bench.metrics import fmt, stain_table, summarise
-from tissue_oracle.bench.stats import compare_methods
+from tissue_oracle.bench.evaluation.metrics import fmt, stain_table, summarise
+from tissue_oracle.bench.evaluation.stats import compare_methods
 
 Row = dict[str, Any]
 

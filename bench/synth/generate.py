@@ -3,7 +3,7 @@
 A slide ``NAME.tiff`` (pyramidal Aperio-style TIFF, JPEG tiles, levels 1/4/16/64) gets a truth
 folder ``NAME.truth/`` beside it: ``meta.json``, ``tissue.png``, ``focus.png`` and one
 ``artefact_<type>.png`` per artefact type on the slide, all at ``mask_downsample`` (16) level-0
-px per pixel. ``tissue_oracle.bench.truth.load_truth`` reads it back; docs/synth.md is the format.
+px per pixel. ``tissue_oracle.bench.synth.truth.load_truth`` reads it back; docs/synth.md is the format.
 
 Module map: ``synth_noise`` (seeded band-limited fields), ``synth_tissue`` (pieces and texture),
 ``synth_stains`` (stain families), ``synth_artefacts`` (artefacts), ``synth_presets`` (recipes),
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tissue_oracle.bench.pyramid_writer import write_pyramidal_tiff
-from tissue_oracle.bench.synth_noise import Grid, mix_seed
-from tissue_oracle.bench.synth_presets import PRESETS, build_spec, get_preset
-from tissue_oracle.bench.synth_render import FOCUS_CODES, SlideSpec, render_block, truth_block
-from tissue_oracle.bench.truth import truth_folder
+from tissue_oracle.bench.synth.noise import Grid, mix_seed
+from tissue_oracle.bench.synth.presets import PRESETS, build_spec, get_preset
+from tissue_oracle.bench.synth.pyramid_writer import write_pyramidal_tiff
+from tissue_oracle.bench.synth.render import FOCUS_CODES, SlideSpec, render_block, truth_block
+from tissue_oracle.bench.synth.truth import truth_folder
 from tissue_oracle.tools.errors import ConfigError
 
 __all__ = ["MASK_DOWNSAMPLE", "PRESETS", "TRUTH_FORMAT", "generate_set", "generate_slide", "plan_set"]

@@ -14,7 +14,7 @@ from typing import cast
 
 import numpy as np
 
-from tissue_oracle.bench.synth_artefacts import (
+from tissue_oracle.bench.synth.artefacts import (
     Bubble,
     CoverslipEdge,
     FocusRegion,
@@ -27,10 +27,10 @@ from tissue_oracle.bench.synth_artefacts import (
     Speck,
     Speckle,
 )
-from tissue_oracle.bench.synth_noise import mix_seed
-from tissue_oracle.bench.synth_render import SlideSpec
-from tissue_oracle.bench.synth_stains import STAINS, draw_stain
-from tissue_oracle.bench.synth_tissue import Glomerulus, Piece
+from tissue_oracle.bench.synth.noise import mix_seed
+from tissue_oracle.bench.synth.render import SlideSpec
+from tissue_oracle.bench.synth.stains import STAINS, draw_stain
+from tissue_oracle.bench.synth.tissue import Glomerulus, Piece
 from tissue_oracle.tools.errors import ConfigError
 
 Box = tuple[float, float, float, float]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from tissue_oracle.bench.labelled import mask_to_patches
+from tissue_oracle.bench.evaluation.labelled import mask_to_patches
 
 
 @dataclass(kw_only=True, frozen=True)

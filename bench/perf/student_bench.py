@@ -1,6 +1,6 @@
 """Student figures: distil a classical-oracle run on synthetic slides, time it, and cascade it.
 
-    python -m tissue_oracle.bench.student_bench --out bench-out/student
+    python -m tissue_oracle.bench.perf.student_bench --out bench-out/student
 
 1. ``leica-like`` synthetic slides (exact truth) are segmented by the default policy, whose every
    role is the **classical** oracle (no VLM): that run's patch labels are the teacher's.
@@ -30,7 +30,7 @@ import typer
 from tissue_oracle.agent.controller import segment_file
 from tissue_oracle.agent.oracle_setup import OracleSet, build_oracles
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
-from tissue_oracle.bench.synth import generate_set
+from tissue_oracle.bench.synth.generate import generate_set
 from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.oracles.student import build as build_student
 from tissue_oracle.policies.policy import Policy, load_policy
@@ -48,7 +48,7 @@ TEACHER_RUN = "teacher-classical"
 
 def truth_grid(slide_path: str | Path, patch_size: int) -> np.ndarray:
     """Boolean (rows, cols) tissue truth of a synthetic slide on its patch grid."""
-    from tissue_oracle.bench.truth import load_truth
+    from tissue_oracle.bench.synth.truth import load_truth
 
     return np.asarray(load_truth(slide_path).patch_labels(patch_size)) > 0
 
@@ -67,7 +67,7 @@ def _run_record(run_id: str, policy: Policy) -> RunRecord:
         policy_yaml=policy.to_yaml(),
         policy_hash=policy.policy_hash,
         tool_version="bench",
-        command_line="tissue_oracle.bench.student_bench",
+        command_line="tissue_oracle.bench.perf.student_bench",
     )
 
 

@@ -1,6 +1,6 @@
 """Classical oracle accuracy on synthetic slides: patch labels and focus against exact truth, per stain.
 
-    .venv/bin/python -m tissue_oracle.bench.classical_accuracy --slides /tmp/oracle-acc --size 4096
+    .venv/bin/python -m tissue_oracle.bench.evaluation.classical_accuracy --slides /tmp/oracle-acc --size 4096
 
 Generates (once) one small slide per preset x stain, labels every 512 px level-0 patch with the
 classical oracle (zero-shot, no VLM: the figures are classical, never VLM results) and compares
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tissue_oracle.bench.synth import generate_slide
-from tissue_oracle.bench.truth import FOCUS_CODES, load_truth
+from tissue_oracle.bench.synth.generate import generate_slide
+from tissue_oracle.bench.synth.truth import FOCUS_CODES, load_truth
 from tissue_oracle.oracles.classical import ClassicalOracle
 from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.store.memory import MemoryRecorder

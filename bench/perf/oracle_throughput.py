@@ -1,7 +1,7 @@
 """Oracle plumbing benchmarks against the loopback fake VLM servers.
 
-    .venv/bin/python -m tissue_oracle.bench.oracle_throughput throughput --latency 0.1 --in-flight 16 64
-    .venv/bin/python -m tissue_oracle.bench.oracle_throughput faults
+    .venv/bin/python -m tissue_oracle.bench.perf.oracle_throughput throughput --latency 0.1 --in-flight 16 64
+    .venv/bin/python -m tissue_oracle.bench.perf.oracle_throughput faults
 
 ``throughput``: calls/s the VLM oracle sustains against a server that answers every request after
 ``latency`` seconds, with ``max_in_flight`` N. The server's capacity at that bound is N / latency

@@ -19,7 +19,7 @@ def synth(
     # Heavy imports here keep `tissue-oracle --help` fast.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-    from tissue_oracle.bench.synth import generate_slide, plan_set
+    from tissue_oracle.bench.synth.generate import generate_slide, plan_set
     from tissue_oracle.tools.errors import ConfigError
 
     try:

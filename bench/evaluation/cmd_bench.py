@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-REAL_DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
+REAL_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 
 
 def bench(
@@ -32,7 +32,7 @@ def bench(
     report_only: bool = typer.Option(False, help="Rebuild report.md and plots from OUT/results.json only."),
 ) -> None:
     """Benchmark segmentation, focus and review against ground truth; tables shaped like the paper's."""
-    from tissue_oracle.bench.suites import get_suite
+    from tissue_oracle.bench.evaluation.suites import get_suite
     from tissue_oracle.tools.errors import TissueOracleError
 
     spec = get_suite(suite)
@@ -48,7 +48,7 @@ def bench(
 
 
 def _cases(spec: Any, out: Path, data: Path | None, seed: int, echo: Any) -> tuple[list[Any], list[str]]:
-    from tissue_oracle.bench import suites
+    from tissue_oracle.bench.evaluation import suites
 
     notes: list[str] = []
     if spec.name == "real":
@@ -68,7 +68,7 @@ def _cases(spec: Any, out: Path, data: Path | None, seed: int, echo: Any) -> tup
 
 
 def _methods(cases: list[Any]) -> list[Any]:
-    from tissue_oracle.bench import harness, pipeline_bench
+    from tissue_oracle.bench.evaluation import harness, pipeline_bench
 
     methods = [harness.OTSU, harness.KMEANS, harness.classical_per_patch()]
     if any(c.truth_obj is not None for c in cases):
@@ -87,8 +87,8 @@ def run_suite(
     echo: Any = print,
 ) -> dict[str, Any]:
     """Run a suite end to end and write its report; returns what ``results.json`` holds."""
-    from tissue_oracle.bench import harness
-    from tissue_oracle.bench.reviewer_bench import reviewer_results
+    from tissue_oracle.bench.evaluation import harness
+    from tissue_oracle.bench.evaluation.reviewer_bench import reviewer_results
     from tissue_oracle.tools.slides import open_slide
 
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def run_suite(
     reviewer = reviewer_results(cases, open_slide, seed=seed, max_stains=spec.reviewer_stains)
     policy: list[dict[str, Any]] = []
     if spec.policy_experiment and cases:
-        from tissue_oracle.bench.pipeline_bench import policy_experiment
+        from tissue_oracle.bench.evaluation.pipeline_bench import policy_experiment
 
         try:
             policy = policy_experiment(cases, out / "work", seed=seed, max_slides=spec.policy_slides)
@@ -133,7 +133,7 @@ def run_suite(
 
 def write_report(result: dict[str, Any], out: Path) -> dict[str, Any]:
     """Tables, paired tests and plots from ``result``; writes report.md and results.json into ``out``."""
-    from tissue_oracle.bench import plots
+    from tissue_oracle.bench.evaluation import plots
 
     rows, reviewer, policy = result["rows"], result["reviewer"], result["policy"]
     tables, tests = _tables(rows, reviewer, policy)
@@ -172,7 +172,7 @@ def _case_meta(case: Any) -> dict[str, Any]:
 def _tables(
     rows: list[dict], reviewer: list[dict], policy: list[dict]
 ) -> tuple[dict[str, str], dict[str, list]]:
-    from tissue_oracle.bench import report
+    from tissue_oracle.bench.evaluation import report
 
     tables: dict[str, str] = {}
     tests: dict[str, list] = {}
@@ -200,7 +200,7 @@ def _tables(
 
 
 def _plots(rows: list[dict], policy: list[dict], out: Path, plots: Any) -> list[str]:
-    from tissue_oracle.bench import report
+    from tissue_oracle.bench.evaluation import report
 
     made = []
     for i, group in enumerate(report.groups(rows)):
@@ -219,7 +219,8 @@ def _slug(text: str) -> str:
 
 _DISCLAIMER = (
     "Rows marked SIMULATED come from a simulated oracle that answers from ground truth through a "
-    "declared error model (`bench/simulated_oracle.py`); they measure the policy, not any model. The "
+    "declared error model (`bench/evaluation/simulated_oracle.py`); they measure the policy, not any "
+    "model. The "
     "classical oracle is not a VLM. Real-data Dice against histolab's masks is AGREEMENT with histolab, "
     "not accuracy."
 )

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from tissue_oracle.bench.harness import Case, CaseEnv, Method, Prediction
-from tissue_oracle.bench.metrics import NO_FOCUS, seg_scores
+from tissue_oracle.bench.evaluation.harness import Case, CaseEnv, Method, Prediction
+from tissue_oracle.bench.evaluation.metrics import NO_FOCUS, seg_scores
 from tissue_oracle.oracles.protocol import Oracle
 from tissue_oracle.tools.schemas import ModelPrice, Role
 
@@ -166,7 +166,7 @@ def controller_methods(cases: list[Case]) -> list[Method]:
         import tissue_oracle.agent.controller  # noqa: F401
     except ImportError:
         return []
-    from tissue_oracle.bench.simulated_oracle import SimulatedOracle
+    from tissue_oracle.bench.evaluation.simulated_oracle import SimulatedOracle
     from tissue_oracle.oracles.classical import ClassicalOracle
 
     methods = [
@@ -209,7 +209,7 @@ def policy_experiment(
         import tissue_oracle.agent.controller  # noqa: F401
     except ImportError:
         return []
-    from tissue_oracle.bench.simulated_oracle import SimulatedOracle
+    from tissue_oracle.bench.evaluation.simulated_oracle import SimulatedOracle
 
     pool = [c for c in cases if c.truth_obj is not None]
     pool.sort(key=lambda c: -(0 if c.artefact is None else int(c.artefact.sum())))

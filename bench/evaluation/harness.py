@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tissue_oracle.bench.baselines import MorphParams, kmeans_mask, otsu_mask, to_patch_grid
-from tissue_oracle.bench.metrics import NO_FOCUS, focus_scores, seg_scores
+from tissue_oracle.bench.evaluation.baselines import MorphParams, kmeans_mask, otsu_mask, to_patch_grid
+from tissue_oracle.bench.evaluation.metrics import NO_FOCUS, focus_scores, seg_scores
 from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.schemas import CallRecord, Role, Stage
@@ -217,7 +217,7 @@ def classical_per_patch() -> Method:
 
 def simulated_per_patch() -> Method:
     """The SIMULATED oracle on every patch, zero-shot: the error model's floor without the pipeline."""
-    from tissue_oracle.bench.simulated_oracle import SimulatedOracle
+    from tissue_oracle.bench.evaluation.simulated_oracle import SimulatedOracle
 
     def make(case: Case) -> Oracle:
         return SimulatedOracle(truths={case.slide_id: case.truth_obj}, seed=0)

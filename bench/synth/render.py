@@ -13,16 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from tissue_oracle.bench.synth_artefacts import (
+from tissue_oracle.bench.synth.artefacts import (
     FocusRegion,
     Fold,
     Illumination,
     InkArtefact,
 )
-from tissue_oracle.bench.synth_noise import Grid, mix_seed
-from tissue_oracle.bench.synth_stains import SlideStain, optical_density
-from tissue_oracle.bench.synth_tissue import Piece, coverage, overlaps, signed_distance, texture
-from tissue_oracle.bench.truth import FOCUS_CODES
+from tissue_oracle.bench.synth.noise import Grid, mix_seed
+from tissue_oracle.bench.synth.stains import SlideStain, optical_density
+from tissue_oracle.bench.synth.tissue import Piece, coverage, overlaps, signed_distance, texture
+from tissue_oracle.bench.synth.truth import FOCUS_CODES
 
 # Blur below this many output pixels of sigma is invisible at that level; skip the work.
 _MIN_VISIBLE_SIGMA = 0.35

@@ -1,6 +1,6 @@
 """Audit-store figures: write throughput, 16 concurrent recorders, and survival of ``kill -9``.
 
-    python -m tissue_oracle.bench.store_bench --rows 100000 --out bench-out/store.json
+    python -m tissue_oracle.bench.perf.store_bench --rows 100000 --out bench-out/store.json
 
 - **throughput**: ``rows`` call records through ``AuditStore.record_call`` (scrubbing, queueing,
   appender) until ``flush`` returns, in rows/s; against a baseline measured in the same run on the
@@ -13,7 +13,7 @@
 
 All records are synthetic (no oracle runs); they are sized like real classify_patches rows.
 
-    python -m tissue_oracle.bench.store_bench --replay-only --out bench-out/store-replay.json
+    python -m tissue_oracle.bench.perf.store_bench --replay-only --out bench-out/store-replay.json
 
 - **replay** (``--replay``/``--replay-only``, about a minute): one synthetic slide segmented by the
   controller with oracle and reviewer ``openai:`` served by the loopback fake VLM server (bench/fakes;
@@ -171,7 +171,7 @@ def _child(path: str) -> None:
 
 def kill9(tmp: Path, slides_before_kill: int = 20) -> dict[str, Any]:
     path = tmp / "killed.duckdb"
-    args = [sys.executable, "-m", "tissue_oracle.bench.store_bench", "--child", str(path)]
+    args = [sys.executable, "-m", "tissue_oracle.bench.perf.store_bench", "--child", str(path)]
     reported: list[str] = []
     with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as child:
         assert child.stdout is not None
@@ -218,7 +218,7 @@ async def _segment(slide: Path, out: Path, overrides: dict[str, str], base_url: 
 def replay(tmp: Path) -> dict[str, Any]:
     """Live run against the fake VLM server, then a replay with the server stopped."""
     from tissue_oracle.bench.fakes import fixtures
-    from tissue_oracle.bench.synth import generate_slide
+    from tissue_oracle.bench.synth.generate import generate_slide
 
     slide = generate_slide(tmp / "slide.tiff", preset="tiny", seed=3, width=6144, height=4096)
     server = fixtures.start_server("openai")

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from tissue_oracle.bench.synth_noise import Grid, blobs, cells, coarse_field, fbm, mix_seed, value_noise
+from tissue_oracle.bench.synth.noise import Grid, blobs, cells, coarse_field, fbm, mix_seed, value_noise
 
 PieceKind = Literal["core", "fragment", "tma", "resection"]
 Texture = Literal["kidney", "gland", "stroma", "lymphoid"]

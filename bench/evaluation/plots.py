@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from tissue_oracle.bench.metrics import summarise
-from tissue_oracle.bench.report import label
+from tissue_oracle.bench.evaluation.metrics import summarise
+from tissue_oracle.bench.evaluation.report import label
 
 Row = dict[str, Any]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tissue_oracle.bench.harness import Case, ReferenceKind
-from tissue_oracle.bench.labelled import LabelledPair, find_pairs, load_mask, mask_fraction
-from tissue_oracle.bench.simulated_oracle import NOT_ON_GLASS
-from tissue_oracle.bench.truth import Truth
+from tissue_oracle.bench.evaluation.harness import Case, ReferenceKind
+from tissue_oracle.bench.evaluation.labelled import LabelledPair, find_pairs, load_mask, mask_fraction
+from tissue_oracle.bench.evaluation.simulated_oracle import NOT_ON_GLASS
+from tissue_oracle.bench.synth.truth import Truth
 from tissue_oracle.tools.errors import ConfigError
 
 SMALL_SIDE = 2500
@@ -77,8 +77,8 @@ def get_suite(name: str) -> SuiteSpec:
 
 def synthetic_cases(spec: SuiteSpec, data_dir: Path, *, seed: int = 0) -> list[Case]:
     """Generate (or reuse) each preset's slides under ``data_dir`` and load their exact truth."""
-    from tissue_oracle.bench.synth import generate_set
-    from tissue_oracle.bench.truth import load_truth
+    from tissue_oracle.bench.synth.generate import generate_set
+    from tissue_oracle.bench.synth.truth import load_truth
 
     cases = []
     for preset, count, size in spec.presets:
@@ -93,7 +93,7 @@ def synthetic_cases(spec: SuiteSpec, data_dir: Path, *, seed: int = 0) -> list[C
 
 def _existing(folder: Path, preset: str, count: int, seed: int) -> list[Path] | None:
     """The set ``generate_set`` would write, when it is already there with its truth (reused)."""
-    from tissue_oracle.bench.truth import truth_folder
+    from tissue_oracle.bench.synth.truth import truth_folder
 
     paths = [folder / f"{preset}_{seed}_{i:03d}.tiff" for i in range(count)]
     if all(p.is_file() and (truth_folder(p) / "meta.json").is_file() for p in paths):

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from tissue_oracle.bench.synth_tissue import COMPONENTS
+from tissue_oracle.bench.synth.tissue import COMPONENTS
 from tissue_oracle.tools.errors import ConfigError
 
 StainName = Literal["he", "pas", "jones", "evg", "masson", "ihc"]

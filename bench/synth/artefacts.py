@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from tissue_oracle.bench.synth_noise import (
+from tissue_oracle.bench.synth.noise import (
     Grid,
     blobs,
     coarse_field,
@@ -24,8 +24,8 @@ from tissue_oracle.bench.synth_noise import (
     mix_seed,
     value_noise,
 )
-from tissue_oracle.bench.synth_stains import SlideStain
-from tissue_oracle.bench.synth_tissue import polyline_distance
+from tissue_oracle.bench.synth.stains import SlideStain
+from tissue_oracle.bench.synth.tissue import polyline_distance
 
 #: Every artefact mask name written to the truth folder.
 ARTEFACT_TYPES = (

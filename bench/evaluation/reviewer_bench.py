@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from tissue_oracle.bench.metrics import weighted_kappa
+from tissue_oracle.bench.evaluation.metrics import weighted_kappa
 from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.tools.review_mask import render_overlay
 from tissue_oracle.tools.schemas import Box, CallRecorder, Grades, ReviewRequest, grade_from_percent
@@ -252,7 +252,7 @@ def score_reviewer(items: list[ReviewItem], grades: list[Grades]) -> dict[str, f
 
 def sources_from_cases(cases: list[Any], open_slide: Any, *, max_side: int = 1024) -> list[ReviewSource]:
     """Review sources from synthetic cases: a thumbnail and the truth masks sampled onto it."""
-    from tissue_oracle.bench.simulated_oracle import NOT_ON_GLASS, sample_map
+    from tissue_oracle.bench.evaluation.simulated_oracle import NOT_ON_GLASS, sample_map
 
     sources = []
     for case in cases:
@@ -288,7 +288,7 @@ def reviewer_results(
     cases: list[Any], open_slide: Any, *, seed: int = 0, max_stains: int = 3
 ) -> list[dict[str, Any]]:
     """The classical reviewer, and the SIMULATED reviewer as a calibration check, per stain and overall."""
-    from tissue_oracle.bench.simulated_oracle import SimulatedOracle
+    from tissue_oracle.bench.evaluation.simulated_oracle import SimulatedOracle
     from tissue_oracle.oracles.classical import ClassicalOracle
     from tissue_oracle.store.memory import MemoryRecorder
 

@@ -1,6 +1,6 @@
 """Thumbnail time and peak memory on a large pyramidal slide, against baselines in the same run.
 
-    python -m tissue_oracle.bench.thumbnail_bench --size 50000 --out /tmp/thumb-bench
+    python -m tissue_oracle.bench.perf.thumbnail_bench --size 50000 --out /tmp/thumb-bench
 
 Writes a ``size`` x ``size`` JPEG pyramid (Aperio layout, levels 1/4/16 by default, as many
 scanners write) with a cheap procedural tissue pattern, then times each method in a fresh
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tissue_oracle.bench.pyramid_writer import write_pyramidal_tiff
+from tissue_oracle.bench.synth.pyramid_writer import write_pyramidal_tiff
 
 METHODS = ("ours", "openslide", "level0-1/64")
 # Blocks the pyramid writer asks for start on whole 256-px tiles of their level, so one
@@ -130,7 +130,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_child(method: str, path: Path, downsample: float) -> dict[str, Any]:
-    command = [sys.executable, "-m", "tissue_oracle.bench.thumbnail_bench", "--measure", method,
+    command = [sys.executable, "-m", "tissue_oracle.bench.perf.thumbnail_bench", "--measure", method,
                "--slide", str(path), "--downsample", str(downsample)]  # fmt: skip
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -1,0 +1,1 @@
+"""Evaluation: references, metrics, baselines, the harness, suites, reports and the SIMULATED oracle."""

@@ -1,0 +1,1 @@
+"""The synthetic slide generator: pyramidal slides with exact ground truth (docs/synth.md)."""
