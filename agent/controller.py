@@ -40,6 +40,7 @@ from tissue_oracle.agent.slide_io import (
 )
 from tissue_oracle.agent.summary import RegionSummary, RoundRecord, SlideSummary, StageTally, build_summary
 from tissue_oracle.oracles.protocol import CallContext, Oracle
+from tissue_oracle.oracles.routing import route_questions
 from tissue_oracle.policies.decide import Decision, decide, refinement_helped
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy
@@ -69,8 +70,12 @@ from tissue_oracle.tools.stage_deps import StageDeps
 
 
 def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[Role, Oracle]:
-    """Each role's oracle behind the slide's ledger, with an estimator for its price and retries."""
-    return {
+    """Each role's oracle behind the slide's ledger, with an estimator for its price and retries.
+
+    Questions a role's backend can't answer go to the role resolved at start-up (``OracleSet.routes``),
+    through that role's budgeted backend, so they reserve at the price of the backend that answers.
+    """
+    by_role: dict[Role, Oracle] = {
         role: BudgetedOracle(
             oracle,
             ledger,
@@ -83,6 +88,7 @@ def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[R
         )
         for role, oracle in oracles.by_role.items()
     }
+    return route_questions(by_role, oracles.routes)
 
 
 class SlideRun:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from tissue_oracle.oracles.protocol import Oracle
+from tissue_oracle.oracles.routing import Routes, resolve_routes
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.policies.prices import FREE, FREE_BACKENDS, price_for, split_spec
 from tissue_oracle.tools.cascade import with_cascade
 from tissue_oracle.tools.errors import ConfigError
-from tissue_oracle.tools.schemas import ModelPrice, Role
+from tissue_oracle.tools.schemas import ModelPrice, Question, Role
 
 #: The roles the controller asks; ``planner`` drives tools and is built by the planner itself.
 CONTROLLER_ROLES: tuple[Role, ...] = ("oracle", "classifier", "reviewer")
@@ -36,6 +37,8 @@ class OracleSet:
     prices: dict[Role, ModelPrice]
     attempts: dict[Role, int]
     """Most attempts one question can make on each role's backend (for budget reservations)."""
+    routes: Routes = field(default_factory=dict)
+    """Questions a role's backend can't answer and the role that answers them (``oracles.routing``)."""
     _owned: list[Oracle] = field(default_factory=list, repr=False)
 
     def identities(self) -> dict[str, dict[str, Any]]:
@@ -73,6 +76,16 @@ def role_specs(policy: Policy, overrides: Mapping[Role, str | None] | None = Non
     ):
         specs["classifier"] = specs["oracle"]
     return specs
+
+
+def questions_asked(policy: Policy) -> dict[Role, set[Question]]:
+    """The questions the controller will ask each role under ``policy``."""
+    refine = policy.review.enabled and policy.review.max_rounds > 0  # Auto-context: points, rerank
+    return {
+        "oracle": {"boxes", "points"} if refine else {"boxes"},
+        "classifier": {"patch_labels", "rerank"} if refine else {"patch_labels"},
+        "reviewer": {"review"} if policy.review.enabled else set(),
+    }
 
 
 def base_url_for(spec: str, base_urls: Mapping[str, str] | None) -> str | None:
@@ -151,7 +164,11 @@ def build_oracles(
     overrides: Mapping[Role, str | None] | None = None,
     base_urls: Mapping[str, str] | None = None,
 ) -> OracleSet:
-    """One oracle per controller role; roles naming the same live spec share one instance."""
+    """One oracle per controller role; roles naming the same live spec share one instance.
+
+    Raises ``ConfigError`` before any slide is read when a role can't answer a question the policy
+    asks it and its fallback can't either (``oracles.routing``).
+    """
     specs = role_specs(policy, overrides)
     built: dict[str, tuple[Oracle, ModelPrice]] = {}
     by_role: dict[Role, Oracle] = {}
@@ -168,8 +185,10 @@ def build_oracles(
         student, _ = build_one(policy.cascade.student, policy, role="classifier")
         by_role = with_cascade(by_role, student=student, threshold=policy.cascade.confidence)
         owned.append(student)
+    routes = resolve_routes(by_role, questions_asked(policy), specs)
     return OracleSet(
         by_role=by_role,
+        routes=routes,
         specs=specs,
         prices=prices,
         attempts={

@@ -304,8 +304,10 @@ def _assemble(
         cell = (int(r), int(c))
         label = run.answers.get(cell)
         if label is not None:
-            kept_by_student = label.source == "cascade"  # tools.cascade: keep saying who decided
-            label = label.model_copy(update={"source": "cascade" if kept_by_student else source})
+            # A student's label keeps saying so ("student" as classifier, "cascade" when the cascade
+            # kept it): distillation must never learn from a student, and reports count who decided.
+            by_student = label.source in ("student", "cascade")
+            label = label.model_copy(update={"source": label.source if by_student else source})
         else:
             cov = float(coverage[cell])
             is_tissue = bool(send[cell]) and cov >= inp.coarse_tissue_fraction
