@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tissue_oracle.agent.cli import app
 from tissue_oracle.agent.oracle_setup import build_oracles, questions_asked
-from tissue_oracle.bench.synth import generate_set
+from tissue_oracle.bench.synth.generate import generate_set
 from tissue_oracle.oracles.classical import ClassicalOracle
 from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.oracles.routing import RoutedOracle, resolve_routes, route_questions
