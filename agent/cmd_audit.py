@@ -141,6 +141,29 @@ def decisions_cmd(
     _show(_query(db, lambda c: queries.decisions(c, slide, run)), as_json, f"decisions for {slide}")
 
 
+@app.command("plan")
+def plan_cmd(
+    slide: Annotated[str, typer.Option("--slide", help="The slide id (its file stem).")],
+    db: DbOption = DEFAULT_DB,
+    run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """SLIDE's planner turns as a trace: tools chosen, tokens, cost, and where the guard stepped in."""
+    from tissue_oracle.store import queries
+
+    table = _query(db, lambda c: queries.planner_turns(c, slide, run))
+    if not table.rows and not as_json:
+        typer.echo(f"no planner turns for slide {slide!r} in {str(db)!r} (was it segmented with --planner?)")
+        return
+    _show(table, as_json, f"planner trace for {slide}")
+    if not as_json:
+        last = table.records()[-1]
+        ended = "the planner (finish_slide)" if last["guard"] == "ok" else f"the policy ({last['guard']})"
+        turns = len(table.rows)
+        tokens = sum(r["input_tokens"] + r["output_tokens"] for r in table.records())
+        typer.echo(f"{turns} turn(s), {tokens} planner tokens; the slide was finished by {ended}")
+
+
 @app.command("export")
 def export_cmd(
     parquet: Annotated[Path, typer.Option("--parquet", help="Folder to write <table>.parquet files into.")],

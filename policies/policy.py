@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,7 +41,7 @@ class Roles(_Section):
     classifier: str | None = None
     """Patch labels and reranking; ``None`` means the oracle does it."""
     planner: str | None = None
-    """An optional LLM that drives the toolset (not used by the fixed controller)."""
+    """An optional LLM (``openai:MODEL``, ``gemini:MODEL``) that drives the stage tools under ``planner``."""
 
     @property
     def classifier_spec(self) -> str:
@@ -128,6 +128,31 @@ class CleanParams(_Section):
     """Never remove the largest tissue component (the paper's rule can erase a small biopsy whole)."""
 
 
+#: The stage tools a planner may be allowed to call (``tools.toolset``).
+PlannerTool = Literal[
+    "ground_boxes",
+    "cluster_colours",
+    "classify_patches",
+    "point_ground",
+    "rerank_exemplars",
+    "review_mask",
+    "clean",
+]
+
+
+class PlannerParams(_Section):
+    """Guard rails of the LLM planner (``roles.planner``); stage settings always come from this policy."""
+
+    allowed_tools: list[PlannerTool] = Field(default_factory=lambda: list(get_args(PlannerTool)))
+    """Tools the planner sees and may call; a call to any other tool hands the slide to the policy."""
+    max_turns: int = Field(default=40, ge=1, le=1000)
+    """Model requests per slide before the policy takes over."""
+    max_tokens: int | None = Field(default=200_000, ge=1)
+    """Planner tokens (input + output) per slide before the policy takes over; None: no cap."""
+    loop_repeats: int = Field(default=3, ge=2, le=20)
+    """The same tool call (name and arguments) this many times in a row is a loop."""
+
+
 class Budget(_Section):
     """A hard cap; ``None`` means no cap on that quantity."""
 
@@ -170,6 +195,7 @@ class Policy(_Section):
     clean: CleanParams = Field(default_factory=CleanParams)
     budgets: Budgets = Field(default_factory=Budgets)
     cascade: CascadeParams = Field(default_factory=CascadeParams)
+    planner: PlannerParams = Field(default_factory=PlannerParams)
 
     def to_yaml(self) -> str:
         """Canonical YAML: sorted keys, every field written, so equal policies hash equal."""

@@ -7,6 +7,7 @@ formatted pieces are column names picked from fixed tables here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -136,6 +137,49 @@ def decisions(conn: duckdb.DuckDBPyConnection, slide_id: str, run_id: str | None
         """,
         params,
     )
+
+
+def planner_turns(conn: duckdb.DuckDBPyConnection, slide_id: str, run_id: str | None = None) -> Table:
+    """One slide's planner turns in order (role ``planner``): what each chose, its tokens, cost and the
+    guard's verdict. ``chose`` reads the row's parsed tool calls; ``guard`` is ``ok`` or why the guard
+    handed the slide to the policy."""
+    where, params = "role = 'planner' AND slide_id = ?", [slide_id]
+    if run_id is not None:
+        where += " AND run_id = ?"
+        params.append(run_id)
+    raw = _table(
+        conn,
+        f"""
+        SELECT run_id, attempt AS turn, backend || ':' || model AS planner, parsed_json, input_tokens,
+               output_tokens, cost_usd, latency_s, ok, error
+        FROM calls WHERE {where} ORDER BY run_id, attempt, started_at
+        """,
+        params,
+    )
+    rows = []
+    for r in raw.records():
+        parsed = json.loads(r["parsed_json"] or "{}")
+        chosen = ", ".join(_call_text(c) for c in parsed.get("tool_calls", []))
+        text = parsed.get("text") or ""
+        chose = chosen or (f"(text) {text[:160]}" if text else "(no request sent)")
+        guard = "ok" if r["ok"] else (r["error"] or "stopped")
+        rows.append(
+            (r["run_id"], r["turn"], r["planner"], chose, r["input_tokens"], r["output_tokens"],
+             r["cost_usd"], round(r["latency_s"] or 0.0, 3), guard)
+        )  # fmt: skip
+    columns = ["run_id", "turn", "planner", "chose", "input_tokens", "output_tokens", "cost_usd", "latency_s"]
+    return Table(columns=[*columns, "guard"], rows=rows)
+
+
+def _call_text(call: dict[str, Any]) -> str:
+    args = call.get("args") or {}
+    if call.get("tool") == "finish_slide" and isinstance(args.get("regions"), list):
+        verdicts = "; ".join(
+            f"region {v.get('region')} {v.get('action')}" + (f" ({v['reason']})" if v.get("reason") else "")
+            for v in args["regions"]
+        )
+        return f"finish_slide: {verdicts}"
+    return f"{call.get('tool')}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
 
 
 def export_parquet(conn: duckdb.DuckDBPyConnection, out_dir: Path) -> list[Path]:

@@ -32,6 +32,7 @@ Stage = Literal[
     "review_mask",
     "clean",
     "distil",
+    "plan",
 ]
 Role = Literal["oracle", "reviewer", "classifier", "planner"]
 Question = Literal["boxes", "patch_labels", "points", "rerank", "review"]
