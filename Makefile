@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint imports typecheck pytest bench clean links
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,17 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# mypy can't see setuptools' package-dir mapping, so it checks a tree of links that spells
-# the real import names (tissue_oracle.<folder>).
-typecheck: install
+# mypy and import-linter can't see setuptools' package-dir mapping, so they check a tree of links
+# that spells the real import names (tissue_oracle.<folder>).
+links:
 	rm -rf build/typecheck && mkdir -p build/typecheck/tissue_oracle
 	for d in agent tools oracles policies prompts store bench; do ln -s ../../../$$d build/typecheck/tissue_oracle/$$d; done
+
+# The layer table and the no-cycles rule: [tool.importlinter] in pyproject.toml.
+imports: install links
+	cd build/typecheck && PYTHONPATH=. ../../$(VENV)/bin/lint-imports --no-cache ../../pyproject.toml
+
+typecheck: install links
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
 		-p tissue_oracle.agent -p tissue_oracle.tools -p tissue_oracle.oracles -p tissue_oracle.policies \
 		-p tissue_oracle.prompts -p tissue_oracle.store -p tissue_oracle.bench
@@ -31,7 +37,7 @@ typecheck: install
 pytest: install
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck pytest
+test: lint imports typecheck pytest
 
 bench: install
 	$(VENV)/bin/tissue-oracle bench --suite quick --out bench-out

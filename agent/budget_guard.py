@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.policies.ledger import Amount, BudgetLedger, amount_of
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.tools.errors import BudgetExceededError
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     BoxesRequest,

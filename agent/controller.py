@@ -39,7 +39,6 @@ from tissue_oracle.agent.slide_io import (
     tracks_slides,
 )
 from tissue_oracle.agent.summary import RegionSummary, RoundRecord, SlideSummary, StageTally, build_summary
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.oracles.routing import route_questions
 from tissue_oracle.policies.decide import Decision, decide, refinement_helped
 from tissue_oracle.policies.ledger import BudgetLedger
@@ -53,6 +52,7 @@ from tissue_oracle.tools.classify_patches import (
 from tissue_oracle.tools.clean import CleanInput, CleanOutput, clean
 from tissue_oracle.tools.cluster_colours import ClusterColoursInput, ClusterColoursOutput, cluster_colours
 from tissue_oracle.tools.ground_boxes import GroundBoxesInput, GroundBoxesOutput, ground_boxes
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.point_ground import PointGroundInput, point_ground
 from tissue_oracle.tools.rerank_exemplars import RerankExemplarsInput, rerank_exemplars
 from tissue_oracle.tools.review_mask import ReviewMaskInput, review_mask

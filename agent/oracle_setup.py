@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tissue_oracle.oracles.protocol import Oracle
+from tissue_oracle.oracles.cascade import with_cascade
 from tissue_oracle.oracles.routing import Routes, resolve_routes
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.policies.prices import FREE, FREE_BACKENDS, price_for, split_spec
-from tissue_oracle.tools.cascade import with_cascade
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import ModelPrice, Question, Role
 
 #: The roles the controller asks; ``planner`` drives tools and is built by the planner itself.
@@ -181,7 +181,7 @@ def build_oracles(
         by_role[role], prices[role] = built[key]
     owned = [oracle for oracle, _ in built.values()]
     if policy.cascade.enabled and policy.cascade.student:
-        # Student first, the classifier only for unsure patches (tools.cascade); built once per run.
+        # Student first, the classifier only for unsure patches (oracles.cascade); built once per run.
         student, _ = build_one(policy.cascade.student, policy, role="classifier")
         by_role = with_cascade(by_role, student=student, threshold=policy.cascade.confidence)
         owned.append(student)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tissue_oracle.oracles.protocol import Oracle
 from tissue_oracle.oracles.replay import ReplayOracle
 from tissue_oracle.store.audit_store import AuditStore
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import Role
 
 #: Backends whose spec is the bare name (the model is implied, e.g. ``classical`` is ``classical-v1``).

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tissue_oracle.oracles.protocol import Oracle
 from tissue_oracle.tools.classify_patches import ClassifyPatchesOutput
 from tissue_oracle.tools.clean import CleanOutput
+from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import Action, Box, CallRecord, CallRecorder, Grades, Role
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.tools.errors import OracleError, ReplayMissError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     CallRecord,

@@ -32,8 +32,8 @@ from tissue_oracle.oracles.evidence import (
     patch_evidence,
     pixel_evidence,
 )
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.oracles.regions import crop_points, mask_agreement, section_boxes
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     ALL_QUESTIONS,
     Box,

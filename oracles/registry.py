@@ -18,8 +18,8 @@ import importlib.metadata
 from collections.abc import Callable
 from typing import Any
 
-from tissue_oracle.oracles.protocol import Oracle
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import ModelPrice
 
 ENTRY_POINT_GROUP = "tissue_oracle.oracles"

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.tools.errors import ReplayMissError
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     BoxesRequest,

@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     BoxesRequest,

@@ -28,8 +28,8 @@ from tissue_oracle.oracles.base import (
     request_hash,
     sha256_hex,
 )
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     STUDENT_CHECKPOINT_FORMAT,
     BoxesAnswer,

@@ -22,10 +22,10 @@ from tissue_oracle import prompts
 from tissue_oracle.oracles import answers, base
 from tissue_oracle.oracles.base import AnswerT, CallSpec, EncodedImage, ImageFormat, WireCodec
 from tissue_oracle.oracles.profiles import ImageFrame, ModelProfile, profile_for_model
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.oracles.transport import Transport, TransportRequest
 from tissue_oracle.oracles.vlm_attempts import AttemptPolicy, attempt_question
 from tissue_oracle.tools.errors import ConfigError, OracleError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     ALL_QUESTIONS,
     Box,

@@ -22,9 +22,9 @@ from typing import Any
 from tissue_oracle import prompts
 from tissue_oracle.oracles.answers import AnswerError, parse_json_text
 from tissue_oracle.oracles.base import AnswerT, CallSpec, WireCodec, record_attempt
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.oracles.transport import Transport, TransportError, TransportRequest
 from tissue_oracle.tools.errors import OracleError, OracleUnavailableError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import ModelPrice, Usage
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from tissue_oracle.oracles.classical import ClassicalOracle
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import BudgetExceededError, OracleError
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import Box, Question, Role, Stage
 from tissue_oracle.tools.slides import open_slide
 from tissue_oracle.tools.stage_deps import StageDeps

@@ -11,11 +11,11 @@ import pytest
 
 from tissue_oracle.agent.budget_guard import BudgetedOracle, CallEstimator, image_tokens
 from tissue_oracle.oracles.classical import ClassicalOracle
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Budget, load_policy
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import BudgetExceededError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     ALL_QUESTIONS,
     CallRecord,

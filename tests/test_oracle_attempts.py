@@ -45,10 +45,10 @@ def test_a_transport_bug_becomes_one_row_and_a_clean_oracle_error() -> None:
     import numpy as np
 
     from tissue_oracle.oracles.profiles import PROFILES
-    from tissue_oracle.oracles.protocol import CallContext
     from tissue_oracle.oracles.vlm import VLMOracle
     from tissue_oracle.store.memory import MemoryRecorder
     from tissue_oracle.tools.errors import OracleError
+    from tissue_oracle.tools.oracle_protocol import CallContext
     from tissue_oracle.tools.schemas import BoxesRequest
 
     oracle = VLMOracle(transport=_BrokenTransport(), profile=PROFILES["qwen3-vl"], model="m")  # type: ignore[arg-type]

@@ -12,9 +12,9 @@ from PIL import Image
 
 from tissue_oracle.bench.fakes import images
 from tissue_oracle.oracles.classical import ClassicalOracle
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import ReplayMissError
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import (
     Box,
     BoxesRequest,

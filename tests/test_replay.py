@@ -18,10 +18,10 @@ from tissue_oracle.oracles.base import (
     compute_locally,
     request_hash,
 )
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.oracles.replay import ReplayOracle
 from tissue_oracle.store.audit_store import AuditStore
 from tissue_oracle.tools.errors import ConfigError, ReplayMissError
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     BoxesRequest,

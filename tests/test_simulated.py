@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tissue_oracle.bench.evaluation.simulated_oracle import ErrorModel, SimulatedOracle, region_truth
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import (
     Box,
     BoxesRequest,

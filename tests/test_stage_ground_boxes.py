@@ -10,7 +10,6 @@ import pytest
 from stage_support import CORES, SLIDE_H, SLIDE_W, FaultyOracle, make_deps, open_core_slide
 
 from tissue_oracle.oracles.classical import ClassicalOracle
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.tools.ground_boxes import (
     GroundBoxesInput,
     GroundBoxesParams,
@@ -21,6 +20,7 @@ from tissue_oracle.tools.ground_boxes import (
     pad_box,
     tidy_boxes,
 )
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import ALL_QUESTIONS, Box, BoxesAnswer, BoxesRequest
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tissue_oracle.oracles.protocol import CallContext
+from tissue_oracle.oracles import cascade
 from tissue_oracle.oracles.registry import build_oracle
 from tissue_oracle.oracles.student import StudentOracle, build
 from tissue_oracle.store.memory import MemoryRecorder
-from tissue_oracle.tools import cascade
 from tissue_oracle.tools import distil_train as fit
 from tissue_oracle.tools.distil import save_checkpoint
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     BoxesRequest,
     PatchLabel,

@@ -14,7 +14,6 @@ from tissue_oracle.agent.cli import app
 from tissue_oracle.agent.oracle_setup import build_oracles, questions_asked
 from tissue_oracle.bench.synth.generate import generate_set
 from tissue_oracle.oracles.classical import ClassicalOracle
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.oracles.routing import RoutedOracle, resolve_routes, route_questions
 from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.store.audit_store import AuditStore
@@ -22,6 +21,7 @@ from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools import distil_train as fit
 from tissue_oracle.tools.distil import save_checkpoint
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import PatchRef, RerankRequest, StudentSpec
 
 runner = CliRunner()

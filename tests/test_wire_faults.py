@@ -9,9 +9,9 @@ import pytest
 
 from tissue_oracle.bench.fakes import fixtures
 from tissue_oracle.bench.fakes.faults import QUESTIONS, run_faulted
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import OracleError, OracleUnavailableError
+from tissue_oracle.tools.oracle_protocol import CallContext
 
 FAMILIES = ["openai", "gemini"]
 

@@ -10,9 +10,9 @@ import pytest
 
 from tissue_oracle.bench.fakes import fixtures
 from tissue_oracle.bench.fakes.server import FakeServer
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.oracles.vlm import VLMOracle
 from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import ModelPrice, Stage
 
 FAMILIES = ["openai", "gemini"]

@@ -15,8 +15,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import Box, Role, Stage
 
 if TYPE_CHECKING:

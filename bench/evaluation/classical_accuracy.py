@@ -20,8 +20,8 @@ import numpy as np
 from tissue_oracle.bench.synth.generate import generate_slide
 from tissue_oracle.bench.synth.truth import FOCUS_CODES, load_truth
 from tissue_oracle.oracles.classical import ClassicalOracle
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import PatchLabelsRequest
 from tissue_oracle.tools.slides import open_slide
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from tissue_oracle.bench.evaluation.baselines import MorphParams, kmeans_mask, otsu_mask, to_patch_grid
 from tissue_oracle.bench.evaluation.metrics import NO_FOCUS, focus_scores, seg_scores
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import CallRecord, Role, Stage
 
 ReferenceKind = Literal["truth", "agreement", "artefact_only"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from tissue_oracle.bench.evaluation.harness import Case, CaseEnv, Method, Prediction
 from tissue_oracle.bench.evaluation.metrics import NO_FOCUS, seg_scores
-from tissue_oracle.oracles.protocol import Oracle
+from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import ModelPrice, Role
 
 _FOCUS_CODE = {"sharp": 0, "mild_blur": 1, "out_of_focus": 2}

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from tissue_oracle.bench.evaluation.metrics import weighted_kappa
-from tissue_oracle.oracles.protocol import CallContext, Oracle
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.review_mask import render_overlay
 from tissue_oracle.tools.schemas import Box, CallRecorder, Grades, ReviewRequest, grade_from_percent
 

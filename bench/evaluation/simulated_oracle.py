@@ -31,8 +31,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from tissue_oracle.oracles import base
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.tools.errors import OracleError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     ALL_QUESTIONS,
     Box,

@@ -11,9 +11,9 @@ from typing import Any
 
 from tissue_oracle.bench.fakes import fixtures
 from tissue_oracle.bench.fakes.server import Fault
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import OracleError
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import CallRecord
 
 QUESTIONS = ("boxes", "patch_labels", "points", "rerank", "review")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tissue_oracle.bench.fakes import images
@@ -26,16 +28,16 @@ def start_server(family: str, **options: object) -> FakeServer:
     return cls(**options).start()  # type: ignore[arg-type]
 
 
-def oracle_for(family: str, server: FakeServer, **options: object) -> VLMOracle:
+def oracle_for(family: str, server: FakeServer, **options: Any) -> VLMOracle:
     """An oracle built through the registry, pointed at the fake server, with fast test timings."""
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "timeout_s": 1.0,
         "backoff_base_s": 0.01,
         "backoff_max_s": 0.2,
         "retries": 3,
     }
     settings.update(options)
-    oracle = build_oracle(f"{family}:{MODELS[family]}", base_url=server.base_url, **settings)  # type: ignore[attr-defined]
+    oracle = build_oracle(f"{family}:{MODELS[family]}", base_url=server.base_url, **settings)
     assert isinstance(oracle, VLMOracle)
     return oracle
 

@@ -121,6 +121,11 @@ class FakeServer:
 
     # ------------------------------------------------------------------ per protocol
 
+    @property
+    def base_url(self) -> str:
+        """What the SDK's ``base_url`` is set to for this protocol."""
+        raise NotImplementedError
+
     def parse(self, path: str, body: dict[str, Any]) -> Parsed:
         raise NotImplementedError
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from tissue_oracle.bench.fakes.faults import run_faulted
-from tissue_oracle.bench.fakes.server import FAULTS
-from tissue_oracle.oracles.protocol import CallContext
+from tissue_oracle.bench.fakes.server import FAULTS, Fault
 from tissue_oracle.oracles.registry import build_oracle
 from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef
 
 MODELS = {"openai": "Qwen/Qwen3-VL-8B-Instruct", "gemini": "gemini-2.5-flash"}
@@ -99,7 +99,7 @@ def throughput(family: str, latency_s: float, in_flight: int, calls: int, side: 
 def fault_table(families: list[str]) -> None:
     print("| fault | transport | attempts (rows) | outcome | first row error |")
     print("|---|---|---|---|---|")
-    cases: list[tuple[str, list[str], dict[str, Any]]] = [
+    cases: list[tuple[str, list[Fault], dict[str, Any]]] = [
         (f, [f], {}) for f in FAULTS if f != "unauthorized"
     ]
     cases += [

@@ -31,15 +31,15 @@ from tissue_oracle.agent.controller import segment_file
 from tissue_oracle.agent.oracle_setup import OracleSet, build_oracles
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.bench.synth.generate import generate_set
-from tissue_oracle.oracles.protocol import CallContext, Oracle
+from tissue_oracle.oracles.cascade import CascadeOracle
 from tissue_oracle.oracles.student import build as build_student
 from tissue_oracle.policies.policy import Policy, load_policy
 from tissue_oracle.store.audit_store import AuditStore
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools import distil_data
-from tissue_oracle.tools.cascade import CascadeOracle
 from tissue_oracle.tools.distil import CARD_NAME, CHECKPOINT_NAME, ModelCard, distil
 from tissue_oracle.tools.distil_train import TrainConfig
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef, RunRecord, StudentSpec
 from tissue_oracle.tools.slides import open_slide
 

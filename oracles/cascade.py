@@ -20,8 +20,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tissue_oracle.oracles.protocol import CallContext, Oracle
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     BoxesRequest,
