@@ -37,7 +37,8 @@ from pydantic import BaseModel
 from scipy import ndimage
 
 from tissue_oracle.agent.geojson import mask_to_geojson
-from tissue_oracle.tools.schemas import Focus, OutputRecord, PatchGrid, PatchLabel
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS, focus_code
+from tissue_oracle.tools.schemas import OutputRecord, PatchGrid, PatchLabel
 
 OutputKind = Literal[
     "mask_png",
@@ -51,14 +52,13 @@ OutputKind = Literal[
     "summary",
 ]
 
-#: Focus class -> code in per-patch focus arrays. 0 means not graded (background, or no call).
-FOCUS_CODES: dict[Focus | None, int] = {None: 0, "sharp": 1, "mild_blur": 2, "out_of_focus": 3}
-#: Code -> RGB in focus.png: light grey not graded, green sharp, amber mild blur, red out of focus.
+#: ``tools.focus`` code -> RGB in focus.png: light grey not graded, green sharp, amber mild blur,
+#: red out of focus.
 FOCUS_COLOURS: dict[int, tuple[int, int, int]] = {
-    0: (230, 230, 230),
-    1: (26, 152, 80),
-    2: (254, 196, 79),
-    3: (215, 48, 39),
+    NO_FOCUS: (230, 230, 230),
+    FOCUS_CODES["sharp"]: (26, 152, 80),
+    FOCUS_CODES["mild_blur"]: (254, 196, 79),
+    FOCUS_CODES["out_of_focus"]: (215, 48, 39),
 }
 #: overlay.png: tissue fill colour and opacity, and outline colour.
 OVERLAY_FILL = (0, 200, 80)
@@ -183,12 +183,12 @@ def write_patches_parquet(path: Path, labels: list[PatchLabel]) -> None:
 
 
 def focus_codes(labels: list[PatchLabel], grid: PatchGrid) -> np.ndarray:
-    """Per-patch focus codes (uint8, grid.shape; FOCUS_CODES) from the labels' focus grades."""
-    codes = np.zeros(grid.shape, dtype=np.uint8)
+    """Per-patch focus codes (uint8, grid.shape; ``tools.focus``) from the labels' focus grades."""
+    codes = np.full(grid.shape, NO_FOCUS, dtype=np.uint8)
     for lab in labels:
         row, col = grid.cell_of(lab.ref.x, lab.ref.y)
         if 0 <= row < grid.rows and 0 <= col < grid.cols:
-            codes[row, col] = FOCUS_CODES[lab.focus]
+            codes[row, col] = focus_code(lab.focus)
     return codes
 
 
@@ -282,7 +282,7 @@ def write_slide_outputs(
     thumbnail is too small to read; by default the overlay is drawn on the thumbnail.
 
     ``tissue`` is the final bool mask of ``grid.shape``; ``thumbnail`` RGB uint8 taken at
-    ``thumb_downsample``; ``focus`` per-patch codes (FOCUS_CODES) or focus names of
+    ``thumb_downsample``; ``focus`` per-patch codes (``tools.focus``) or focus names of
     ``grid.shape``, or None to take the labels' grades; ``level_dim`` level-0 (width, height).
     Returns one OutputRecord per file, in writing order (summary.json last).
     """
@@ -320,8 +320,7 @@ def _as_focus_codes(focus: np.ndarray, grid: PatchGrid) -> np.ndarray:
     if focus.shape != grid.shape:
         raise ValueError(f"focus must have the grid's shape {grid.shape}, got {focus.shape}")
     if focus.dtype.kind in "UO":
-        names = {name: code for name, code in FOCUS_CODES.items() if name is not None}
-        return np.vectorize(lambda v: names.get(v, 0), otypes=[np.uint8])(focus)
+        return np.vectorize(lambda v: FOCUS_CODES.get(v, NO_FOCUS), otypes=[np.uint8])(focus)
     if focus.size and not np.isin(focus, list(FOCUS_COLOURS)).all():
         raise ValueError(f"focus codes must be in {sorted(FOCUS_COLOURS)}")
     return focus.astype(np.uint8)

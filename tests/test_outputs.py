@@ -24,6 +24,7 @@ from tissue_oracle.agent.outputs import (
     write_slide_outputs,
     write_summary_json,
 )
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
 from tissue_oracle.tools.schemas import PatchGrid, PatchLabel
 from tissue_oracle.tools.slides import open_slide
 
@@ -194,8 +195,9 @@ def test_write_slide_outputs_end_to_end(tmp_path: Path) -> None:
     assert np.asarray(Image.open(out / "overlay.png")).shape == thumb.shape
     focus = np.asarray(Image.open(out / "focus.png"))
     assert focus.shape == (*GRID.shape, 3)
-    assert tuple(focus[0, 0]) == FOCUS_COLOURS[1] and tuple(focus[0, 1]) == FOCUS_COLOURS[2]
-    assert tuple(focus[1, 1]) == FOCUS_COLOURS[0]  # background: not graded
+    assert tuple(focus[0, 0]) == FOCUS_COLOURS[FOCUS_CODES["sharp"]] == (26, 152, 80)
+    assert tuple(focus[0, 1]) == FOCUS_COLOURS[FOCUS_CODES["mild_blur"]] == (254, 196, 79)
+    assert tuple(focus[1, 1]) == FOCUS_COLOURS[NO_FOCUS] == (230, 230, 230)  # background: not graded
     assert np.array_equal(geojson_to_mask(out / "tissue.geojson", GRID), mask)
     text = (out / "summary.json").read_text()
     loaded = json.loads(text)
@@ -236,7 +238,8 @@ def test_focus_array_given_by_name_or_code(tmp_path: Path) -> None:
         "level_dim": (GRID.slide_width, GRID.slide_height),
     }  # fmt: skip
     write_slide_outputs(tmp_path / "a", focus=names, **common)  # type: ignore[arg-type]
-    assert tuple(np.asarray(Image.open(tmp_path / "a" / "focus.png"))[0, 0]) == FOCUS_COLOURS[3]
+    drawn = np.asarray(Image.open(tmp_path / "a" / "focus.png"))
+    assert tuple(drawn[0, 0]) == FOCUS_COLOURS[FOCUS_CODES["out_of_focus"]]
     with pytest.raises(ValueError, match="focus codes"):
         write_slide_outputs(tmp_path / "b", focus=np.full(GRID.shape, 9), **common)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tissue must be bool"):

@@ -12,7 +12,6 @@ from stage_support import CORES, FaultyOracle, core_boxes, core_slide_pixels, di
 
 from tissue_oracle.oracles.classical import ClassicalOracle
 from tissue_oracle.tools.classify_patches import (
-    FOCUS_CODES,
     ClassifyPatchesInput,
     classify_patches,
     gate,
@@ -20,6 +19,7 @@ from tissue_oracle.tools.classify_patches import (
     patch_coverage,
     region_cells,
 )
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
 from tissue_oracle.tools.schemas import Box, Exemplar, PatchGrid, PatchRef
 
 DS = 16
@@ -119,7 +119,7 @@ def test_zero_shot_labels_match_truth_and_only_gated_patches_cost_calls(slide: A
     sent_labels = [lab for lab in out.labels if lab.source == "zero_shot"]
     assert len(sent_labels) == out.sent and len(out.labels) == int(out.scope.sum())
     assert all(lab.focus in FOCUS_CODES for lab in sent_labels)
-    assert (out.focus[out.scope & (coverage >= 0.05)] >= 0).all()
+    assert out.focus.dtype == np.uint8 and (out.focus[out.scope & (coverage >= 0.05)] != NO_FOCUS).all()
     assert all(lab.ref.size == PATCH for lab in out.labels)
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from tissue_oracle.bench.synth.generate import generate_slide
-from tissue_oracle.bench.synth.truth import FOCUS_CODES, find_truth, load_truth
+from tissue_oracle.bench.synth.truth import find_truth, load_truth
 from tissue_oracle.tools.errors import SlideError
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
 from tissue_oracle.tools.schemas import PatchGrid
 
 
@@ -56,8 +57,8 @@ def test_patch_focus_and_artefacts(slide: Path) -> None:
     truth = load_truth(slide)
     focus = truth.patch_focus(256)
     has_tissue = truth.tissue_fraction(256) > 0
-    assert np.all((focus == FOCUS_CODES["none"]) == ~has_tissue)
-    assert set(np.unique(focus)) <= set(FOCUS_CODES.values())
+    assert np.all((focus == NO_FOCUS) == ~has_tissue)
+    assert set(np.unique(focus)) <= {*FOCUS_CODES.values(), NO_FOCUS}
     arts = truth.patch_artefacts(256)
     for name, grid in arts.items():
         assert grid.shape == focus.shape

@@ -9,8 +9,8 @@ for the slide. A question that fails (``OracleError``) or that a budget refuses
 label: tissue when M1 covers at least ``coarse_tissue_fraction`` of them. The stage itself never
 raises on an oracle's account.
 
-Per-patch arrays are (rows, cols) in the patch-grid frame. ``focus`` holds indices into
-``FOCUS_CODES`` and -1 where no focus grade exists.
+Per-patch arrays are (rows, cols) in the patch-grid frame. ``focus`` holds ``tools.focus`` codes
+(``FOCUS_CODES``) and ``NO_FOCUS`` where no focus grade exists.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tissue_oracle.tools.errors import BudgetExceededError, OracleError, SlideError
+from tissue_oracle.tools.focus import NO_FOCUS, focus_code
 from tissue_oracle.tools.schemas import (
     Box,
     Exemplar,
-    Focus,
     LabelSource,
     PatchGrid,
     PatchLabel,
@@ -37,8 +37,6 @@ from tissue_oracle.tools.schemas import (
 )
 from tissue_oracle.tools.stage_deps import StageDeps
 
-#: Focus grades in code order: ``focus`` grids hold these indices (-1: none).
-FOCUS_CODES: tuple[Focus, ...] = ("sharp", "mild_blur", "out_of_focus")
 _MAX_ERRORS_KEPT = 20
 
 
@@ -112,7 +110,7 @@ class ClassifyPatchesOutput(BaseModel):
     tissue: np.ndarray = Field(repr=False)
     """Boolean (rows, cols): tissue labels (False outside ``scope``)."""
     focus: np.ndarray = Field(repr=False)
-    """Int8 (rows, cols): index into ``FOCUS_CODES``, -1 for none."""
+    """Uint8 (rows, cols): ``tools.focus`` code per patch, ``NO_FOCUS`` for none."""
     confidence: np.ndarray = Field(repr=False)
     """Float32 (rows, cols): label confidence 0-1."""
     labels: list[PatchLabel]
@@ -204,7 +202,7 @@ def merge_labels(base: ClassifyPatchesOutput, update: ClassifyPatchesOutput) -> 
         update={
             "scope": base.scope | take,
             "tissue": np.where(take, update.tissue, base.tissue),
-            "focus": np.where(take, update.focus, base.focus).astype(np.int8),
+            "focus": np.where(take, update.focus, base.focus).astype(np.uint8),
             "confidence": np.where(take, update.confidence, base.confidence).astype(np.float32),
             "labels": [by_cell[key] for key in sorted(by_cell)],
             "region": None,
@@ -297,7 +295,7 @@ def _assemble(
 ) -> ClassifyPatchesOutput:
     """Grids and the label list from the answers, with coarse labels where there is none."""
     tissue = np.zeros(grid.shape, dtype=bool)
-    focus = np.full(grid.shape, -1, dtype=np.int8)
+    focus = np.full(grid.shape, NO_FOCUS, dtype=np.uint8)
     confidence = np.zeros(grid.shape, dtype=np.float32)
     labels: list[PatchLabel] = []
     for r, c in zip(*np.nonzero(scope), strict=True):
@@ -318,7 +316,7 @@ def _assemble(
                 source="coarse",
             )
         tissue[cell] = label.label == "tissue"
-        focus[cell] = FOCUS_CODES.index(label.focus) if label.focus is not None else -1
+        focus[cell] = focus_code(label.focus)
         confidence[cell] = label.confidence
         labels.append(label)
     return ClassifyPatchesOutput(

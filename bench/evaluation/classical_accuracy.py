@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from tissue_oracle.bench.synth.generate import generate_slide
-from tissue_oracle.bench.synth.truth import FOCUS_CODES, load_truth
+from tissue_oracle.bench.synth.truth import load_truth
 from tissue_oracle.oracles.classical import ClassicalOracle
 from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools.focus import focus_code
 from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import PatchLabelsRequest
 from tissue_oracle.tools.slides import open_slide
 
 STAINS = ("he", "pas", "jones", "evg", "masson", "ihc")
-CODE = {name: code for name, code in FOCUS_CODES.items()}
 
 
 def ensure_slide(folder: Path, preset: str, stain: str, size: int, seed: int) -> Path:
@@ -48,7 +48,7 @@ def label_slide(path: Path, oracle: ClassicalOracle) -> dict[str, np.ndarray]:
     )
     answer = asyncio.run(oracle.patch_labels(PatchLabelsRequest(patches=refs, images=images), ctx))
     pred = np.array([lab.label == "tissue" for lab in answer.labels]).reshape(grid.shape)
-    focus = np.array([CODE[lab.focus or "none"] for lab in answer.labels], dtype=np.uint8).reshape(grid.shape)
+    focus = np.array([focus_code(lab.focus) for lab in answer.labels], dtype=np.uint8).reshape(grid.shape)
     return {
         "truth": truth.patch_labels(512, 0.5),
         "pred": pred,

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tissue_oracle.bench.evaluation.baselines import MorphParams, kmeans_mask, otsu_mask, to_patch_grid
-from tissue_oracle.bench.evaluation.metrics import NO_FOCUS, focus_scores, seg_scores
+from tissue_oracle.bench.evaluation.metrics import focus_scores, seg_scores
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import CallRecord, Role, Stage
@@ -191,7 +191,7 @@ def per_patch_method(
         )
         started = time.perf_counter()
         out = asyncio.run(classify_patches(inp, deps))
-        focus = np.where(out.focus >= 0, out.focus, NO_FOCUS).astype(np.uint8)
+        focus = out.focus  # tools.focus codes, NO_FOCUS where none
         cost = cost_of(recorder.calls)
         pred = Prediction(
             mask=out.tissue.copy(),

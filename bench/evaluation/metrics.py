@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Focus codes on a patch grid (as ``Truth.patch_focus`` gives them).
-SHARP, MILD, OUT, NO_FOCUS = 0, 1, 2, 255
-FOCUS_NAMES = {SHARP: "sharp", MILD: "mild_blur", OUT: "out_of_focus"}
-FOCUS_CODES = {name: code for code, name in FOCUS_NAMES.items()}
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
+
+#: Focus codes on a patch grid (``tools.focus``, as ``Truth.patch_focus`` gives them).
+SHARP = FOCUS_CODES["sharp"]
 
 
 @dataclass(kw_only=True, frozen=True)

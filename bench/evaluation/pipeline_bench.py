@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from tissue_oracle.bench.evaluation.harness import Case, CaseEnv, Method, Prediction
-from tissue_oracle.bench.evaluation.metrics import NO_FOCUS, seg_scores
+from tissue_oracle.bench.evaluation.metrics import seg_scores
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
 from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import ModelPrice, Role
 
-_FOCUS_CODE = {"sharp": 0, "mild_blur": 1, "out_of_focus": 2}
 _ROLES: tuple[Role, ...] = ("oracle", "classifier", "reviewer")
 
 
@@ -77,8 +77,8 @@ def _focus(store: Any, run_id: str, slide_id: str, case: Case) -> np.ndarray:
     grid = np.full(shape, NO_FOCUS, dtype=np.uint8)
     for x, y, focus in rows:
         r, c = y // case.patch_size, x // case.patch_size
-        if focus in _FOCUS_CODE and r < grid.shape[0] and c < grid.shape[1]:
-            grid[r, c] = _FOCUS_CODE[focus]
+        if focus in FOCUS_CODES and r < grid.shape[0] and c < grid.shape[1]:
+            grid[r, c] = FOCUS_CODES[focus]
     return grid
 
 

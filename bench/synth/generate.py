@@ -23,9 +23,10 @@ from PIL import Image
 from tissue_oracle.bench.synth.noise import Grid, mix_seed
 from tissue_oracle.bench.synth.presets import PRESETS, build_spec, get_preset
 from tissue_oracle.bench.synth.pyramid_writer import write_pyramidal_tiff
-from tissue_oracle.bench.synth.render import FOCUS_CODES, SlideSpec, render_block, truth_block
+from tissue_oracle.bench.synth.render import SlideSpec, render_block, truth_block
 from tissue_oracle.bench.synth.truth import truth_folder
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
 
 __all__ = ["MASK_DOWNSAMPLE", "PRESETS", "TRUTH_FORMAT", "generate_set", "generate_slide", "plan_set"]
 
@@ -119,7 +120,7 @@ def compute_truth(spec: SlideSpec) -> tuple[np.ndarray, dict[str, np.ndarray], n
     ds = MASK_DOWNSAMPLE
     w, h = math.ceil(spec.width / ds), math.ceil(spec.height / ds)
     tissue = np.zeros((h, w), bool)
-    focus = np.full((h, w), FOCUS_CODES["none"], np.uint8)
+    focus = np.full((h, w), NO_FOCUS, np.uint8)
     masks: dict[str, np.ndarray] = {}
     for r0 in range(0, h, _TRUTH_ROWS):
         r1 = min(h, r0 + _TRUTH_ROWS)
@@ -143,7 +144,7 @@ def _present(spec: SlideSpec, masks: dict[str, np.ndarray]) -> dict[str, np.ndar
 
 
 def write_truth(spec: SlideSpec, folder: Path, *, mpp: float | None) -> None:
-    """Write meta.json and the masks (PNG, 0/255; focus.png holds FOCUS_CODES) into ``folder``."""
+    """Write meta.json and the masks (PNG, 0/255; focus.png holds ``tools.focus`` codes) into ``folder``."""
     tissue, masks, focus = compute_truth(spec)
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(tissue.astype(np.uint8) * 255).save(folder / "tissue.png", optimize=True)
@@ -166,7 +167,7 @@ def _meta(spec: SlideSpec, artefact_types: list[str], mpp: float | None) -> dict
         "mask_downsample": MASK_DOWNSAMPLE,
         "tissue_rule": "tissue.png pixel is tissue where >= 50% of it lies inside a tissue piece",
         "artefact_types": artefact_types,
-        "focus_codes": FOCUS_CODES,
+        "focus_codes": {str(name): code for name, code in FOCUS_CODES.items()} | {"none": NO_FOCUS},
         "focus_regions": [
             {"x": r.x, "y": r.y, "rx": r.rx, "ry": r.ry, "sigma_level0_px": r.sigma, "label": r.label}
             for r in spec.focus

@@ -22,7 +22,7 @@ from tissue_oracle.bench.synth.artefacts import (
 from tissue_oracle.bench.synth.noise import Grid, mix_seed
 from tissue_oracle.bench.synth.stains import SlideStain, optical_density
 from tissue_oracle.bench.synth.tissue import Piece, coverage, overlaps, signed_distance, texture
-from tissue_oracle.bench.synth.truth import FOCUS_CODES
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
 
 # Blur below this many output pixels of sigma is invisible at that level; skip the work.
 _MIN_VISIBLE_SIGMA = 0.35
@@ -185,7 +185,7 @@ def truth_block(spec: SlideSpec, grid: Grid) -> tuple[np.ndarray, dict[str, np.n
     faint = [a for a, p in zip(alphas, spec.pieces, strict=True) if a is not None and p.intensity < 0.6]
     masks["faint"] = np.clip(sum(faint, zero.copy()), 0, 1) >= 0.5
     masks["seams"] = spec.illumination.seam_coverage(grid) > 0
-    focus = np.where(tissue, FOCUS_CODES["sharp"], FOCUS_CODES["none"]).astype(np.uint8)
+    focus = np.where(tissue, FOCUS_CODES["sharp"], NO_FOCUS).astype(np.uint8)
     for region in spec.focus:
         focus[(region.weight(grid) >= 0.5) & tissue] = FOCUS_CODES[region.label]
     return tissue, masks, focus

@@ -20,12 +20,11 @@ import numpy as np
 from PIL import Image
 
 from tissue_oracle.tools.errors import CorruptSlideError, SlideError
+from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
 from tissue_oracle.tools.schemas import PatchGrid
 
-__all__ = ["FOCUS_CODES", "Truth", "find_truth", "load_truth"]
+__all__ = ["Truth", "find_truth", "load_truth"]
 
-#: Codes in focus.png / Truth.focus / Truth.patch_focus.
-FOCUS_CODES = {"sharp": 0, "mild_blur": 1, "out_of_focus": 2, "none": 255}
 _FORMAT = "tissue-oracle-synth-truth/1"
 
 
@@ -80,9 +79,9 @@ class Truth:
     def patch_focus(self, patch_size: int = 512, *, downsample: float = 1.0) -> np.ndarray:
         """uint8 focus code per patch: the commonest code over its tissue, 255 without tissue."""
         size = _level0(patch_size, downsample)
-        shares = np.stack([self._fraction(self.focus == code, size) for code in (0, 1, 2)])
+        shares = np.stack([self._fraction(self.focus == code, size) for code in FOCUS_CODES.values()])
         codes = np.argmax(shares, axis=0).astype(np.uint8)
-        codes[shares.sum(axis=0) == 0] = FOCUS_CODES["none"]
+        codes[shares.sum(axis=0) == 0] = NO_FOCUS
         return codes
 
     def patch_artefacts(
