@@ -8,11 +8,28 @@ translates every SDK failure into :class:`TransportError`, saying whether a retr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from tissue_oracle.oracles.base import EncodedImage
 from tissue_oracle.tools.errors import OracleError
+
+ThinkingLevel = Literal["minimal", "low", "medium", "high"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thinking:
+    """A model's thinking allowance: a token budget (Gemini 2.5) or a level (Gemini 3).
+
+    Thought tokens count against the server's output cap, so a transport that sends this also
+    raises its output cap by ``budget_tokens`` on top of the answer's own cap.
+    """
+
+    budget_tokens: int
+    """Tokens the model may spend thinking (sent as the budget, or reserved beside a level)."""
+    level: ThinkingLevel | None = None
+    """Sent instead of a budget to models that take a level (Gemini 3)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,9 +47,11 @@ class TransportRequest:
     schema_name: str = "answer"
     """A name for the schema (OpenAI's ``json_schema.name``)."""
     max_tokens: int = 256
-    """Output token cap."""
+    """Output token cap of the answer itself (thinking tokens are budgeted separately)."""
     temperature: float = 0.0
     """Sampling temperature (0: as deterministic as the server allows)."""
+    thinking: Thinking | None = None
+    """How much the model may think before answering; None sends no thinking setting."""
     timeout_s: float = 120.0
     """Seconds before the request counts as timed out."""
 
@@ -49,6 +68,15 @@ class TransportResponse:
     """Completion tokens, from the server's usage numbers."""
     raw: str = ""
     """The raw response body (JSON) for the audit row."""
+    finish_reason: str = ""
+    """Why the model stopped, as the server says it (``stop``/``length``, ``STOP``/``MAX_TOKENS``)."""
+    thought_tokens: int = 0
+    """Of ``output_tokens``, how many were thinking (Gemini reports them; 0 when unknown)."""
+
+    @property
+    def hit_output_cap(self) -> bool:
+        """The model ran out of output tokens before it finished (its answer is cut or empty)."""
+        return self.finish_reason.lower() in ("length", "max_tokens")
 
 
 class TransportError(OracleError):
@@ -89,3 +117,32 @@ class Transport(Protocol):
     async def send(self, request: TransportRequest) -> TransportResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+# vLLM's refusals when a prompt carries more images than ``--limit-mm-per-prompt`` allows. Older
+# servers: "At most 1 image(s) may be provided in one request." (vllm-project/vllm#13513);
+# newer: "You set image=2 (or defaulted to 1) in `--limit-mm-per-prompt`, but passed 3 image
+# items in the same prompt." (xorbitsai/inference#3054, quoting vLLM).
+_IMAGE_LIMIT = (
+    re.compile(r"At most (\d+) image\(s\) may be provided in one (?:prompt|request)"),
+    re.compile(r"You set image=(\d+) \(or defaulted to 1\) in `?--limit-mm-per-prompt`?"),
+)
+
+
+def image_limit_of(message: str) -> int | None:
+    """The images-per-prompt limit a server's 400 message states, or None when it states none."""
+    for pattern in _IMAGE_LIMIT:
+        found = pattern.search(message)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def image_limit_advice(limit: int, sent: int) -> str:
+    """What to do when a server refuses ``sent`` images because it allows ``limit`` per prompt."""
+    return (
+        f"the server accepts at most {limit} image(s) per prompt but this request sent {sent}. "
+        "For vLLM, restart it with a higher limit, e.g. `vllm serve MODEL --limit-mm-per-prompt "
+        "'{\"image\": 16}'` (reviews send 2 images; few-shot classification sends the exemplars plus "
+        "classify.batch_size patches), or lower classify.batch_size in the policy"
+    )

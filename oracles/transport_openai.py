@@ -5,6 +5,9 @@ answer's JSON schema goes as ``response_format={"type": "json_schema", ...}``, w
 enforces by guided decoding. The key comes from ``OPENAI_API_KEY`` (``"EMPTY"`` when unset, as a
 keyless vLLM server expects) and never leaves the SDK client. SDK retries are off: the oracle
 retries, so each attempt is one audit row.
+
+A 400 saying the prompt has too many images (vLLM's ``--limit-mm-per-prompt``) and a 404 (a
+wrong ``--base-url`` path) are final, with what to do in the message.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from tissue_oracle.oracles.transport import (
     TransportRequest,
     TransportResponse,
     classify_status,
+    image_limit_advice,
+    image_limit_of,
     parse_retry_after,
 )
 
@@ -82,13 +87,7 @@ class OpenAITransport:
         except openai.APIConnectionError as exc:
             raise TransportError(f"connection failed: {exc}", retryable=True) from exc
         except openai.APIStatusError as exc:
-            retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
-            raise TransportError(
-                f"HTTP {exc.status_code}: {_short(exc.message)}",
-                retryable=classify_status(exc.status_code),
-                status=exc.status_code,
-                retry_after_s=retry_after,
-            ) from exc
+            raise _translate(exc, len(request.images)) from exc
         except openai.OpenAIError as exc:  # e.g. a body the SDK can't read
             raise TransportError(f"bad response: {_short(str(exc))}", retryable=True) from exc
         choice = completion.choices[0] if completion.choices else None
@@ -99,11 +98,34 @@ class OpenAITransport:
             input_tokens=usage.prompt_tokens if usage else 0,
             output_tokens=usage.completion_tokens if usage else 0,
             raw=completion.model_dump_json(),
+            finish_reason=str(choice.finish_reason or "") if choice is not None else "",
         )
 
     async def aclose(self) -> None:
         for client in self._clients:
             await client.close()
+
+
+def _translate(exc: openai.APIStatusError, n_images: int) -> TransportError:
+    """The SDK's status error as a ``TransportError`` that says whether to retry and what to do."""
+    code, message = exc.status_code, _short(exc.message)
+    limit = image_limit_of(exc.message) if code == 400 else None
+    if limit is not None:
+        advice = image_limit_advice(limit, n_images)
+        return TransportError(f"HTTP 400: {advice}", retryable=False, status=code)
+    if code == 404:
+        return TransportError(
+            f"HTTP 404 Not Found at {exc.request.url}: {message}. Check --base-url (an OpenAI-compatible "
+            "server is usually http://HOST:PORT/v1) and the model name the server serves.",
+            retryable=False,
+            status=code,
+        )
+    return TransportError(
+        f"HTTP {code}: {message}",
+        retryable=classify_status(code),
+        status=code,
+        retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
+    )
 
 
 def _short(text: str, limit: int = 300) -> str:
