@@ -139,14 +139,24 @@ def downscale(image: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 def encode_image(
-    image: np.ndarray, *, max_side: int | None = None, fmt: ImageFormat = "PNG", quality: int = 90
+    image: np.ndarray,
+    *,
+    max_side: int | None = None,
+    fmt: ImageFormat = "PNG",
+    quality: int = 90,
+    resize: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> EncodedImage:
     """Deterministic PNG/JPEG bytes of an RGB array, downscaled first to ``max_side``.
 
-    No metadata is written and the encoder settings are fixed, so equal pixels give equal bytes
-    (and equal request hashes) from run to run.
+    ``resize`` maps the downscaled ``(height, width)`` to the exact size to send (a model's own
+    processor size, e.g. ``profiles.smart_resize``). No metadata is written and the encoder
+    settings are fixed, so equal pixels give equal bytes (and equal request hashes) from run to run.
     """
     arr = downscale(image, max_side)
+    if resize is not None:
+        height, width = resize(*arr.shape[:2])
+        if (height, width) != arr.shape[:2]:
+            arr = np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.BICUBIC))
     buffer = io.BytesIO()
     pil = Image.fromarray(arr, mode="RGB")
     if fmt == "PNG":

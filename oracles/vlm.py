@@ -1,7 +1,9 @@
 """The VLM oracle: the five questions as prompts with images, over any transport, audited and cached.
 
 Each question renders its template from ``prompts/`` with the model profile's key names, encodes
-its images (downscaled to ``image_max_side``, deterministic bytes), asks for JSON matching a
+its images (downscaled to the question's side in ``image_sides``, else ``image_max_side``; for a
+pixel-coordinate profile then resized to the model processor's own size; deterministic bytes),
+sends the model's temperature and thinking allowance, asks for JSON matching a
 schema (structured output), validates the answer (``oracles.answers``; coordinates through
 ``oracles.profiles``) and goes through the cache and the bounded attempt loop. Patch labels are
 one call per patch by default (``patch_batch`` patches per call when set); the calls run
@@ -11,6 +13,7 @@ concurrently, at most ``max_in_flight`` at once for this oracle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +24,8 @@ import numpy as np
 from tissue_oracle import prompts
 from tissue_oracle.oracles import answers, base
 from tissue_oracle.oracles.base import AnswerT, CallSpec, EncodedImage, ImageFormat, WireCodec
-from tissue_oracle.oracles.profiles import ImageFrame, ModelProfile, profile_for_model
-from tissue_oracle.oracles.transport import Transport, TransportRequest
+from tissue_oracle.oracles.profiles import ImageFrame, ModelProfile, profile_for_model, smart_resize
+from tissue_oracle.oracles.transport import Thinking, Transport, TransportRequest
 from tissue_oracle.oracles.vlm_attempts import AttemptPolicy, attempt_question
 from tissue_oracle.tools.errors import ConfigError, OracleError
 from tissue_oracle.tools.oracle_protocol import CallContext
@@ -70,9 +73,15 @@ class VLMOracle:
     timeout_s: float = 120.0
     """Seconds per request."""
     max_tokens: int = 256
-    """Output token cap per request."""
+    """Output token cap of the answer per request (thinking has its own allowance on top)."""
+    temperature: float = 0.0
+    """Sampling temperature sent with every request."""
+    thinking: Thinking | None = None
+    """Thinking allowance sent with every request (None: no thinking setting)."""
     image_max_side: int = 1024
-    """Images are downscaled to at most this many pixels on the long side."""
+    """Images are downscaled to at most this many pixels on the long side..."""
+    image_sides: dict[Question, int] = field(default_factory=dict)
+    """...unless their question has its own side here (the grounding thumbnail, review crops)."""
     image_format: ImageFormat = "JPEG"
     """How images are encoded for the wire."""
     patch_batch: int = 1
@@ -80,7 +89,9 @@ class VLMOracle:
     backoff_base_s: float = 0.5
     """First retry wait (doubles per retry, jittered)."""
     backoff_max_s: float = 20.0
-    """Longest retry wait (``Retry-After`` included)."""
+    """Longest backoff wait when the server names none."""
+    retry_after_max_s: float = 120.0
+    """Longest wait a server may ask for (Retry-After, RetryInfo); a longer one ends the question."""
     questions: frozenset[Question] = field(default=ALL_QUESTIONS)
     is_vlm: bool = True
     backend: str = field(init=False)
@@ -102,10 +113,12 @@ class VLMOracle:
             self._slots = (loop, asyncio.Semaphore(self.max_in_flight))
         return self._slots[1]
 
-    async def _encode(self, images: list[np.ndarray]) -> list[EncodedImage]:
+    async def _encode(self, images: list[np.ndarray], question: Question) -> list[EncodedImage]:
+        side = self.image_sides.get(question, self.image_max_side)
+        resize = smart_resize if self.profile.scale == "pixels" else None
         return await asyncio.to_thread(
             lambda: [
-                base.encode_image(im, max_side=self.image_max_side, fmt=self.image_format) for im in images
+                base.encode_image(im, max_side=side, fmt=self.image_format, resize=resize) for im in images
             ]
         )
 
@@ -122,10 +135,12 @@ class VLMOracle:
     ) -> AnswerT:
         params = {
             "max_tokens": self.max_tokens,
-            "temperature": 0.0,
+            "temperature": self.temperature,
             "schema": schema,
             "profile": self.profile.name,
         }
+        if self.thinking is not None:
+            params["thinking"] = dataclasses.asdict(self.thinking)
         key = base.request_hash(
             self.backend, self.model, question, rendered.text, [i.data for i in images], params
         )
@@ -148,6 +163,8 @@ class VLMOracle:
             schema=schema,
             schema_name=f"{question}_answer",
             max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            thinking=self.thinking,
             timeout_s=self.timeout_s,
         )
         policy = AttemptPolicy(
@@ -155,6 +172,7 @@ class VLMOracle:
             timeout_s=self.timeout_s,
             backoff_base_s=self.backoff_base_s,
             backoff_max_s=self.backoff_max_s,
+            retry_after_max_s=self.retry_after_max_s,
         )
 
         async def compute() -> AnswerT:
@@ -177,11 +195,20 @@ class VLMOracle:
     async def boxes(self, req: BoxesRequest, ctx: CallContext) -> BoxesAnswer:
         """Level-0 boxes, clamped to the slide; the thumbnail spans ``shape * downsample`` level-0 px."""
         height, width = req.thumbnail.shape[:2]
+        images = await self._encode([req.thumbnail], "boxes")
         frame = ImageFrame(
-            x0=0, y0=0, width=round(width * req.downsample), height=round(height * req.downsample)
+            x0=0,
+            y0=0,
+            width=round(width * req.downsample),
+            height=round(height * req.downsample),
+            pixel_width=images[0].width,
+            pixel_height=images[0].height,
         )
         rendered = prompts.render(
-            "ground_boxes", box_key=self.profile.box_key, box_format=self.profile.box_format
+            "ground_boxes",
+            box_key=self.profile.box_key,
+            box_format=self.profile.box_format,
+            coordinate_rule=self.profile.coordinate_rule(images[0].width, images[0].height),
         )
 
         def validate(value: Any) -> BoxesAnswer:
@@ -192,14 +219,13 @@ class VLMOracle:
                     boxes.append(Box(x0=b.x0, y0=b.y0, x1=x1, y1=y1, label=b.label))
             return BoxesAnswer(boxes=boxes)
 
-        images = await self._encode([req.thumbnail])
         coords = [[0, 0, frame.width, frame.height]]
         schema = answers.boxes_schema(self.profile)
         return await self._ask(ctx, "boxes", rendered, images, coords, schema, validate, base.BOXES_CODEC)
 
     async def patch_labels(self, req: PatchLabelsRequest, ctx: CallContext) -> PatchLabelsAnswer:
         """Labels in request order; ``OracleError`` if any batch fails after its retries."""
-        shots = await self._encode([ex.image for ex in req.exemplars])
+        shots = await self._encode([ex.image for ex in req.exemplars], "patch_labels")
         batches = [
             (req.patches[i : i + self.patch_batch], req.images[i : i + self.patch_batch])
             for i in range(0, len(req.patches), self.patch_batch)
@@ -241,7 +267,7 @@ class VLMOracle:
                 ]
             )
 
-        encoded = shots + await self._encode(images)
+        encoded = shots + await self._encode(images, "patch_labels")
         coords = [base.image_coords_of(r.x, r.y, r.size, r.size) for r in [e.ref for e in exemplars] + refs]
         schema = answers.labels_schema(len(refs))
         codec = base.PATCH_LABELS_CODEC
@@ -250,12 +276,17 @@ class VLMOracle:
     async def points(self, req: PointsRequest, ctx: CallContext) -> PointsAnswer:
         """Level-0 points inside ``req.region``, at most ``max_points_per_class`` per class."""
         r = req.region
-        frame = ImageFrame(x0=r.x0, y0=r.y0, width=r.width, height=r.height)
+        images = await self._encode([req.crop], "points")
+        sent = images[0]
+        frame = ImageFrame(
+            x0=r.x0, y0=r.y0, width=r.width, height=r.height, pixel_width=sent.width, pixel_height=sent.height
+        )
         rendered = prompts.render(
             "point_ground",
             max_points=req.max_points_per_class,
             point_key=self.profile.point_key,
             point_format=self.profile.point_format,
+            coordinate_rule=self.profile.coordinate_rule(sent.width, sent.height),
         )
 
         def validate(value: Any) -> PointsAnswer:
@@ -264,7 +295,6 @@ class VLMOracle:
             kept += [p for p in found if p.label == "background"][: req.max_points_per_class]
             return PointsAnswer(points=kept)
 
-        images = await self._encode([req.crop])
         coords = [base.image_coords_of(r.x0, r.y0, r.width, r.height)]
         schema = answers.points_schema(self.profile)
         return await self._ask(ctx, "points", rendered, images, coords, schema, validate, base.POINTS_CODEC)
@@ -285,7 +315,7 @@ class VLMOracle:
             ]
             return RerankAnswer(exemplars=exemplars)
 
-        images = await self._encode(list(req.images))
+        images = await self._encode(list(req.images), "rerank")
         coords = [base.image_coords_of(c.x, c.y, c.size, c.size) for c in req.candidates]
         schema = answers.rerank_schema()
         return await self._ask(
@@ -300,7 +330,7 @@ class VLMOracle:
             return ReviewAnswer(grades=answers.grades_from(value))
 
         r = req.region
-        images = await self._encode([req.crop, req.overlay])
+        images = await self._encode([req.crop, req.overlay], "review")
         coords = [base.image_coords_of(r.x0, r.y0, r.width, r.height)] * 2
         schema = answers.review_schema()
         return await self._ask(ctx, "review", rendered, images, coords, schema, validate, base.REVIEW_CODEC)

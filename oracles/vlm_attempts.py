@@ -1,7 +1,11 @@
 """The bounded attempt loop of one VLM question: retries, backoff, one JSON repair, one row per attempt.
 
 - 429, 5xx, timeouts and connection failures are retried with jittered exponential backoff; a
-  ``Retry-After`` header sets the wait instead (capped).
+  wait the server names (``Retry-After``, Gemini's ``RetryInfo``) is honoured instead, up to
+  ``retry_after_max_s`` (a longer one ends the question: waiting inside a run won't help).
+- An answer cut off by the output cap (``finish_reason`` ``length`` / ``MAX_TOKENS``, often
+  thinking that ate the cap) that doesn't validate ends the question with that reason: the
+  identical request would be cut off again, and each try is billed.
 - A malformed or invalid answer gets one repair prompt (the task, the bad answer and what was
   wrong with it); further bad answers are plain retries.
 - Other 4xx (bad key, unknown model) stop at once with ``OracleUnavailableError``.
@@ -22,7 +26,7 @@ from typing import Any
 from tissue_oracle import prompts
 from tissue_oracle.oracles.answers import AnswerError, parse_json_text
 from tissue_oracle.oracles.base import AnswerT, CallSpec, WireCodec, record_attempt
-from tissue_oracle.oracles.transport import Transport, TransportError, TransportRequest
+from tissue_oracle.oracles.transport import Transport, TransportError, TransportRequest, TransportResponse
 from tissue_oracle.tools.errors import OracleError, OracleUnavailableError
 from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import ModelPrice, Usage
@@ -39,7 +43,9 @@ class AttemptPolicy:
     backoff_base_s: float = 0.5
     """First backoff wait; doubles per retry, with jitter."""
     backoff_max_s: float = 20.0
-    """Longest single wait, ``Retry-After`` included."""
+    """Longest single backoff wait when the server names none."""
+    retry_after_max_s: float = 120.0
+    """Longest wait honoured when the server names one; longer ones end the question."""
     rng: random.Random | None = None
     """Jitter source (seeded in tests)."""
 
@@ -47,7 +53,7 @@ class AttemptPolicy:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
         rng = self.rng or random
         if retry_after_s is not None:
-            return min(retry_after_s, self.backoff_max_s) * (1.0 + 0.1 * rng.random())
+            return min(retry_after_s, self.retry_after_max_s) * (1.0 + 0.1 * rng.random())
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
         return ceiling * (0.5 + 0.5 * rng.random())
 
@@ -83,6 +89,12 @@ async def attempt_question(
                 raise OracleUnavailableError(
                     f"{spec.backend}:{spec.model} refused the request: {error}"
                 ) from exc
+            wait = error.retry_after_s
+            if wait is not None and wait > policy.retry_after_max_s:
+                raise OracleError(
+                    f"{spec.backend}:{spec.model} asks to wait {wait:g} s before trying again, longer than "
+                    f"the {policy.retry_after_max_s:g} s a question waits; last problem: {last}"
+                ) from exc
             if attempt <= policy.retries:
                 await asyncio.sleep(policy.backoff(attempt, error.retry_after_s))
             sent, row_spec = request, spec
@@ -108,6 +120,10 @@ async def attempt_question(
         try:
             answer = validate(parse_json_text(response.text))
         except AnswerError as exc:
+            if response.hit_output_cap:
+                last = _cap_problem(response, sent)
+                row(row_spec, ok=False, error=last, latency_s=_since(started))
+                raise OracleError(f"{spec.backend}:{spec.model}: {last}") from exc
             last = f"unusable answer: {exc}"
             row(row_spec, ok=False, error=last, latency_s=_since(started))
             if repaired:
@@ -133,6 +149,19 @@ def _repair(
     )
     repaired_spec = replace(spec, template=rendered.name, template_hash=rendered.sha256)
     return replace(request, prompt=rendered.text), repaired_spec
+
+
+def _cap_problem(response: TransportResponse, request: TransportRequest) -> str:
+    """Why an answer was cut off, and what to change (retrying the same request can't help)."""
+    thinking = request.thinking.budget_tokens if request.thinking is not None else 0
+    spent = f"{response.output_tokens} output tokens"
+    if response.thought_tokens:
+        spent += f", {response.thought_tokens} of them thinking"
+    return (
+        f"output cap reached (finish reason {response.finish_reason!r}, {spent}; answer cap "
+        f"{request.max_tokens}, thinking allowance {thinking}) before a usable answer. Raise the "
+        "model's max_output_tokens or lower its thinking in the policy's models section."
+    )
 
 
 def _since(started: float) -> float:

@@ -1,4 +1,4 @@
-"""The attempt policy's backoff: exponential with jitter, Retry-After honoured, always capped."""
+"""The attempt policy's backoff: exponential with jitter, a server-named wait honoured, always capped."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from tissue_oracle.oracles.vlm_attempts import AttemptPolicy
         (3, None, 1.0, 2.0),
         (10, None, 2.0, 4.0),  # capped at backoff_max_s
         (1, 1.5, 1.5, 1.65),  # Retry-After wins over the exponential wait
-        (1, 60.0, 4.0, 4.4),  # ...but is capped too
+        (1, 60.0, 60.0, 66.0),  # ...even past backoff_max_s: the server knows its window (RetryInfo 53s)
+        (1, 500.0, 120.0, 132.0),  # ...up to retry_after_max_s (the loop gives up before waiting that long)
         (1, 0.0, 0.0, 0.0),
     ],
 )

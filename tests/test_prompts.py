@@ -24,11 +24,16 @@ def test_every_task_has_a_template() -> None:
 
 
 def test_render_fills_and_hashes_the_template() -> None:
-    out = prompts.render("ground_boxes", box_key="bbox_2d", box_format="[x1, y1, x2, y2]")
+    rule = "Coordinates are normalised to 0-1000 over the image."
+    out = prompts.render(
+        "ground_boxes", box_key="bbox_2d", box_format="[x1, y1, x2, y2]", coordinate_rule=rule
+    )
     assert '"bbox_2d": [x1, y1, x2, y2]' in out.text and "$" not in out.text
     assert out.name == "ground_boxes"
     assert out.sha256 == hashlib.sha256(prompts.template_text("ground_boxes").encode()).hexdigest()
-    again = prompts.render("ground_boxes", box_key="box_2d", box_format="[y1, x1, y2, x2]")
+    again = prompts.render(
+        "ground_boxes", box_key="box_2d", box_format="[y1, x1, y2, x2]", coordinate_rule=rule
+    )
     assert again.sha256 == out.sha256 and again.text != out.text
 
 
@@ -40,4 +45,4 @@ def test_unknown_name_lists_the_templates() -> None:
 
 def test_missing_variable_is_named() -> None:
     with pytest.raises(KeyError, match="box_format"):
-        prompts.render("ground_boxes", box_key="bbox_2d")
+        prompts.render("ground_boxes", box_key="bbox_2d", coordinate_rule="0-1000")
