@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 from tissue_oracle.policies.ledger import Amount, BudgetLedger, amount_of
 from tissue_oracle.policies.policy import Policy
+from tissue_oracle.policies.prices import image_token_bound
 from tissue_oracle.tools.errors import BudgetExceededError
 from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import (
@@ -42,17 +42,14 @@ from tissue_oracle.tools.schemas import (
     ReviewRequest,
 )
 
-# Vision encoders bill about one token per 28x28 pixels (Qwen2.5-VL; Qwen3-VL uses 32x32 and
-# Gemini 258 per 768x768 tile, both fewer), so this bounds every backend we price.
-_PIXELS_PER_IMAGE_TOKEN = 28 * 28
-_TOKENS_PER_IMAGE_OVERHEAD = 8
 # How often a reservation blocked by in-flight reservations looks again (seconds).
 _SETTLE_POLL_S = 0.005
 
 
-def image_tokens(height: int, width: int) -> int:
-    """Upper bound on the input tokens one ``height`` x ``width`` image costs."""
-    return math.ceil(height / 28) * math.ceil(width / 28) + _TOKENS_PER_IMAGE_OVERHEAD
+def image_tokens(height: int, width: int, spec: str = "") -> int:
+    """Upper bound on the input tokens one ``height`` x ``width`` image costs on ``spec``'s model
+    (``policies.prices.image_token_bound``: Qwen's 28 px rule, Gemini 3's 1120, OpenAI's tiles)."""
+    return image_token_bound(spec, height, width)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -69,10 +66,18 @@ class CallEstimator:
     """Output-token cap per question; 1024 where absent."""
     send_size: int | None = None
     """Patch images are downscaled to this side before sending (None: sent as they are)."""
+    spec: str = ""
+    """The backend spec answering, whose image-token rule bounds each image."""
 
     @classmethod
     def from_policy(
-        cls, policy: Policy, price: ModelPrice, *, attempts: int | None = None, output_cap: int | None = None
+        cls,
+        policy: Policy,
+        price: ModelPrice,
+        *,
+        attempts: int | None = None,
+        output_cap: int | None = None,
+        spec: str = "",
     ) -> CallEstimator:
         """Bounds from the policy; ``output_cap`` is the backend's own output-token cap, which
         then bounds every question (a VLM oracle applies one ``max_tokens`` to all of them)."""
@@ -91,13 +96,14 @@ class CallEstimator:
             attempts=attempts if attempts is not None else policy.classify.retries + 1,
             max_output_tokens=outputs,
             send_size=policy.classify.send_size,
+            spec=spec,
         )
 
     def _image(self, shape: tuple[int, ...], *, patch: bool) -> int:
         height, width = int(shape[0]), int(shape[1])
         if patch and self.send_size is not None:
             height, width = min(height, self.send_size), min(width, self.send_size)
-        return image_tokens(height, width)
+        return image_tokens(height, width, self.spec)
 
     def input_tokens(self, question: Question, req: Any) -> int:
         """Bound on one attempt's input tokens: prompt text plus every image the request carries."""
@@ -144,7 +150,7 @@ class TallyRecorder:
             if not record.cache_hit:
                 self.calls += 1
                 self.tokens += record.input_tokens + record.output_tokens
-                self.usd += record.cost_usd
+                self.usd += record.cost_usd or 0.0
 
     def cached_call(self, request_hash: str) -> CallRecord | None:
         return self.inner.cached_call(request_hash)

@@ -83,7 +83,8 @@ def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[R
                 policy,
                 oracles.prices[role],
                 attempts=oracles.attempts[role],
-                output_cap=getattr(oracle, "max_tokens", None),
+                output_cap=getattr(oracle, "output_token_cap", None),
+                spec=oracles.specs[role],
             ),
         )
         for role, oracle in oracles.by_role.items()

@@ -1,9 +1,15 @@
 """Roles to oracles: the policy's spec strings, overridden from the command line, built once per run.
 
 Roles are independent: the paper asks Qwen3-VL (through vLLM) for boxes and patch labels and
-Gemini for reviews, and any role can be any backend. Roles that name the same spec share one
-oracle, so a backend's bound on calls in flight holds across roles. ``replay:PATH`` needs the
-audit store and is built by ``agent.replay_setup``; everything else by the oracle registry.
+Gemini for reviews, and any role can be any backend. Roles that name the same spec (with the
+same call settings) share one oracle, so a backend's bound on calls in flight holds across
+roles. ``replay:PATH`` needs the audit store and is built by ``agent.replay_setup``; everything
+else by the oracle registry.
+
+A bare ``--base-url`` belongs to ``openai:`` specs only (a vLLM box speaks chat completions, not
+Gemini's ``generateContent``); ``gemini:`` uses ``gemini=URL``, else ``GOOGLE_GEMINI_BASE_URL``,
+else Google. Call settings (temperature, thinking, answer cap, price) come from the policy's
+``models`` and ``role_settings`` (``policies.model_settings``).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from typing import Any
 
 from tissue_oracle.oracles.cascade import with_cascade
 from tissue_oracle.oracles.routing import Routes, resolve_routes
+from tissue_oracle.policies.model_settings import ResolvedSettings, resolve_settings
 from tissue_oracle.policies.policy import Policy
-from tissue_oracle.policies.prices import FREE, FREE_BACKENDS, price_for, split_spec
+from tissue_oracle.policies.prices import FREE, FREE_BACKENDS, price_for, split_spec, unknown_price_advice
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import ModelPrice, Question, Role
@@ -39,6 +46,8 @@ class OracleSet:
     """Most attempts one question can make on each role's backend (for budget reservations)."""
     routes: Routes = field(default_factory=dict)
     """Questions a role's backend can't answer and the role that answers them (``oracles.routing``)."""
+    notes: list[str] = field(default_factory=list)
+    """Warnings for the user (e.g. a model whose price is unknown)."""
     _owned: list[Oracle] = field(default_factory=list, repr=False)
 
     def identities(self) -> dict[str, dict[str, Any]]:
@@ -89,11 +98,15 @@ def questions_asked(policy: Policy) -> dict[Role, set[Question]]:
 
 
 def base_url_for(spec: str, base_urls: Mapping[str, str] | None) -> str | None:
-    """``base_urls`` maps a backend (``openai``, ``gemini``) or ``*`` (every VLM backend) to a URL."""
+    """``base_urls`` maps a backend (``openai``, ``gemini``) or ``*`` (a bare URL) to a URL.
+
+    A bare URL serves ``openai:`` only; ``gemini:`` without its own URL returns None, so the SDK
+    uses ``GOOGLE_GEMINI_BASE_URL`` or Google's endpoint.
+    """
     backend, _ = split_spec(spec)
     if not base_urls or backend not in VLM_BACKENDS:
         return None
-    return base_urls.get(backend) or base_urls.get("*")
+    return base_urls.get(backend) or (base_urls.get("*") if backend == "openai" else None)
 
 
 def parse_base_urls(values: list[str] | None) -> dict[str, str]:
@@ -110,23 +123,39 @@ def parse_base_urls(values: list[str] | None) -> dict[str, str]:
     return urls
 
 
-def _vlm_options(policy: Policy) -> dict[str, Any]:
+def _vlm_options(policy: Policy, settings: ResolvedSettings) -> dict[str, Any]:
     """Transport settings from the policy. One patch-labels question is one call of
-    ``batch_size`` patches, and the output cap covers the longest answer any question needs."""
+    ``batch_size`` patches; the answer's cap covers the longest answer any question needs unless
+    the model's settings name one; each question sends images at its stage's size."""
     c = policy.classify
     return {
         "max_in_flight": c.max_in_flight,
         "retries": c.retries,
         "timeout_s": c.timeout_s,
         "image_max_side": c.send_size,
+        "image_sides": {
+            "boxes": policy.ground.send_size,
+            "patch_labels": c.send_size,
+            "rerank": c.send_size,
+            "points": policy.review.crop_size,
+            "review": policy.review.crop_size,
+        },
         "patch_batch": c.batch_size,
-        "max_tokens": max(
+        "temperature": settings.temperature,
+        "thinking": settings.thinking,
+        "max_tokens": settings.max_output_tokens
+        or max(
             c.max_tokens * c.batch_size,
             policy.ground.max_tokens,
             policy.review.max_tokens,
             policy.autocontext.max_tokens,
         ),
     }
+
+
+def settings_for(spec: str, policy: Policy, role: Role) -> ResolvedSettings:
+    """The call settings of ``role``'s model: family defaults, the policy's models, its role settings."""
+    return resolve_settings(spec, policy.models, policy.role_settings.get(role))
 
 
 def build_one(
@@ -153,8 +182,9 @@ def build_one(
 
         return build_replay_oracle(Path(argument), role, live), price_for(spec)
     base_url = base_url_for(spec, base_urls)
-    price = FREE if replaying else price_for(spec, base_url=base_url)
-    options = _vlm_options(policy) if backend in VLM_BACKENDS else {}
+    settings = settings_for(spec, policy, role)
+    price = FREE if replaying else price_for(spec, base_url=base_url, setting=settings.price)
+    options = _vlm_options(policy, settings) if backend in VLM_BACKENDS else {}
     return build_oracle(spec, base_url=base_url, price=price, **options), price
 
 
@@ -174,11 +204,17 @@ def build_oracles(
     by_role: dict[Role, Oracle] = {}
     prices: dict[Role, ModelPrice] = {}
     for role, spec in specs.items():
-        # A replay serves one role's recorded backend, so it is never shared between roles.
-        key = f"{role}|{spec}" if split_spec(spec)[0] == "replay" else spec
+        # A replay serves one role's recorded backend, so it is never shared between roles;
+        # roles calling one model with different settings get one oracle each.
+        key = (
+            f"{role}|{spec}"
+            if split_spec(spec)[0] == "replay"
+            else f"{spec}|{settings_for(spec, policy, role)}"
+        )
         if key not in built:
             built[key] = build_one(spec, policy, role=role, base_urls=base_urls)
         by_role[role], prices[role] = built[key]
+    notes = _check_prices(policy, specs, prices)
     owned = [oracle for oracle, _ in built.values()]
     if policy.cascade.enabled and policy.cascade.student:
         # Student first, the classifier only for unsure patches (oracles.cascade); built once per run.
@@ -195,5 +231,19 @@ def build_oracles(
             role: (1 if split_spec(spec)[0] in FREE_BACKENDS else policy.classify.retries + 1)
             for role, spec in specs.items()
         },
+        notes=notes,
         _owned=owned,
     )
+
+
+def _check_prices(policy: Policy, specs: Mapping[Role, str], prices: Mapping[Role, ModelPrice]) -> list[str]:
+    """Warnings for models with no known price; ``ConfigError`` when a USD cap could not bind."""
+    unknown = sorted({specs[role] for role, price in prices.items() if not price.known})
+    capped = policy.budgets.run.usd is not None or policy.budgets.slide.usd is not None
+    if unknown and capped:
+        raise ConfigError(
+            "a USD cap is set but "
+            + "; ".join(unknown_price_advice(spec) for spec in unknown)
+            + " Or drop the USD cap (--max-usd / budgets.*.usd)."
+        )
+    return [unknown_price_advice(spec) for spec in unknown]

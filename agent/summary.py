@@ -66,7 +66,7 @@ class StageTally:
                 s.calls += 1
                 s.input_tokens += record.input_tokens
                 s.output_tokens += record.output_tokens
-                s.usd += record.cost_usd
+                s.usd += record.cost_usd or 0.0
             s.failed += int(not record.ok)
 
     def cached_call(self, request_hash: str) -> CallRecord | None:

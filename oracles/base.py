@@ -210,7 +210,7 @@ def record_attempt(
     latency_s: float = 0.0,
     input_tokens: int = 0,
     output_tokens: int = 0,
-    cost_usd: float = 0.0,
+    cost_usd: float | None = 0.0,
     cache_hit: bool = False,
 ) -> CallRecord:
     """Write exactly one ``calls`` row for one attempt, and return it."""

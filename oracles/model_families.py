@@ -14,7 +14,10 @@ Sources (Google AI for Developers, "Gemini thinking", ai.google.dev/gemini-api/d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from tissue_oracle.oracles.transport import Thinking, ThinkingLevel
 
 ThinkingStyle = Literal["level", "budget", "none"]
 
@@ -50,3 +53,34 @@ def family_of(backend: str, model: str) -> ModelFamily:
         if name.startswith("gemini-2.5"):
             return ModelFamily(thinking="budget", thinks_by_default=True)
     return ModelFamily(thinking="none")
+
+
+#: Thinking room a model that thinks by default gets when no allowance is sent (Gemini's
+#: dynamic thinking goes "up to 8,192 tokens" by default on 2.5).
+DEFAULT_THOUGHT_ROOM = 8192
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThinkingPlan:
+    """What a Gemini request sends about thinking, and the output cap that leaves the answer room."""
+
+    level: ThinkingLevel | None
+    """``thinking_level`` to send (Gemini 3), or None."""
+    budget: int | None
+    """``thinking_budget`` to send (Gemini 2.5), or None."""
+    output_cap: int
+    """``max_output_tokens``: the answer's cap plus the thinking allowance."""
+
+
+def thinking_plan(backend: str, model: str, thinking: Thinking | None, answer_tokens: int) -> ThinkingPlan:
+    """Level or budget per family (never a budget below the family's minimum), and the output cap."""
+    family = family_of(backend, model)
+    if family.thinking == "none":
+        return ThinkingPlan(level=None, budget=None, output_cap=answer_tokens)
+    if thinking is None:
+        room = DEFAULT_THOUGHT_ROOM if family.thinks_by_default else 0
+        return ThinkingPlan(level=None, budget=None, output_cap=answer_tokens + room)
+    budget = max(thinking.budget_tokens, family.min_budget)
+    if family.thinking == "level":
+        return ThinkingPlan(level=thinking.level or "high", budget=None, output_cap=answer_tokens + budget)
+    return ThinkingPlan(level=None, budget=budget, output_cap=answer_tokens + budget)

@@ -24,7 +24,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tissue_oracle.oracles.model_families import family_of
+from tissue_oracle.oracles.model_families import thinking_plan
 from tissue_oracle.oracles.transport import (
     Thinking,
     TransportError,
@@ -132,22 +132,13 @@ _LEVELS = {
 def thinking_config(
     model: str, thinking: Thinking | None, answer_tokens: int
 ) -> tuple[types.ThinkingConfig | None, int]:
-    """The ``thinking_config`` for ``model`` and the output cap to send (answer + thinking room).
-
-    Gemini 3 gets a level, Gemini 2.5 a budget (never below the model's minimum: 2.5 Pro refuses
-    0), other models nothing. A model that thinks by default gets room for thoughts even when no
-    setting is sent, since its thoughts would otherwise eat the answer's cap.
-    """
-    family = family_of("gemini", model)
-    if family.thinking == "none":
-        return None, answer_tokens
-    if thinking is None:
-        return None, answer_tokens + (8192 if family.thinks_by_default else 0)
-    budget = max(thinking.budget_tokens, family.min_budget)
-    if family.thinking == "level":
-        level = _LEVELS[thinking.level or "high"]
-        return types.ThinkingConfig(thinking_level=level), answer_tokens + budget
-    return types.ThinkingConfig(thinking_budget=budget), answer_tokens + budget
+    """The ``thinking_config`` for ``model`` and the output cap to send (``model_families.thinking_plan``)."""
+    plan = thinking_plan("gemini", model, thinking, answer_tokens)
+    if plan.level is not None:
+        return types.ThinkingConfig(thinking_level=_LEVELS[plan.level]), plan.output_cap
+    if plan.budget is not None:
+        return types.ThinkingConfig(thinking_budget=plan.budget), plan.output_cap
+    return None, plan.output_cap
 
 
 def _answer_text(response: types.GenerateContentResponse) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 from tissue_oracle import prompts
 from tissue_oracle.oracles import answers, base
 from tissue_oracle.oracles.base import AnswerT, CallSpec, EncodedImage, ImageFormat, WireCodec
+from tissue_oracle.oracles.model_families import thinking_plan
 from tissue_oracle.oracles.profiles import ImageFrame, ModelProfile, profile_for_model, smart_resize
 from tissue_oracle.oracles.transport import Thinking, Transport, TransportRequest
 from tissue_oracle.oracles.vlm_attempts import AttemptPolicy, attempt_question
@@ -103,6 +104,11 @@ class VLMOracle:
         self.backend = self.transport.name
         if self.max_in_flight < 1 or self.retries < 0 or self.patch_batch < 1:
             raise ConfigError("max_in_flight and patch_batch must be >= 1 and retries >= 0.")
+
+    @property
+    def output_token_cap(self) -> int:
+        """Most output tokens one request can bill: the answer's cap plus any thinking room."""
+        return thinking_plan(self.backend, self.model, self.thinking, self.max_tokens).output_cap
 
     # ------------------------------------------------------------------ plumbing
 

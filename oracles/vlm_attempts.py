@@ -104,9 +104,9 @@ async def attempt_question(
             last = f"{transport.name}: unexpected {type(exc).__name__}: {exc}"
             record_attempt(ctx, row_spec, ok=False, attempt=attempt, error=last, latency_s=_since(started))
             raise OracleError(f"{spec.backend}:{spec.model} failed: {last}") from exc
-        cost = price.cost(response.input_tokens, response.output_tokens) if price else 0.0
+        cost = price.recorded_cost(response.input_tokens, response.output_tokens) if price else 0.0
         usage = usage + Usage(
-            calls=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=cost
+            calls=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=cost or 0.0
         )
         row = functools.partial(
             record_attempt,

@@ -19,7 +19,9 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tissue_oracle.policies.model_settings import ModelSettings
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.schemas import Role
 
 #: Policies shipped as package data, by name.
 BUILTIN_POLICIES: tuple[str, ...] = ("paper", "default")
@@ -64,6 +66,8 @@ class GroundParams(_Section):
     """Re-asks for boxes before falling back to one whole-slide box."""
     max_tokens: int = Field(default=1024, ge=16)
     """Output-token cap of one boxes call."""
+    send_size: int = Field(default=1024, ge=64, le=4096)
+    """Long side in pixels of the thumbnail sent for grounding (the seed's 1024)."""
 
 
 class ClusterParams(_Section):
@@ -87,7 +91,6 @@ class ClassifyParams(_Section):
     """Patches per patch-labels question."""
     max_in_flight: int = Field(default=16, ge=1, le=1024)
     """Oracle questions in flight at once, per slide."""
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(default=256, ge=16)
     """Output-token cap of one patch-labels call."""
     retries: int = Field(default=3, ge=0, le=10)
@@ -102,7 +105,7 @@ class ReviewParams(_Section):
     max_rounds: int = Field(default=1, ge=0, le=10)
     """Auto-context rounds per region before escalating to a human."""
     crop_size: int = Field(default=1024, ge=64, le=8192)
-    """Long side in pixels of the region crop the reviewer sees."""
+    """Long side in pixels of the region crop the reviewer sees (and point grounding is sent)."""
     max_tokens: int = Field(default=512, ge=16)
     on_review_failure: Literal["escalate", "accept"] = "escalate"
     """What to do with a region whose review call failed."""
@@ -196,6 +199,10 @@ class Policy(_Section):
     budgets: Budgets = Field(default_factory=Budgets)
     cascade: CascadeParams = Field(default_factory=CascadeParams)
     planner: PlannerParams = Field(default_factory=PlannerParams)
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    """Call settings per model: spec glob (``gemini:gemini-3*``) -> temperature, thinking, cap, price."""
+    role_settings: dict[Role, ModelSettings] = Field(default_factory=dict)
+    """Call settings per role, over ``models`` (e.g. the reviewer's temperature)."""
 
     def to_yaml(self) -> str:
         """Canonical YAML: sorted keys, every field written, so equal policies hash equal."""

@@ -146,7 +146,7 @@ def test_usd_and_token_caps_hold_over_the_wire(
     monkeypatch.setenv("GEMINI_API_KEY", "fake-key-for-loopback")
     policy = base_policy(
         **{
-            "roles.oracle": "openai:gpt-4o-mini",
+            "roles.oracle": "openai:gpt-4.1-nano",  # images: 32 px patches x 2.46
             "roles.reviewer": "gemini:gemini-2.5-flash",
             "budgets.slide.usd": slide_usd,
             "budgets.run.usd": run_usd,
@@ -157,7 +157,7 @@ def test_usd_and_token_caps_hold_over_the_wire(
         }
     )
     with (
-        start_server("openai", profile=profile_for_model("gpt-4o-mini")) as openai_server,
+        start_server("openai", profile=profile_for_model("gpt-4.1-nano")) as openai_server,
         start_server("gemini") as gemini_server,
     ):
         urls = {"openai": openai_server.base_url, "gemini": gemini_server.base_url}  # type: ignore[attr-defined]

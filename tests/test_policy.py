@@ -20,7 +20,7 @@ def test_builtin_policies_load_and_carry_the_paper_stage_parameters(name: str) -
     assert (policy.ground.max_box_fraction, policy.ground.retries) == (0.6, 3)
     assert (policy.cluster.k_global, policy.cluster.k_local) == (2, 3)
     assert (policy.classify.patch_size, policy.classify.gate_fraction) == (512, 0.05)
-    assert (policy.classify.temperature, policy.classify.max_tokens) == (0.0, 256)
+    assert (policy.classify.max_tokens, policy.ground.send_size) == (256, 1024)
     assert (policy.classify.max_in_flight, policy.classify.timeout_s) == (16, 120.0)
     assert policy.autocontext.top_k == 1
     assert (policy.clean.min_tissue_patches, policy.clean.max_hole_patches) == (8, 10)

@@ -366,7 +366,8 @@ class CallRecord(BaseModel):
     latency_s: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0
+    """USD of this attempt; None when the model's price is unknown."""
     cache_hit: bool = False
     started_at: datetime = Field(default_factory=datetime.now)
 
@@ -417,9 +418,16 @@ class ModelPrice(BaseModel):
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    known: bool = True
+    """False when no price is known: calls are recorded with cost unknown (``None``)."""
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """USD of one call (0 when the price is unknown; see :meth:`recorded_cost`)."""
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+    def recorded_cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        """What a call row records: the cost, or None when the price is unknown."""
+        return self.cost(input_tokens, output_tokens) if self.known else None
 
 
 # --------------------------------------------------------------------------- recorder seam

@@ -150,7 +150,7 @@ def cost_of(calls: list[CallRecord]) -> dict[str, float | int]:
         "calls": len(paid),
         "input_tokens": sum(c.input_tokens for c in paid),
         "output_tokens": sum(c.output_tokens for c in paid),
-        "usd": float(sum(c.cost_usd for c in paid)),
+        "usd": float(sum(c.cost_usd or 0.0 for c in paid)),
     }
 
 
