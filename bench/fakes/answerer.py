@@ -16,7 +16,7 @@ from PIL import Image
 
 from tissue_oracle.oracles.classical import typicality
 from tissue_oracle.oracles.evidence import patch_evidence
-from tissue_oracle.oracles.profiles import ModelProfile
+from tissue_oracle.oracles.profiles import ModelProfile, smart_resize
 from tissue_oracle.oracles.regions import crop_points, mask_agreement, section_boxes
 from tissue_oracle.tools.schemas import grade_from_percent
 
@@ -45,13 +45,35 @@ def _labels_wanted(schema: dict[str, Any]) -> int:
     return int(labels.get("maxItems") or labels.get("max_items") or 1)
 
 
+def _scale(profile: ModelProfile, image: np.ndarray) -> tuple[float, float]:
+    """Full-scale values of x and y: 1000, or (Qwen2.5-VL) the pixels of the image its processor
+    made, after ``smart_resize`` (QwenLM/Qwen2.5-VL#676: "absolute coordinates based on the
+    actual input size of the image ... the size after processor")."""
+    if profile.scale == "norm1000":
+        return 1000.0, 1000.0
+    height, width = smart_resize(*image.shape[:2])
+    return float(width), float(height)
+
+
 def _box(profile: ModelProfile, x0: float, y0: float, x1: float, y1: float) -> list[int]:
+    """A box in model units, in the profile's order."""
     xyxy = [round(v) for v in (x0, y0, x1, y1)]
     return xyxy if profile.box_order == "xyxy" else [xyxy[1], xyxy[0], xyxy[3], xyxy[2]]
 
 
 def _point(profile: ModelProfile, x: float, y: float) -> list[int]:
     return [round(x), round(y)] if profile.point_order == "xy" else [round(y), round(x)]
+
+
+def _item_key(schema: dict[str, Any], list_key: str, default: str) -> str:
+    """The coordinate key the request's schema demands (a structured-output server obeys it)."""
+    try:
+        props = schema["properties"][list_key]["items"]["properties"]
+    except (KeyError, TypeError):
+        return default
+    # Only a lone array-valued property is a coordinate key; else keep the profile's own.
+    arrays = [k for k, v in props.items() if str(dict(v).get("type", "")).upper() == "ARRAY"]
+    return arrays[0] if len(arrays) == 1 else default
 
 
 def answer(
@@ -61,15 +83,12 @@ def answer(
     if question == "boxes":
         image = images[0]
         h, w = image.shape[:2]
+        sx, sy = _scale(profile, image)
+        key = _item_key(schema, "boxes", profile.box_key)
         boxes = section_boxes(image)
         return {
             "boxes": [
-                {
-                    profile.box_key: _box(
-                        profile, 1000 * x0 / w, 1000 * y0 / h, 1000 * x1 / w, 1000 * y1 / h
-                    ),
-                    "label": "tissue",
-                }
+                {key: _box(profile, sx * x0 / w, sy * y0 / h, sx * x1 / w, sy * y1 / h), "label": "tissue"}
                 for x0, y0, x1, y1 in boxes
             ]
         }
@@ -87,12 +106,11 @@ def answer(
         found = re.search(r"up to (\d+) points", prompt)
         per_class = int(found.group(1)) if found else 3
         tissue, background = crop_points(image, per_class)
+        sx, sy = _scale(profile, image)
+        key = _item_key(schema, "points", profile.point_key)
         return {
             "points": [
-                {
-                    profile.point_key: _point(profile, 1000 * (x + 0.5) / w, 1000 * (y + 0.5) / h),
-                    "label": label,
-                }
+                {key: _point(profile, sx * (x + 0.5) / w, sy * (y + 0.5) / h), "label": label}
                 for label, pts in (("tissue", tissue), ("background", background))
                 for x, y in pts
             ]

@@ -28,7 +28,7 @@ def start_server(family: str, **options: object) -> FakeServer:
     return cls(**options).start()  # type: ignore[arg-type]
 
 
-def oracle_for(family: str, server: FakeServer, **options: Any) -> VLMOracle:
+def oracle_for(family: str, server: FakeServer, *, model: str | None = None, **options: Any) -> VLMOracle:
     """An oracle built through the registry, pointed at the fake server, with fast test timings."""
     settings: dict[str, Any] = {
         "timeout_s": 1.0,
@@ -37,7 +37,8 @@ def oracle_for(family: str, server: FakeServer, **options: Any) -> VLMOracle:
         "retries": 3,
     }
     settings.update(options)
-    oracle = build_oracle(f"{family}:{MODELS[family]}", base_url=server.base_url, **settings)
+    spec = f"{family}:{model or MODELS[family]}"
+    oracle = build_oracle(spec, base_url=server.base_url, **settings)
     assert isinstance(oracle, VLMOracle)
     return oracle
 

@@ -9,7 +9,15 @@ profile's key names and coordinate order. Faults are queued per request with :me
 
     latency, rate_limit (429 + Retry-After), server_error (500), hang (sleep past the client's
     timeout), truncated (JSON cut short), invalid_json, wrong_keys, out_of_range, empty,
-    unauthorized (401, not retryable)
+    unauthorized (401, not retryable), length (answer cut by the output cap: OpenAI/vLLM
+    ``finish_reason: "length"``, Gemini ``MAX_TOKENS``), quota_window (Gemini's 429 with the wait
+    in ``google.rpc.RetryInfo.retryDelay`` and no Retry-After header; every request inside the
+    window is refused again), daily_quota (Gemini's 429 naming a per-day ``QuotaFailure``)
+
+Standing behaviours of the real services, set per server (each cites its public source where it
+is implemented): ``thought_tokens`` (Gemini thinking that counts against ``maxOutputTokens``),
+``max_images`` (vLLM's ``--limit-mm-per-prompt``), a 404 for any path the service doesn't
+serve, and the Qwen2.5-VL profile answering in absolute pixels of its processor's image.
 
 A threaded ``http.server`` on an ephemeral port; ``start()``/``stop()`` or a ``with`` block.
 """
@@ -40,6 +48,9 @@ Fault = Literal[
     "out_of_range",
     "empty",
     "unauthorized",
+    "length",
+    "quota_window",
+    "daily_quota",
 ]
 FAULTS: tuple[Fault, ...] = get_args(Fault)
 
@@ -56,6 +67,9 @@ class Parsed:
     prompt: str
     images: list[bytes]
     schema: dict[str, Any]
+    max_output_tokens: int | None = None
+    thinking: dict[str, Any] = field(default_factory=dict)
+    temperature: float | None = None
 
 
 @dataclass
@@ -67,11 +81,18 @@ class FakeServer:
     retry_after_s: float = 0.05
     hang_s: float = 2.0
     analyse: bool = True
+    retry_delay_s: float = 0.5
+    """Window a ``quota_window`` 429 asks the client to wait (RetryInfo.retryDelay)."""
+    thought_tokens: int = 0
+    """Tokens a thinking model spends thinking before it answers (0: it doesn't think)."""
+    max_images: int | None = None
+    """Images one prompt may carry (vLLM ``--limit-mm-per-prompt``); None: no limit."""
     requests: int = 0
     in_flight: int = 0
     max_in_flight_seen: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
     _faults: deque[Fault] = field(default_factory=deque)
+    _blocked_until: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _httpd: ThreadingHTTPServer | None = None
 
@@ -135,6 +156,23 @@ class FakeServer:
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    def not_found_body(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def serves(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def refusal(self, parsed: Parsed) -> tuple[int, dict[str, Any]] | None:
+        """A standing refusal of this request by the service's own rules, or None."""
+        return None
+
+    def thinking_spent(self, parsed: Parsed) -> int:
+        """Thought tokens this request spends (they count against its output cap)."""
+        return 0
+
+    def quota_body(self, *, daily: bool, delay_s: float) -> dict[str, Any]:
+        return self.error_body(429, "rate limited, slow down")
+
     # ------------------------------------------------------------------ handling
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
@@ -153,6 +191,11 @@ class FakeServer:
         with self._lock:
             self.requests += 1
             fault = self._faults.popleft() if self._faults else None
+        if not self.serves(handler.path):
+            with self._lock:
+                self.log.append({"question": "unknown", "fault": fault, "path": handler.path, "n_images": 0})
+            self._send(handler, 404, self.not_found_body())
+            return
         try:
             parsed = self.parse(handler.path, json.loads(raw))
         except (KeyError, ValueError, TypeError) as exc:
@@ -161,9 +204,33 @@ class FakeServer:
         question = answerer.question_of(parsed.schema)
         with self._lock:
             self.log.append(
-                {"question": question, "fault": fault, "path": handler.path, "n_images": len(parsed.images)}
+                {
+                    "question": question,
+                    "fault": fault,
+                    "path": handler.path,
+                    "n_images": len(parsed.images),
+                    "max_output_tokens": parsed.max_output_tokens,
+                    "thinking": parsed.thinking,
+                    "temperature": parsed.temperature,
+                }
             )
         time.sleep(self.latency_s + (0.3 if fault == "latency" else 0.0))
+        refused = self.refusal(parsed)
+        if refused is not None:
+            self._send(handler, *refused)
+            return
+        now = time.monotonic()
+        if fault == "quota_window" or now < self._blocked_until:
+            # Per-minute quota: refused until the window ends, however often the client asks.
+            with self._lock:
+                if fault == "quota_window":
+                    self._blocked_until = now + self.retry_delay_s
+                remaining = self._blocked_until - now
+            self._send(handler, 429, self.quota_body(daily=False, delay_s=remaining))
+            return
+        if fault == "daily_quota":
+            self._send(handler, 429, self.quota_body(daily=True, delay_s=33.0))
+            return
         if fault == "hang":
             time.sleep(self.hang_s)
             handler.close_connection = True
@@ -180,7 +247,19 @@ class FakeServer:
             return
         text = self._answer_text(question, parsed, fault)
         tokens_in = len(parsed.prompt) // 4 + 258 * len(parsed.images)
-        self._send(handler, 200, self.envelope(parsed.model, text, tokens_in, max(1, len(text) // 4)))
+        thoughts = self.thinking_spent(parsed)
+        answer_tokens = max(1, len(text) // 4)
+        cap = parsed.max_output_tokens
+        finish = "stop"
+        if fault == "length" or (cap is not None and thoughts + answer_tokens > cap):
+            # The cap counts thoughts and answer together; what doesn't fit is cut
+            # (python-genai#811: empty text, MAX_TOKENS, billed; OpenAI: finish_reason "length").
+            room = 0 if cap is None else max(0, cap - thoughts)
+            thoughts = thoughts if cap is None else min(thoughts, cap)
+            text = text[: room * 4] if fault != "length" else text[: len(text) // 2]
+            answer_tokens, finish = len(text) // 4, "length"
+        body = self.envelope(parsed.model, text, tokens_in, answer_tokens, thoughts=thoughts, finish=finish)
+        self._send(handler, 200, body)
 
     def _answer_text(self, question: str, parsed: Parsed, fault: Fault | None) -> str:
         images = [answerer.decode(b) for b in parsed.images] if self.analyse else []
@@ -278,9 +357,27 @@ class FakeOpenAIServer(FakeServer):
     def base_url(self) -> str:
         return f"{self.root}/v1"
 
+    def serves(self, path: str) -> bool:
+        return path.split("?")[0].rstrip("/") == "/v1/chat/completions"
+
+    def not_found_body(self) -> dict[str, Any]:
+        # vLLM's server is FastAPI: an unrouted path is a 404 with Starlette's default body.
+        return {"detail": "Not Found"}
+
+    def refusal(self, parsed: Parsed) -> tuple[int, dict[str, Any]] | None:
+        if self.max_images is not None and len(parsed.images) > self.max_images:
+            # vLLM's wording and error shape (vllm-project/vllm#13513).
+            message = f"At most {self.max_images} image(s) may be provided in one request."
+            return 400, {
+                "object": "error",
+                "message": message,
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+        return None
+
     def parse(self, path: str, body: dict[str, Any]) -> Parsed:
-        if not path.rstrip("/").endswith("/chat/completions"):
-            raise ValueError(f"unknown path {path}")
         prompt, images = "", []
         for part in body["messages"][-1]["content"]:
             if part["type"] == "text":
@@ -288,21 +385,38 @@ class FakeOpenAIServer(FakeServer):
             elif part["type"] == "image_url":
                 images.append(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))
         schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
-        return Parsed(model=body["model"], prompt=prompt, images=images, schema=schema)
+        cap = body.get("max_tokens") or body.get("max_completion_tokens")
+        return Parsed(
+            model=body["model"],
+            prompt=prompt,
+            images=images,
+            schema=schema,
+            max_output_tokens=cap,
+            temperature=body.get("temperature"),
+        )
 
-    def envelope(self, model: str, text: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    def envelope(
+        self,
+        model: str,
+        text: str,
+        tokens_in: int,
+        tokens_out: int,
+        *,
+        thoughts: int = 0,
+        finish: str = "stop",
+    ) -> dict[str, Any]:
         return {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
             ],
             "usage": {
                 "prompt_tokens": tokens_in,
-                "completion_tokens": tokens_out,
-                "total_tokens": tokens_in + tokens_out,
+                "completion_tokens": tokens_out + thoughts,
+                "total_tokens": tokens_in + tokens_out + thoughts,
             },
         }
 
@@ -320,6 +434,54 @@ class FakeGeminiServer(FakeServer):
     def base_url(self) -> str:
         return self.root
 
+    def serves(self, path: str) -> bool:
+        return re.fullmatch(r"/v1(beta|alpha)?/models/[^/:]+:generateContent", path.split("?")[0]) is not None
+
+    def not_found_body(self) -> dict[str, Any]:
+        return {"error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}}
+
+    def refusal(self, parsed: Parsed) -> tuple[int, dict[str, Any]] | None:
+        # Budget 0 on a model that can't stop thinking, and budget with level, are 400s
+        # (ai.google.dev/gemini-api/docs/thinking; the quoted messages from snailyp/gemini-balance#206
+        # and sterlp/eclipse-peon-ai#115).
+        budget, level = parsed.thinking.get("thinkingBudget"), parsed.thinking.get("thinkingLevel")
+        if budget is not None and level is not None:
+            return 400, self.error_body(
+                400, "You can only set only one of thinking budget and thinking level."
+            )
+        if budget == 0 and parsed.model.startswith(("gemini-2.5-pro", "gemini-3-pro")):
+            return 400, self.error_body(400, "Budget 0 is invalid. This model only works in thinking mode.")
+        if level is not None and not parsed.model.startswith("gemini-3"):
+            return 400, self.error_body(400, "Thinking level is not supported for this model.")
+        return None
+
+    def thinking_spent(self, parsed: Parsed) -> int:
+        # Thinking models think by default (2.5 Pro and 3 can't stop); a budget bounds it.
+        budget = parsed.thinking.get("thinkingBudget")
+        return self.thought_tokens if budget is None else min(self.thought_tokens, int(budget))
+
+    def quota_body(self, *, daily: bool, delay_s: float) -> dict[str, Any]:
+        # The Gemini API's 429 body (python-genai#1875, #2044): QuotaFailure + RetryInfo, no header.
+        quota = (
+            "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+            if daily
+            else "GenerateRequestsPerMinutePerProjectPerModel"
+        )
+        body = self.error_body(429, f"You exceeded your current quota. Please retry in {delay_s:.3f}s.")
+        body["error"]["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                        "quotaId": quota,
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{max(1, round(delay_s))}s"},
+        ]
+        return body
+
     def parse(self, path: str, body: dict[str, Any]) -> Parsed:
         found = re.search(r"/models/([^/:]+):generateContent", path)
         if not found:
@@ -334,19 +496,60 @@ class FakeGeminiServer(FakeServer):
                 images.append(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
         config = body.get("generationConfig", {})
         schema = config.get("responseSchema") or config.get("response_schema") or {}
-        return Parsed(model=found.group(1), prompt=prompt, images=images, schema=schema)
+        return Parsed(
+            model=found.group(1),
+            prompt=prompt,
+            images=images,
+            schema=schema,
+            max_output_tokens=config.get("maxOutputTokens"),
+            thinking=_camel_keys(config.get("thinkingConfig") or config.get("thinking_config") or {}),
+            temperature=config.get("temperature"),
+        )
 
-    def envelope(self, model: str, text: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    def envelope(
+        self,
+        model: str,
+        text: str,
+        tokens_in: int,
+        tokens_out: int,
+        *,
+        thoughts: int = 0,
+        finish: str = "stop",
+    ) -> dict[str, Any]:
+        parts = [{"text": text}] if text else []
+        usage = {
+            "promptTokenCount": tokens_in,
+            "candidatesTokenCount": tokens_out,
+            "totalTokenCount": tokens_in + tokens_out + thoughts,
+        }
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
         return {
-            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
-            "usageMetadata": {
-                "promptTokenCount": tokens_in,
-                "candidatesTokenCount": tokens_out,
-                "totalTokenCount": tokens_in + tokens_out,
-            },
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": parts},
+                    "finishReason": "MAX_TOKENS" if finish == "length" else "STOP",
+                }
+            ],
+            "usageMetadata": usage,
             "modelVersion": model,
         }
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
-        names = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED"}
+        names = {
+            429: "RESOURCE_EXHAUSTED",
+            500: "INTERNAL",
+            400: "INVALID_ARGUMENT",
+            401: "UNAUTHENTICATED",
+            404: "NOT_FOUND",
+        }
         return {"error": {"code": status, "message": message, "status": names.get(status, "UNKNOWN")}}
+
+
+def _camel_keys(value: dict[str, Any]) -> dict[str, Any]:
+    """Proto JSON accepts ``thinking_budget`` and ``thinkingBudget`` alike; the fake reads camelCase."""
+    out = {}
+    for key, item in value.items():
+        head, *rest = key.split("_")
+        out[head + "".join(part.title() for part in rest)] = item
+    return out
