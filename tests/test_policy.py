@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tissue_oracle.policies.policy import BUILTIN_POLICIES, Policy, load_policy
-from tissue_oracle.policies.prices import price_for
+from tissue_oracle.policies.prices import image_token_bound, price_for
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.schemas import ModelPrice
 
 
 @pytest.mark.parametrize("name", BUILTIN_POLICIES)
@@ -92,10 +93,39 @@ def test_overrides_are_validated_and_unknown_fields_rejected() -> None:
 
 def test_prices() -> None:
     assert price_for("classical").cost(10**6, 10**6) == 0
-    assert price_for("openai:Qwen/Qwen3-VL-8B-Instruct", base_url="http://127.0.0.1:8000/v1").cost(1, 1) == 0
     pro = price_for("gemini:gemini-2.5-pro")
-    assert pro.cost(1_000_000, 100_000) == pytest.approx(1.25 + 1.0)
+    assert pro.known and pro.cost(1_000_000, 100_000) == pytest.approx(1.25 + 1.0)  # base tier
     assert price_for("gemini:gemini-2.5-pro-preview-06-05") == pro
     assert price_for("gemini:gemini-2.5-flash-lite") != price_for("gemini:gemini-2.5-flash")
-    with pytest.raises(ConfigError, match="no price"):
-        price_for("gemini:gemini-9-ultra")
+    assert price_for("gemini:gemini-3-pro-preview").known  # the seed's Gemini 3 models are priced
+    # A model nobody prices is unknown (recorded as cost None), not refused and not free...
+    unknown = price_for("openai:Qwen/Qwen3-VL-8B-Instruct", base_url="http://127.0.0.1:8000/v1")
+    assert not unknown.known and unknown.recorded_cost(10, 10) is None
+    assert not price_for("gemini:gemini-9-ultra").known
+    # ...unless the user says it is self-hosted, or gives its price.
+    assert price_for("openai:Qwen/x", base_url="http://h/v1", setting="self-hosted").recorded_cost(9, 9) == 0
+    given = ModelPrice(input_per_mtok=1.0, output_per_mtok=2.0)
+    assert price_for("openai:Qwen/x", base_url="http://h/v1", setting=given) == given
+    # A gateway relaying a hosted model is priced, not $0 (the USD cap must bind).
+    assert price_for("openai:gpt-4o-mini", base_url="http://127.0.0.1:9/v1").input_per_mtok > 0
+
+
+def test_unknown_price_is_refused_only_under_a_usd_cap() -> None:
+    from tissue_oracle.agent.oracle_setup import build_oracles
+
+    policy = load_policy("default").with_updates({"roles.oracle": "openai:Qwen/Qwen3-VL-8B-Instruct"})
+    oracles = build_oracles(policy, base_urls={"*": "http://127.0.0.1:9/v1"})
+    assert oracles.notes and "self-hosted" in oracles.notes[0]
+    with pytest.raises(ConfigError, match="USD cap"):
+        build_oracles(policy.with_updates({"budgets.run.usd": 1.0}), base_urls={"*": "http://127.0.0.1:9/v1"})
+    hosted = policy.with_updates(
+        {"budgets.run.usd": 1.0, "models": {"openai:Qwen/*": {"price": "self-hosted"}}}
+    )
+    assert build_oracles(hosted, base_urls={"*": "http://127.0.0.1:9/v1"}).notes == []
+
+
+def test_image_token_bound_covers_each_priced_family() -> None:
+    assert image_token_bound("gemini:gemini-3-pro-preview", 512, 512) >= 1120  # default media resolution
+    assert image_token_bound("openai:gpt-4o-mini", 512, 512) >= 2833 + 5667
+    assert image_token_bound("openai:gpt-4o", 1024, 1024) >= 765  # OpenAI's own example
+    assert image_token_bound("openai:Qwen/x", 512, 512) >= (512 // 28) ** 2
