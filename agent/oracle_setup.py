@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tissue_oracle.agent.call_settings import ResolvedSettings, resolve_settings
 from tissue_oracle.oracles.cascade import with_cascade
 from tissue_oracle.oracles.routing import Routes, resolve_routes
-from tissue_oracle.policies.model_settings import ResolvedSettings, resolve_settings
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.policies.prices import FREE, FREE_BACKENDS, price_for, split_spec, unknown_price_advice
 from tissue_oracle.tools.errors import ConfigError

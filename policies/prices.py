@@ -43,7 +43,9 @@ def _table_cost(model: str, provider: str | None, url: str | None, inp: int, out
     from genai_prices import Usage, calc_price
 
     usage = Usage(input_tokens=inp, output_tokens=out)
-    return calc_price(usage, model_ref=model, provider_id=provider, provider_api_url=url).total_price
+    if url is not None:
+        return calc_price(usage, model_ref=model, provider_api_url=url).total_price
+    return calc_price(usage, model_ref=model, provider_id=provider).total_price
 
 
 def table_price(backend: str, model: str, *, base_url: str | None = None) -> ModelPrice | None:

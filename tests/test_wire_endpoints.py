@@ -19,10 +19,10 @@ from tissue_oracle.agent.oracle_setup import build_oracles, parse_base_urls
 from tissue_oracle.bench.fakes import fixtures
 from tissue_oracle.bench.fakes.server import FakeGeminiServer, FakeOpenAIServer
 from tissue_oracle.oracles.profiles import PROFILES
-from tissue_oracle.oracles.protocol import CallContext
 from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import OracleError, OracleUnavailableError
+from tissue_oracle.tools.oracle_protocol import CallContext
 
 
 @pytest.fixture(autouse=True)

@@ -150,7 +150,16 @@ class FakeServer:
     def parse(self, path: str, body: dict[str, Any]) -> Parsed:
         raise NotImplementedError
 
-    def envelope(self, model: str, text: str, tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    def envelope(
+        self,
+        model: str,
+        text: str,
+        tokens_in: int,
+        tokens_out: int,
+        *,
+        thoughts: int = 0,
+        finish: str = "stop",
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
