@@ -26,13 +26,12 @@ from tissue_oracle.oracles.routing import Routes, resolve_routes
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.policies.prices import FREE, FREE_BACKENDS, price_for, split_spec, unknown_price_advice
 from tissue_oracle.tools.errors import ConfigError
-from tissue_oracle.tools.oracle_protocol import Oracle
+from tissue_oracle.tools.oracle_protocol import VLM_BACKENDS, Oracle
 from tissue_oracle.tools.schemas import ModelPrice, Question, Role
 
 #: The roles the controller asks; ``planner`` drives tools and is built by the planner itself.
 CONTROLLER_ROLES: tuple[Role, ...] = ("oracle", "classifier", "reviewer")
 #: Backends that speak to a model server and take transport options from the policy.
-VLM_BACKENDS: frozenset[str] = frozenset({"openai", "gemini"})
 
 
 @dataclass(kw_only=True)

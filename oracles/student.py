@@ -9,7 +9,6 @@ and grades no focus (``focus`` is None).
 
 from __future__ import annotations
 
-import hashlib
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tissue_oracle.oracles.base import (
     sha256_hex,
 )
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.hashing import sha256_file
 from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     STUDENT_CHECKPOINT_FORMAT,
@@ -68,7 +68,7 @@ class StudentOracle:
         self.spec = spec
         self.device = device
         self.batch_size = batch_size
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
         self.model = f"{spec.arch}@{digest[:12]}"
         """Names the exact weights, so cached answers never cross between students."""
         net = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes)

@@ -19,7 +19,6 @@ results), and the coordinator calls :func:`merge_shards` as they arrive and once
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import threading
@@ -34,6 +33,7 @@ from tissue_oracle.store import rows as R
 from tissue_oracle.store.audit_store import AuditStore
 from tissue_oracle.store.schema import TABLES, migrate
 from tissue_oracle.store.scrub import Scrubber
+from tissue_oracle.tools.hashing import sha256_file
 from tissue_oracle.tools.schemas import (
     CallRecord,
     CallRecorder,
@@ -154,14 +154,6 @@ class ShardWriter:
             os.replace(tmp, final)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def merge_shards(store: AuditStore, shard_dir: Path) -> int:
     """Load every shard in ``shard_dir`` not merged before into ``store``; return how many were loaded.
 
@@ -170,7 +162,7 @@ def merge_shards(store: AuditStore, shard_dir: Path) -> int:
     """
     store.flush()
     shards = sorted((key, p) for p in shard_dir.glob("*-*-*.parquet") if (key := _shard_key(p)) is not None)
-    pending = [(p, _sha256(p)) for _, p in shards]
+    pending = [(p, sha256_file(p)) for _, p in shards]
     return store.query(lambda conn: sum(_merge_one(conn, path, digest) for path, digest in pending))
 
 

@@ -27,12 +27,12 @@ from pydantic import BaseModel, Field
 from tissue_oracle.tools import distil_data as data
 from tissue_oracle.tools import distil_train as fit
 from tissue_oracle.tools.errors import ConfigError, StoreError
+from tissue_oracle.tools.oracle_protocol import VLM_BACKENDS
 from tissue_oracle.tools.schemas import STUDENT_CHECKPOINT_FORMAT, StudentSpec
 
 CHECKPOINT_NAME = "student.pt"
 CARD_NAME = "model_card.json"
 #: Backends whose answers come from a real vision-language model.
-VLM_BACKENDS = frozenset({"openai", "gemini"})
 
 TruthLookup = Callable[[str, np.ndarray, int], np.ndarray | None]
 """``(slide path, level0 xy (N, 2), patch size) -> truth labels (N,) with 1 = tissue``, or None."""

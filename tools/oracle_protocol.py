@@ -29,6 +29,9 @@ from tissue_oracle.tools.schemas import (
     Stage,
 )
 
+VLM_BACKENDS: frozenset[str] = frozenset({"openai", "gemini"})
+"""The backend families whose answers come from a real vision-language model."""
+
 
 @dataclass(kw_only=True, frozen=True)
 class CallContext:
