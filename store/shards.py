@@ -86,6 +86,11 @@ class ShardWriter:
         with self._lock:
             return self._cache.get(request_hash)
 
+    def seed_cache(self, records: Iterable[CallRecord]) -> None:
+        """Answer these earlier ok calls from the cache (e.g. the coordinator's, on resume)."""
+        with self._lock:
+            self._cache.update((r.request_hash, r) for r in records if r.ok)
+
     def begin_slide(self, slide: SlideRecord) -> None:
         with self._lock:
             self._started[(slide.run_id, slide.slide_id)] = R.slide_row(slide, self._scrub)

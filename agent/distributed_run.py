@@ -1,0 +1,219 @@
+"""Many slides at once on Dask distributed: ``segment --workers N`` or ``--scheduler tcp://host:8786``.
+
+The coordinator (this module, in the ``segment`` process) owns the run: the audit store (the
+single DuckDB writer), the run budget and the queue of slides. Workers (Dask worker processes, on
+this machine with a ``LocalCluster`` or anywhere with a shared filesystem) each run one slide at a
+time (``agent.slide_task``): they read the slide, call the oracles and write their records as
+Parquet shards into ``OUT/shards/<run>/``. The coordinator merges the shards into ``audit.duckdb``
+as they arrive (about once a second) and once at the end.
+
+Why shards rather than records returned to the coordinator: a call must be durable the moment it
+is answered, on disk, independent of the coordinator and of Dask, so that a ``kill -9`` of the
+whole run loses only what was in flight. A record travelling back through Dask dies with the
+worker or the scheduler. A shard file written on the shared filesystem outlives both, and
+``merge_shards`` is idempotent, so the resumed run merges what the crashed one left and answers
+those calls from the cache.
+
+Limits across all workers:
+
+- run budget: the coordinator grants each slide a share at dispatch (``agent.budget_shares``);
+- in-flight requests per backend: each of the cluster's T worker threads gets ``L // T`` of the
+  policy's ``classify.max_in_flight`` (L), so together they never exceed L; asking for more
+  worker threads than L is refused;
+- one slide on one worker at a time: an ``O_EXCL`` lock file per slide (``agent.slide_lock``)
+  that a crashed worker's successor can break safely.
+
+Only as many slides as there are worker threads are dispatched at once, so budget shares are
+granted when a slide starts, not all up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tissue_oracle.agent.budget_shares import BudgetShares
+from tissue_oracle.agent.runs import RunResult, SlideOutcome, run_record, slide_ids
+from tissue_oracle.agent.slide_task import SlideTask, SlideTaskResult, run_slide_task, shard_dir_of
+from tissue_oracle.policies.ledger import Amount
+from tissue_oracle.policies.policy import Policy
+from tissue_oracle.store.rows import CALL_COLUMNS, call_from_row
+from tissue_oracle.store.shards import merge_shards
+from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.schemas import CallRecord, Role
+
+#: Seconds between shard merges (and progress updates) while slides run.
+MERGE_INTERVAL_S = 1.0
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A client on ``scheduler``, or on a new ``LocalCluster`` of ``workers`` single-threaded processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise ConfigError(
+                f"--scheduler {scheduler!r}: no Dask scheduler answered ({exc}). Start one with "
+                "'dask scheduler' and workers with 'dask worker tcp://HOST:8786', or use --workers N."
+            ) from exc
+        with client:
+            client.wait_for_workers(1, timeout=60)
+            yield client
+        return
+    n = max(1, workers or 1)
+    with LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+def merge_and_clear(store: Any, shard_dir: Path) -> int:
+    """Merge every complete shard into the store, then delete the shards merged (they are in it)."""
+    if not shard_dir.is_dir():
+        return 0
+    present = [p for p in shard_dir.glob("*-*-*.parquet")]
+    loaded = merge_shards(store, shard_dir)
+    for path in present:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return loaded
+
+
+def spent_in_store(store: Any, run_id: str) -> Amount:
+    """What the run's calls already cost (an earlier attempt, on resume); cache hits cost nothing."""
+    sql = (
+        "SELECT count(*), coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost_usd), 0) "
+        "FROM calls WHERE run_id = ? AND NOT cache_hit"
+    )
+    calls, tokens, usd = store.query(lambda c: c.execute(sql, [run_id]).fetchall()[0])
+    return Amount(calls=int(calls), tokens=int(tokens), usd=float(usd))
+
+
+def earlier_calls(store: Any, slide_id: str) -> list[CallRecord]:
+    """The ok calls recorded for this slide id (one per request hash), to seed a worker's cache."""
+    cols = ", ".join(CALL_COLUMNS)
+    sql = f"SELECT {cols} FROM calls WHERE slide_id = ? AND ok"
+    rows = store.query(lambda c: c.execute(sql, [slide_id]).fetchall())
+    return list({r.request_hash: r for r in map(call_from_row, rows)}.values())
+
+
+def run_distributed(
+    paths: list[Path],
+    *,
+    policy: Policy,
+    store: Any,
+    run_id: str,
+    out_dir: Path,
+    overrides: dict[Role, str | None],
+    base_urls: dict[str, str],
+    use_cache: bool = True,
+    mpp: float | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    on_merge: Callable[[], None] | None = None,
+) -> RunResult:
+    """Segment ``paths`` on a Dask cluster; never raises for one slide's failure (see the module doc)."""
+    from distributed import wait
+
+    shard_dir = shard_dir_of(out_dir, run_id)
+    merge_and_clear(store, shard_dir)  # what a crashed attempt left behind
+    done_before = store.finished_slides(run_id)
+    store.begin_run(run_record(run_id, policy))
+    shares = BudgetShares(policy.budgets.run, policy.budgets.slide, spent_before=spent_in_store(store, run_id))
+    result = RunResult(run_id=run_id, out_dir=out_dir, ledger=shares.ledger)
+    ids = slide_ids(paths)
+    outcomes: dict[str, SlideOutcome] = {}
+    todo = []
+    for path, sid in zip(paths, ids, strict=True):
+        if sid in done_before:
+            outcomes[sid] = SlideOutcome(slide_id=sid, path=path, status="skipped")
+        else:
+            todo.append((path, sid))
+    status = "interrupted"
+    try:
+        with dask_client(workers, scheduler) as client:
+            threads = sum(client.nthreads().values())
+            limit = policy.classify.max_in_flight
+            if threads > limit:
+                raise ConfigError(
+                    f"{threads} worker threads would exceed the backend limit of {limit} requests in flight "
+                    "(policy classify.max_in_flight). Use fewer workers or raise the limit."
+                )
+            in_flight = limit // threads
+            running: dict[Any, tuple[Path, str, Any]] = {}
+            last_merge = time.monotonic()
+            while todo or running:
+                while todo and len(running) < threads:
+                    path, sid = todo.pop(0)
+                    reservation, budget = shares.grant(len(todo) + 1)
+                    task = SlideTask(
+                        path=path.resolve(),
+                        slide_id=sid,
+                        run_id=run_id,
+                        out_dir=out_dir.resolve(),
+                        policy=policy,
+                        overrides=overrides,
+                        base_urls=base_urls,
+                        use_cache=use_cache,
+                        mpp=mpp,
+                        budget=budget,
+                        in_flight=in_flight,
+                        cache_seed=earlier_calls(store, sid) if use_cache else [],
+                    )
+                    future = client.submit(run_slide_task, task, key=f"slide-{run_id}-{sid}", pure=False)
+                    running[future] = (path, sid, reservation)
+                finished = _wait_some(wait, list(running), MERGE_INTERVAL_S)
+                if finished or time.monotonic() - last_merge >= MERGE_INTERVAL_S:
+                    merge_and_clear(store, shard_dir)
+                    last_merge = time.monotonic()
+                    if on_merge is not None:
+                        on_merge()
+                for future in finished:
+                    path, sid, reservation = running.pop(future)
+                    outcome, spent = _outcome(future, path, sid, reservation.amount)
+                    shares.settle(reservation, spent)
+                    outcomes[sid] = outcome
+        merge_and_clear(store, shard_dir)
+        result.outcomes = [outcomes[sid] for sid in ids if sid in outcomes]
+        status = "failed" if result.all_failed else "finished"
+    finally:
+        with contextlib.suppress(Exception):
+            merge_and_clear(store, shard_dir)
+        store.finish_run(run_id, status)
+    return result
+
+
+def _wait_some(wait: Any, futures: list[Any], timeout: float) -> list[Any]:
+    if not futures:
+        return []
+    try:
+        done, _ = wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+    except TimeoutError:
+        return []
+    return list(done)
+
+
+def _outcome(future: Any, path: Path, sid: str, share: Amount) -> tuple[SlideOutcome, Amount]:
+    """The slide's outcome and what to charge it; a slide lost with its worker is charged its whole share."""
+    try:
+        got: SlideTaskResult = future.result()
+    except Exception as exc:  # KilledWorker, or a failure outside the task's own guard
+        error = f"{type(exc).__name__}: {exc} (the worker was lost; its calls are in the store)"
+        return SlideOutcome(slide_id=sid, path=path, status="failed", error=error), share
+    if got.status == "locked":
+        return SlideOutcome(slide_id=sid, path=path, status="failed", error=got.error), got.spent
+    return (
+        SlideOutcome(slide_id=sid, path=path, status=got.status, summary=got.summary, error=got.error),
+        got.spent,
+    )
