@@ -24,6 +24,7 @@ app = typer.Typer(
 COMMANDS: dict[str, str] = {
     "audit": "tissue_oracle.agent.cmd_audit:app",
     "segment": "tissue_oracle.agent.cmd_segment:segment",
+    "report": "tissue_oracle.agent.cmd_report:report",
     "demo": "tissue_oracle.bench.cmd_demo:demo",
     "distil": "tissue_oracle.agent.cmd_distil:distil",
     "bench": "tissue_oracle.bench.evaluation.cmd_bench:bench",

@@ -193,3 +193,19 @@ def sql_cmd(
     from tissue_oracle.store import queries
 
     _show(_query(db, lambda c: queries.run_sql(c, query, list(param or []))), as_json, "sql")
+
+
+@app.command("escalations")
+def escalations_cmd(db: DbOption = DEFAULT_DB, as_json: JsonOption = False) -> None:
+    """The escalation queue beside the store (OUT/escalations.csv): what a human should check."""
+    from tissue_oracle.agent.escalations import ESCALATIONS_CSV, Escalation, read_escalations
+    from tissue_oracle.store.queries import Table
+
+    out_dir = db.parent
+    if not (out_dir / ESCALATIONS_CSV).exists():
+        typer.echo(f"error: no {ESCALATIONS_CSV} in {str(out_dir)!r}; run 'tissue-oracle report {out_dir}' "
+                   "or a segment run there first.", err=True)  # fmt: skip
+        raise typer.Exit(1)
+    columns = Escalation.columns()
+    rows = [tuple(r.get(c, "") for c in columns) for r in read_escalations(out_dir)]
+    _show(Table(columns=columns, rows=rows), as_json, f"escalation queue of {out_dir} ({len(rows)} rows)")

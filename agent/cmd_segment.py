@@ -42,59 +42,50 @@ def run_segment(
     base_urls: list[str] | None = None,
     show_progress: bool = True,
 ) -> RunResult:
-    """Open the store, build the oracles, segment every slide; the store and oracles are closed after."""
+    """Open the store, build the oracles, segment every slide (here, or on Dask workers when
+    ``settings.distributed``), then write the escalation queue and ``report.html``."""
+    from tissue_oracle.agent.cmd_report import write_run_outputs
     from tissue_oracle.agent.oracle_setup import build_oracles, parse_base_urls
+    from tissue_oracle.agent.run_progress import RunProgress
     from tissue_oracle.agent.run_settings import RunDeps
     from tissue_oracle.agent.runs import expand_paths, run_slides
     from tissue_oracle.store.audit_store import AuditStore
 
     slides = expand_paths(paths)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
+    urls = parse_base_urls(base_urls)
+    cap = settings.policy.budgets.run.usd
     # The run's store opens first: a replay source that is the same file then shares it.
     with AuditStore.open(settings.out_dir / "audit.duckdb") as store:
-        oracles = build_oracles(settings.policy, overrides=overrides, base_urls=parse_base_urls(base_urls))  # type: ignore[arg-type]
+        # Built here in both modes, so a bad spec or a missing price fails before any slide.
+        oracles = build_oracles(settings.policy, overrides=overrides, base_urls=urls)  # type: ignore[arg-type]
         deps = RunDeps.for_run(settings, oracles=oracles, store=store)
 
         async def main() -> RunResult:
             try:
-                with _progress(show_progress) as tick:
-                    return await run_slides(slides, settings, deps, progress=tick)
+                if settings.distributed:
+                    return await asyncio.to_thread(_on_dask, slides, settings, store, overrides, urls, bar)
+                return await run_slides(slides, settings, deps)
             finally:
                 await oracles.aclose()
 
-        return asyncio.run(main())
+        with RunProgress(store, settings.run_id, len(slides), usd_cap=cap, enabled=show_progress) as bar:
+            result = asyncio.run(main())
+        write_run_outputs(settings.out_dir, store)
+        return result
 
 
-class _progress:
-    """A rich progress bar over slides (or nothing), as a context manager yielding ``tick``."""
+def _on_dask(
+    slides: list[Path],
+    settings: RunSettings,
+    store: Any,
+    overrides: dict[str, Any],
+    urls: dict[str, str],
+    bar: Any,
+) -> RunResult:
+    from tissue_oracle.agent.distributed_run import run_distributed
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            transient=True,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("slides", total=None)
-        return self.tick
-
-    def tick(self, done: int, total: int, slide_id: str) -> None:
-        self.bar.update(self.task, completed=done, total=total, description=slide_id or "done")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    return run_distributed(slides, settings, store, overrides=overrides, base_urls=urls, on_merge=bar.refresh)
 
 
 def print_result(result: RunResult) -> None:
@@ -155,6 +146,12 @@ def segment(
     run_id: Annotated[
         str | None, typer.Option(help="Resume this run: slides it finished are skipped.")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Segment this many slides at once on a local Dask cluster.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Run on an existing Dask cluster (tcp://host:8786); docs/scale.md.")
+    ] = None,
 ) -> None:
     """Segment the tissue in slides: boxes, coarse mask, patch labels, review and Auto-context."""
     from tissue_oracle.agent.run_settings import RunSettings
@@ -168,6 +165,8 @@ def segment(
             out_dir=out,
             use_cache=not no_cache,
             mpp=mpp,
+            workers=workers,
+            scheduler=scheduler,
         )
         result = run_segment(
             paths,

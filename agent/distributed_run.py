@@ -30,6 +30,7 @@ granted when a slide starts, not all up front.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -37,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from tissue_oracle.agent.budget_shares import BudgetShares
+from tissue_oracle.agent.run_settings import RunSettings
 from tissue_oracle.agent.runs import RunResult, SlideOutcome, run_record, slide_ids
 from tissue_oracle.agent.slide_task import SlideTask, SlideTaskResult, run_slide_task, shard_dir_of
-from tissue_oracle.policies.ledger import Amount
-from tissue_oracle.policies.policy import Policy
+from tissue_oracle.policies.ledger import Amount, Reservation
 from tissue_oracle.store.rows import CALL_COLUMNS, call_from_row
 from tissue_oracle.store.shards import merge_shards
 from tissue_oracle.tools.errors import ConfigError
@@ -68,13 +69,16 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             yield client
         return
     n = max(1, workers or 1)
-    with LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -110,48 +114,44 @@ def earlier_calls(store: Any, slide_id: str) -> list[CallRecord]:
 
 def run_distributed(
     paths: list[Path],
-    *,
-    policy: Policy,
+    settings: RunSettings,
     store: Any,
-    run_id: str,
-    out_dir: Path,
+    *,
     overrides: dict[Role, str | None],
     base_urls: dict[str, str],
-    use_cache: bool = True,
-    mpp: float | None = None,
-    workers: int | None = None,
-    scheduler: str | None = None,
     on_merge: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Segment ``paths`` on a Dask cluster; never raises for one slide's failure (see the module doc)."""
+    """Segment ``paths`` on a Dask cluster; never raises for one slide's failure (see the module doc).
+
+    ``store`` is the run's open ``AuditStore``: the run is begun and finished there, and every
+    worker's shards are merged into it.
+    """
     from distributed import wait
 
-    shard_dir = shard_dir_of(out_dir, run_id)
+    run_id, policy = settings.run_id, settings.policy
+    shard_dir = shard_dir_of(settings.out_dir, run_id)
     merge_and_clear(store, shard_dir)  # what a crashed attempt left behind
     done_before = store.finished_slides(run_id)
     store.begin_run(run_record(run_id, policy))
-    shares = BudgetShares(policy.budgets.run, policy.budgets.slide, spent_before=spent_in_store(store, run_id))
-    result = RunResult(run_id=run_id, out_dir=out_dir, ledger=shares.ledger)
+    shares = BudgetShares(
+        policy.budgets.run, policy.budgets.slide, spent_before=spent_in_store(store, run_id)
+    )
+    result = RunResult(run_id=run_id, out_dir=settings.out_dir, ledger=shares.ledger)
     ids = slide_ids(paths)
     outcomes: dict[str, SlideOutcome] = {}
-    todo = []
+    todo: list[tuple[Path, str]] = []
     for path, sid in zip(paths, ids, strict=True):
         if sid in done_before:
             outcomes[sid] = SlideOutcome(slide_id=sid, path=path, status="skipped")
         else:
             todo.append((path, sid))
+    worker_settings = dataclasses.replace(settings, out_dir=settings.out_dir.resolve())
     status = "interrupted"
     try:
-        with dask_client(workers, scheduler) as client:
+        with dask_client(settings.workers, settings.scheduler) as client:
             threads = sum(client.nthreads().values())
-            limit = policy.classify.max_in_flight
-            if threads > limit:
-                raise ConfigError(
-                    f"{threads} worker threads would exceed the backend limit of {limit} requests in flight "
-                    "(policy classify.max_in_flight). Use fewer workers or raise the limit."
-                )
-            in_flight = limit // threads
-            running: dict[Any, tuple[Path, str, Any]] = {}
+            in_flight = in_flight_share(policy.classify.max_in_flight, threads)
+            running: dict[Any, tuple[Path, str, Reservation]] = {}
             last_merge = time.monotonic()
             while todo or running:
                 while todo and len(running) < threads:
@@ -160,16 +160,12 @@ def run_distributed(
                     task = SlideTask(
                         path=path.resolve(),
                         slide_id=sid,
-                        run_id=run_id,
-                        out_dir=out_dir.resolve(),
-                        policy=policy,
+                        settings=worker_settings,
                         overrides=overrides,
                         base_urls=base_urls,
-                        use_cache=use_cache,
-                        mpp=mpp,
                         budget=budget,
                         in_flight=in_flight,
-                        cache_seed=earlier_calls(store, sid) if use_cache else [],
+                        cache_seed=earlier_calls(store, sid) if settings.use_cache else [],
                     )
                     future = client.submit(run_slide_task, task, key=f"slide-{run_id}-{sid}", pure=False)
                     running[future] = (path, sid, reservation)
@@ -194,6 +190,16 @@ def run_distributed(
     return result
 
 
+def in_flight_share(limit: int, threads: int) -> int:
+    """Each worker thread's share of a backend's in-flight limit, so all of them together keep to it."""
+    if threads > limit:
+        raise ConfigError(
+            f"{threads} worker threads would exceed the backend limit of {limit} requests in flight "
+            "(policy classify.max_in_flight). Use fewer workers or raise the limit."
+        )
+    return limit // threads
+
+
 def _wait_some(wait: Any, futures: list[Any], timeout: float) -> list[Any]:
     if not futures:
         return []
@@ -211,9 +217,4 @@ def _outcome(future: Any, path: Path, sid: str, share: Amount) -> tuple[SlideOut
     except Exception as exc:  # KilledWorker, or a failure outside the task's own guard
         error = f"{type(exc).__name__}: {exc} (the worker was lost; its calls are in the store)"
         return SlideOutcome(slide_id=sid, path=path, status="failed", error=error), share
-    if got.status == "locked":
-        return SlideOutcome(slide_id=sid, path=path, status="failed", error=got.error), got.spent
-    return (
-        SlideOutcome(slide_id=sid, path=path, status=got.status, summary=got.summary, error=got.error),
-        got.spent,
-    )
+    return got.outcome, got.spent

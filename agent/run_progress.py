@@ -40,7 +40,13 @@ class RunProgress:
     """A rich progress bar over the run's slides (or nothing when disabled); a context manager."""
 
     def __init__(self, store: Any, run_id: str, total: int, *, usd_cap: float | None, enabled: bool = True):
-        self.store, self.run_id, self.total, self.usd_cap, self.enabled = store, run_id, total, usd_cap, enabled
+        self.store, self.run_id, self.total, self.usd_cap, self.enabled = (
+            store,
+            run_id,
+            total,
+            usd_cap,
+            enabled,
+        )
         self.bar: Any = None
         self.task: Any = None
         self._stop = threading.Event()
@@ -70,9 +76,10 @@ class RunProgress:
 
     def describe(self, state: dict[str, float]) -> str:
         cap = "no cap" if self.usd_cap is None else f"cap ${self.usd_cap:.2f}"
+        n = {k: int(v) for k, v in state.items() if k != "usd"}
         return (
-            f"done {int(state['done'])} · degraded {int(state['degraded'])} · failed {int(state['failed'])} · "
-            f"calls {int(state['calls'])} ({int(state['failed_calls'])} failed) · ${state['usd']:.4f} of {cap}"
+            f"done {n['done']} · degraded {n['degraded']} · failed {n['failed']} · "
+            f"calls {n['calls']} ({n['failed_calls']} failed) · ${state['usd']:.4f} of {cap}"
         )
 
     def refresh(self) -> None:

@@ -33,6 +33,15 @@ class RunSettings:
     """Answer a question from the store when it was answered before (False: ask again)."""
     mpp: float | None = None
     """Microns per pixel for slides that don't record it (None: the slide's own, or none)."""
+    workers: int | None = None
+    """Run this many slides at once on a Dask ``LocalCluster`` (None: one after another, in process)."""
+    scheduler: str | None = None
+    """A Dask scheduler address (``tcp://host:8786``) to run the slides on instead."""
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the slides run on Dask (``agent.distributed_run``)."""
+        return self.workers is not None or self.scheduler is not None
 
     def slide_dir(self, slide_id: str) -> Path:
         """Where one slide's outputs go."""

@@ -150,7 +150,7 @@ async def run_slides(
             if sid in done_before:
                 result.outcomes.append(SlideOutcome(slide_id=sid, path=path, status="skipped"))
                 continue
-            result.outcomes.append(await _one(path, sid, settings, deps))
+            result.outcomes.append(await segment_one(path, sid, settings, deps))
         if progress is not None:
             progress(len(paths), len(paths), "")
         status = "failed" if result.all_failed else "finished"
@@ -159,7 +159,8 @@ async def run_slides(
     return result
 
 
-async def _one(path: Path, sid: str, settings: RunSettings, deps: RunDeps) -> SlideOutcome:
+async def segment_one(path: Path, sid: str, settings: RunSettings, deps: RunDeps) -> SlideOutcome:
+    """One slide file's outcome; a slide error or a bug is a failed outcome, never an exception."""
     try:
         summary = await segment_file(path, settings, deps, slide_id=sid)
     except TissueOracleError as exc:

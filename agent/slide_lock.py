@@ -50,7 +50,9 @@ class LockOwner:
     @classmethod
     def me(cls) -> LockOwner:
         pid = os.getpid()
-        return cls(pid=pid, host=socket.gethostname(), started=_start_time(pid) or 0.0, token=secrets.token_hex(8))
+        return cls(
+            pid=pid, host=socket.gethostname(), started=_start_time(pid) or 0.0, token=secrets.token_hex(8)
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -59,7 +61,12 @@ class LockOwner:
     def from_json(cls, text: str) -> LockOwner | None:
         try:
             data: dict[str, Any] = json.loads(text)
-            return cls(pid=int(data["pid"]), host=str(data["host"]), started=float(data["started"]), token=str(data["token"]))
+            return cls(
+                pid=int(data["pid"]),
+                host=str(data["host"]),
+                started=float(data["started"]),
+                token=str(data["token"]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -101,7 +108,9 @@ def _create(path: Path, content: str) -> bool:
 class SlideLock:
     """One slide's lock. ``acquire()`` never blocks: it returns whether this process now holds it."""
 
-    def __init__(self, lock_dir: Path, key: str, *, lease_s: float = DEFAULT_LEASE_S, guard_s: float = _GUARD_S):
+    def __init__(
+        self, lock_dir: Path, key: str, *, lease_s: float = DEFAULT_LEASE_S, guard_s: float = _GUARD_S
+    ):
         if not key or "/" in key or key.startswith("."):
             raise ValueError(f"lock key {key!r} must be a plain file name")
         lock_dir.mkdir(parents=True, exist_ok=True)

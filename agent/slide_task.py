@@ -16,17 +16,18 @@ flight at the kill are paid twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
+from tissue_oracle.agent.run_settings import RunDeps, RunSettings
+from tissue_oracle.agent.runs import SlideOutcome
 from tissue_oracle.agent.slide_lock import SlideLock
-from tissue_oracle.agent.summary import SlideSummary
 from tissue_oracle.policies.ledger import Amount, BudgetLedger
-from tissue_oracle.policies.policy import Budget, Policy
-from tissue_oracle.tools.errors import TissueOracleError
+from tissue_oracle.policies.policy import Budget
 from tissue_oracle.tools.schemas import CallRecord, Role
 
 
@@ -36,13 +37,9 @@ class SlideTask:
 
     path: Path
     slide_id: str
-    run_id: str
-    out_dir: Path
-    policy: Policy
+    settings: RunSettings
     overrides: dict[Role, str | None] = field(default_factory=dict)
     base_urls: dict[str, str] = field(default_factory=dict)
-    use_cache: bool = True
-    mpp: float | None = None
     budget: Budget = field(default_factory=Budget)
     """This slide's share of the run budget, granted by the coordinator at dispatch."""
     in_flight: int = 16
@@ -51,23 +48,18 @@ class SlideTask:
     """Earlier ok calls of this slide (a crashed attempt's), answered from the cache."""
 
     @property
-    def shard_dir(self) -> Path:
-        return shard_dir_of(self.out_dir, self.run_id)
-
-    @property
     def lock_key(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.run_id}--{self.slide_id}")
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.settings.run_id}--{self.slide_id}")
 
 
 @dataclass(kw_only=True)
 class SlideTaskResult:
-    """How the slide ended, what it spent against its budget share, and its summary."""
+    """How the slide ended and what it spent against its budget share."""
 
-    slide_id: str
-    status: Literal["done", "degraded", "failed", "locked"]
+    outcome: SlideOutcome
     spent: Amount = field(default_factory=Amount)
-    summary: SlideSummary | None = None
-    error: str | None = None
+    locked: bool = False
+    """Another live worker holds the slide's lock: this task did nothing."""
 
 
 def shard_dir_of(out_dir: Path, run_id: str) -> Path:
@@ -79,50 +71,38 @@ def lock_dir_of(out_dir: Path) -> Path:
 
 
 def run_slide_task(task: SlideTask) -> SlideTaskResult:
-    """Run on a worker: hold the slide's lock, segment it, write its shards; never raises."""
+    """Run on a worker: hold the slide's lock, segment it, write its shards; never raises for the slide."""
     from tissue_oracle.store.shards import ShardWriter
 
-    lock = SlideLock(lock_dir_of(task.out_dir), task.lock_key)
+    settings = task.settings
+    lock = SlideLock(lock_dir_of(settings.out_dir), task.lock_key)
     if not lock.acquire():
         holder = lock.holder()
         who = f"pid {holder.pid} on {holder.host}" if holder else "another worker"
-        return SlideTaskResult(slide_id=task.slide_id, status="locked", error=f"slide is locked by {who}")
+        error = f"slide is locked by {who}"
+        outcome = SlideOutcome(slide_id=task.slide_id, path=task.path, status="failed", error=error)
+        return SlideTaskResult(outcome=outcome, locked=True)
     try:
         worker = f"{re.sub(r'[^A-Za-z0-9]', '', task.slide_id)[:24] or 'slide'}-{secrets.token_hex(4)}"
-        with ShardWriter(task.shard_dir, worker, flush_interval_s=0.0) as shards:
+        shard_dir = shard_dir_of(settings.out_dir, settings.run_id)
+        with ShardWriter(shard_dir, worker, flush_interval_s=0.0) as shards:
             shards.seed_cache(task.cache_seed)
             return asyncio.run(_segment(task, shards))
     finally:
         lock.release()
 
 
-async def _segment(task: SlideTask, shards: object) -> SlideTaskResult:
-    from tissue_oracle.agent.controller import segment_slide
+async def _segment(task: SlideTask, shards: Any) -> SlideTaskResult:
     from tissue_oracle.agent.oracle_setup import build_oracles
+    from tissue_oracle.agent.runs import segment_one
 
-    policy = task.policy.with_updates({"classify.max_in_flight": task.in_flight})
+    policy = task.settings.policy.with_updates({"classify.max_in_flight": task.in_flight})
+    settings = dataclasses.replace(task.settings, policy=policy)
     ledger = BudgetLedger(task.budget, scope="run (this slide's share)")
     oracles = build_oracles(policy, overrides=task.overrides, base_urls=task.base_urls)
     try:
-        summary = await segment_slide(
-            task.path,
-            policy=policy,
-            oracles=oracles,
-            store=shards,
-            run_id=task.run_id,
-            out_dir=task.out_dir,
-            use_cache=task.use_cache,
-            ledger=ledger,
-            slide_id=task.slide_id,
-            mpp=task.mpp,
-        )
-    except TissueOracleError as exc:
-        return SlideTaskResult(slide_id=task.slide_id, status="failed", spent=ledger.committed, error=str(exc))
-    except Exception as exc:  # a bug on one slide must not cost the batch; the shards have the error
-        error = f"{type(exc).__name__}: {exc}"
-        return SlideTaskResult(slide_id=task.slide_id, status="failed", spent=ledger.committed, error=error)
+        deps = RunDeps(oracles=oracles, store=shards, ledger=ledger)
+        outcome = await segment_one(task.path, task.slide_id, settings, deps)
     finally:
         await oracles.aclose()
-    return SlideTaskResult(
-        slide_id=task.slide_id, status=summary.status, spent=ledger.committed, summary=summary
-    )
+    return SlideTaskResult(outcome=outcome, spent=ledger.committed)
