@@ -85,7 +85,7 @@ def _on_dask(
 ) -> RunResult:
     from tissue_oracle.agent.distributed_run import run_distributed
 
-    return run_distributed(slides, settings, store, overrides=overrides, base_urls=urls, on_merge=bar.refresh)
+    return run_distributed(slides, settings, store, overrides=overrides, base_urls=urls, on_merge=bar.refresh)  # type: ignore[arg-type]
 
 
 def print_result(result: RunResult) -> None:

@@ -131,11 +131,11 @@ def thumbnail_uri(png: Path, side: int = THUMB_SIDE) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(png) as img:
-            img = img.convert("RGB")
-            img.thumbnail((side, side))
-            buf = io.BytesIO()
-            img.save(buf, format="PNG", optimize=True)
+        with Image.open(png) as opened:
+            img = opened.convert("RGB")
+        img.thumbnail((side, side))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
     except (OSError, ValueError):
         return None
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

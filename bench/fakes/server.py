@@ -25,11 +25,13 @@ A threaded ``http.server`` on an ephemeral port; ``start()``/``stop()`` or a ``w
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import random
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, get_args
@@ -53,6 +55,10 @@ Fault = Literal[
     "daily_quota",
 ]
 FAULTS: tuple[Fault, ...] = get_args(Fault)
+#: Faults that send no 200 answer (nothing a client would pay for).
+_UNANSWERED: frozenset[Fault | None] = frozenset(
+    {"hang", "rate_limit", "unauthorized", "server_error", "quota_window", "daily_quota"}
+)
 
 
 class _Server(ThreadingHTTPServer):
@@ -91,10 +97,19 @@ class FakeServer:
     in_flight: int = 0
     max_in_flight_seen: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
+    fail_rate: float = 0.0
+    """Fraction of requests (with no queued fault) answered 500, drawn from a seeded RNG. Servers
+    fail this way now and then; OpenAI's error-code guide says to retry 500/503
+    (https://platform.openai.com/docs/guides/error-codes), and the client does."""
+    seed: int = 0
     _faults: deque[Fault] = field(default_factory=deque)
     _blocked_until: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _httpd: ThreadingHTTPServer | None = None
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,6 +149,13 @@ class FakeServer:
     def root(self) -> str:
         assert self._httpd is not None, "server not started"
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def answered(self) -> Counter[str]:
+        """How many times each distinct request body got a 200 answer (paid for, on a priced model)."""
+        with self._lock:
+            return Counter(
+                e["body_sha256"] for e in self.log if "body_sha256" in e and e["fault"] not in _UNANSWERED
+            )
 
     def inject(self, *faults: Fault) -> None:
         """Queue faults for the next requests, one per request, in order."""
@@ -200,6 +222,8 @@ class FakeServer:
         with self._lock:
             self.requests += 1
             fault = self._faults.popleft() if self._faults else None
+            if fault is None and self.fail_rate and self._rng.random() < self.fail_rate:
+                fault = "server_error"
         if not self.serves(handler.path):
             with self._lock:
                 self.log.append({"question": "unknown", "fault": fault, "path": handler.path, "n_images": 0})
@@ -221,6 +245,7 @@ class FakeServer:
                     "max_output_tokens": parsed.max_output_tokens,
                     "thinking": parsed.thinking,
                     "temperature": parsed.temperature,
+                    "body_sha256": hashlib.sha256(raw).hexdigest(),
                 }
             )
         time.sleep(self.latency_s + (0.3 if fault == "latency" else 0.0))
