@@ -1,4 +1,4 @@
-"""One slide through the pipeline, under a policy: ``segment_slide``.
+"""One slide through the pipeline, under a policy: ``segment_slide`` (``segment_file`` for a path).
 
     thumbnail ─► ground_boxes ─► cluster_colours (M1) ─► classify_patches (zero-shot) ─► clean
         ─► per region, concurrently: review_mask ─► decide ─┬─ accept / escalate
@@ -13,40 +13,50 @@ and flagged for human review, with the reason kept. Each region is reviewed on t
 mask plus only its own few-shot labels, and the final mask merges regions in index order, so
 the result doesn't depend on which region finished first. Oracle calls run concurrently
 (bounded by ``classify.max_in_flight``); reads, K-means and morphology run in threads.
+
+``SlideRun`` carries no optional results: each stage returns what it produced, and the run ends
+by building its own ``SlideSummary``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tissue_oracle.agent.budget_guard import BudgetedOracle, CallEstimator
 from tissue_oracle.agent.oracle_setup import OracleSet
+from tissue_oracle.agent.outputs import SlideOutputs, output_paths, readable_picture, write_slide_outputs
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
-from tissue_oracle.agent.slide_io import (
-    AuditSink,
-    answered_only,
-    final_labels,
-    finish_outputs,
-    patch_records,
-    record_failure,
-    recorder_of,
-    slide_record,
-    tracks_slides,
+from tissue_oracle.agent.summary import (
+    PatchCounts,
+    RegionSummary,
+    RoundRecord,
+    SlideSummary,
+    StageTally,
+    labelled_as,
 )
-from tissue_oracle.agent.summary import RegionSummary, RoundRecord, SlideSummary, StageTally, build_summary
 from tissue_oracle.oracles.routing import route_questions
-from tissue_oracle.policies.decide import Decision, decide, refinement_helped
+from tissue_oracle.policies.decide import (
+    Decision,
+    decide_review,
+    judge_slide,
+    refinement_failed,
+    review_disabled,
+)
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy
+from tissue_oracle.store.recorder import AuditRecorder
+from tissue_oracle.store.records import patch_records, slide_record
 from tissue_oracle.tools.classify_patches import (
     ClassifyPatchesInput,
     ClassifyPatchesOutput,
+    answered_only,
     classify_patches,
+    final_labels,
     merge_labels,
 )
 from tissue_oracle.tools.clean import CleanInput, CleanOutput, clean
@@ -55,15 +65,8 @@ from tissue_oracle.tools.ground_boxes import GroundBoxesInput, GroundBoxesOutput
 from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.point_ground import PointGroundInput, point_ground
 from tissue_oracle.tools.rerank_exemplars import RerankExemplarsInput, rerank_exemplars
-from tissue_oracle.tools.review_mask import ReviewMaskInput, review_mask
-from tissue_oracle.tools.schemas import (
-    Box,
-    DecisionRecord,
-    Exemplar,
-    Grades,
-    Role,
-    Stage,
-)
+from tissue_oracle.tools.review_mask import RegionReview, ReviewMaskInput, review_mask
+from tissue_oracle.tools.schemas import Box, DecisionRecord, Exemplar, Grades, Role, SlideRecord, Stage
 from tissue_oracle.tools.slide_base import Slide
 from tissue_oracle.tools.slides import open_slide
 from tissue_oracle.tools.stage_deps import StageDeps
@@ -92,37 +95,44 @@ def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[R
     return route_questions(by_role, oracles.routes)
 
 
-class SlideRun:
-    """One slide's run: deps, ledger, tallies and intermediate results. Used by ``segment_slide``."""
+@dataclass(kw_only=True)
+class CoarseResult:
+    """What the coarse stages produced for the whole slide."""
 
-    def __init__(
-        self,
-        *,
-        slide: Slide,
-        slide_id: str,
-        policy: Policy,
-        oracles: OracleSet,
-        store: Any,
-        run_id: str,
-        ledger: BudgetLedger,
-        use_cache: bool,
-    ) -> None:
-        self.slide, self.slide_id, self.policy, self.run_id = slide, slide_id, policy, run_id
-        self.sink: AuditSink = recorder_of(store)
-        self.ledger = ledger
-        self.use_cache = use_cache
-        self.tally = StageTally(inner=self.sink)
+    thumbnail: np.ndarray
+    """RGB uint8 at ``policy.thumbnail.downsample`` (thumb_xy frame)."""
+    boxes: GroundBoxesOutput
+    """Regions, level-0 frame (one whole-slide box when grounding fell back)."""
+    coarse: ClusterColoursOutput
+    """The coarse mask M1."""
+    zero_shot: ClassifyPatchesOutput
+    """Zero-shot labels of every patch M1 touches."""
+
+
+@dataclass(kw_only=True)
+class RegionResult:
+    """One region's reviews and decisions, and the few-shot labels of the rounds it kept."""
+
+    summary: RegionSummary
+    kept: list[ClassifyPatchesOutput] = field(default_factory=list)
+    """Answered few-shot labels of each kept Auto-context round, in order."""
+
+
+class SlideRun:
+    """One slide's run: its deps, its ledger and tallies; ``run`` returns the slide's summary."""
+
+    def __init__(self, *, slide: Slide, slide_id: str, settings: RunSettings, deps: RunDeps) -> None:
+        self.slide, self.slide_id, self.settings = slide, slide_id, settings
+        self.policy, self.run_id, self.oracles = settings.policy, settings.run_id, deps.oracles
+        self.recorder: AuditRecorder = deps.store
+        self.ledger = deps.ledger.child(self.policy.budgets.slide, scope=f"slide {slide_id!r}")
+        self.tally = StageTally(inner=self.recorder)
         self.deps = StageDeps(
             slide=slide,
-            oracles=budgeted(oracles, ledger, policy),
+            oracles=budgeted(deps.oracles, self.ledger, self.policy),
             context=self.context,
-            max_in_flight=policy.classify.max_in_flight,
+            max_in_flight=self.policy.classify.max_in_flight,
         )
-        self.thumbnail: np.ndarray | None = None
-        self.boxes: GroundBoxesOutput | None = None
-        self.coarse: ClusterColoursOutput | None = None
-        self.zero_shot: ClassifyPatchesOutput | None = None
-        self.few_shot: dict[int, list[ClassifyPatchesOutput]] = {}
 
     def context(self, stage: Stage, role: Role) -> CallContext:
         return CallContext(
@@ -131,20 +141,60 @@ class SlideRun:
             stage=stage,
             role=role,
             recorder=self.tally,
-            use_cache=self.use_cache,
+            use_cache=self.settings.use_cache,
         )
+
+    async def run(self) -> SlideSummary:
+        """Stages, regions, merge in region order, patch rows, outputs; the slide's summary."""
+        started = time.perf_counter()
+        coarse = await self.coarse_stages()
+        zero_clean = await self.cleaned(coarse.zero_shot.tissue)
+        boxes = coarse.boxes.boxes
+        regions = list(await asyncio.gather(*(self.region(i, box, coarse) for i, box in enumerate(boxes))))
+        final = coarse.zero_shot
+        for region in regions:
+            for refined in region.kept:
+                final = merge_labels(final, refined)
+        cleaned = await self.cleaned(final.tissue)
+        labels = final_labels(final, cleaned)
+        self.recorder.record_patches(patch_records(self.run_id, self.slide_id, labels))
+        summary = self.summary(coarse, [r.summary for r in regions], final, cleaned)
+        summary.seconds = time.perf_counter() - started
+        out_dir = self.settings.slide_dir(self.slide_id)
+        summary.outputs = output_paths(out_dir)
+
+        def write() -> None:
+            outputs = SlideOutputs(
+                run_id=self.run_id,
+                slide_id=self.slide_id,
+                grid=self.slide.patch_grid(summary.patches.patch_size),
+                tissue=np.asarray(cleaned.tissue, dtype=bool),
+                labels=labels,
+                thumbnail=coarse.thumbnail,
+                thumb_downsample=summary.thumbnail_downsample,
+                level_dim=(summary.width, summary.height),
+                summary=summary.model_dump(mode="json"),
+                magnification=self.slide.magnification,
+                picture=readable_picture(self.slide, coarse.thumbnail),
+                zero_shot_tissue=np.asarray(zero_clean.tissue, dtype=bool),
+            )
+            for record in write_slide_outputs(out_dir, outputs):
+                self.recorder.record_output(record)
+
+        await self.deps.in_thread(write)
+        return summary
 
     # ------------------------------------------------------------------ stages
 
-    async def coarse_stages(self) -> None:
+    async def coarse_stages(self) -> CoarseResult:
         """Thumbnail, boxes, M1 and the zero-shot labels of every patch M1 touches."""
         p = self.policy
         ds = p.thumbnail.downsample
         with self.tally.timed("thumbnail"):
-            thumb = self.thumbnail = await self.deps.in_thread(self.slide.thumbnail, ds)
+            thumb = await self.deps.in_thread(self.slide.thumbnail, ds)
         g = p.ground
         with self.tally.timed("ground_boxes"):
-            self.boxes = await ground_boxes(
+            boxes = await ground_boxes(
                 GroundBoxesInput(
                     downsample=ds,
                     pad_fraction=g.pad_fraction,
@@ -160,18 +210,18 @@ class SlideRun:
             k_global=p.cluster.k_global,
             k_local=p.cluster.k_local,
             background_rule=p.cluster.background_rule,
-            boxes=self.boxes.boxes,
+            boxes=boxes.boxes,
         )
         inp.thumbnail = thumb
         with self.tally.timed("cluster_colours"):
-            self.coarse = await self.deps.in_thread(cluster_colours, inp, self.deps)
-        self.zero_shot = await self.classify()
+            coarse = await self.deps.in_thread(cluster_colours, inp, self.deps)
+        zero_shot = await self.classify(coarse)
+        return CoarseResult(thumbnail=thumb, boxes=boxes, coarse=coarse, zero_shot=zero_shot)
 
     async def classify(
-        self, region: Box | None = None, exemplars: list[Exemplar] | None = None
+        self, coarse: ClusterColoursOutput, region: Box | None = None, exemplars: list[Exemplar] | None = None
     ) -> ClassifyPatchesOutput:
-        c, coarse = self.policy.classify, self.coarse
-        assert coarse is not None, "coarse_stages runs first"
+        c = self.policy.classify
         inp = ClassifyPatchesInput(
             patch_size=c.patch_size,
             gate_fraction=c.gate_fraction,
@@ -199,24 +249,65 @@ class SlideRun:
 
     # ------------------------------------------------------------------ regions
 
-    def decision(self, region: int, round_: int, grades: Grades | None, action: Any, reason: str) -> None:
+    async def region(self, index: int, box: Box, coarse: CoarseResult) -> RegionResult:
+        """Review, decide and refine one region until the policy accepts or escalates it.
+
+        The region is reviewed on the zero-shot labels plus only its own kept rounds.
+        """
+        result = RegionResult(summary=RegionSummary(index=index, box=box))
+        rules = self.policy.review
+        if not rules.enabled:
+            self.note(result, 0, None, review_disabled())
+            return result
+        labels, before = coarse.zero_shot, None
+        while True:
+            round_ = len(result.kept)
+            review = await self.review(box, labels)
+            budget_ok = self.ledger.exhausted_reason is None and not review.budget_exhausted
+            decision = decide_review(review.grades, before, round_, rules=rules, budget_ok=budget_ok)
+            record = self.note(result, round_, review.grades, decision, review.error)
+            if decision.action != "refine":
+                return result
+            refined, why = await self.refine(box, coarse, record)
+            if refined is None:
+                self.note(result, round_ + 1, None, refinement_failed(round_, why))
+                return result
+            result.kept.append(refined)
+            result.summary.refinements = len(result.kept)
+            labels, before = merge_labels(labels, refined), review.grades
+
+    def note(
+        self, result: RegionResult, round_: int, grades: Grades | None, d: Decision, error: str | None = None
+    ) -> RoundRecord:
+        """Apply and record one decision on a region (store and summary); final unless ``refine``."""
+        out = result.summary
+        if d.drop_last_round:
+            result.kept.pop()
+            out.refinements = len(result.kept)
+        record = RoundRecord(
+            round=round_, grades=grades, action=d.action, reason=d.reason, review_error=error
+        )
+        out.rounds.append(record)
         left = self.ledger.remaining()
-        self.sink.record_decision(
+        self.recorder.record_decision(
             DecisionRecord(
                 run_id=self.run_id,
                 slide_id=self.slide_id,
-                region=region,
+                region=out.index,
                 round=round_,
                 grades=grades,
-                action=action,
-                reason=reason,
+                action=d.action,
+                reason=d.reason,
                 budget_left_calls=left.calls,
                 budget_left_tokens=left.tokens,
                 budget_left_usd=left.usd,
             )
         )
+        if d.action != "refine":
+            out.final_action, out.reason, out.needs_human_review = d.action, d.reason, d.needs_human_review
+        return record
 
-    async def review(self, box: Box, raw: ClassifyPatchesOutput) -> Any:
+    async def review(self, box: Box, raw: ClassifyPatchesOutput) -> RegionReview:
         mask = (await self.cleaned(raw.tissue)).tissue
         inp = ReviewMaskInput(
             crop_size=self.policy.review.crop_size, regions=[box], grid=raw.grid, tissue=mask
@@ -224,62 +315,9 @@ class SlideRun:
         with self.tally.timed("review_mask"):
             return (await review_mask(inp, self.deps)).reviews[0]
 
-    def note(
-        self, out: RegionSummary, round_: int, grades: Grades | None, d: Decision, error: str | None = None
-    ) -> RoundRecord:
-        """Record one decision on a region (store and summary); final unless it is ``refine``."""
-        record = RoundRecord(
-            round=round_, grades=grades, action=d.action, reason=d.reason, review_error=error
-        )
-        out.rounds.append(record)
-        self.decision(out.index, round_, grades, d.action, d.reason)
-        if d.action != "refine":
-            out.final_action, out.reason, out.needs_human_review = d.action, d.reason, d.action == "escalate"
-        return record
-
-    async def region(self, index: int, box: Box) -> RegionSummary:
-        """Review, decide and refine one region until the policy accepts or escalates it."""
-        out = RegionSummary(index=index, box=box)
-        r = self.policy.review
-        if not r.enabled:
-            self.note(out, 0, None, Decision(action="accept", reason="review disabled by the policy"))
-            return out
-        assert self.zero_shot is not None
-        history = [self.zero_shot]  # the region's raw labels after each kept round
-        before: Grades | None = None
-        while True:
-            round_ = len(history) - 1
-            review = await self.review(box, history[-1])
-            if round_ and r.revert_if_worse and not refinement_helped(before, review.grades):
-                history.pop()
-                self.few_shot[index].pop()
-                out.refinements -= 1
-                why = f"Auto-context round {round_} was graded worse than the mask before it; labels dropped"
-                self.note(out, round_, review.grades, Decision(action="escalate", reason=why), review.error)
-                return out
-            budget_ok = self.ledger.exhausted_reason is None and not review.budget_exhausted
-            d = decide(
-                review.grades,
-                round_,
-                threshold=r.threshold,
-                max_rounds=r.max_rounds,
-                budget_ok=budget_ok,
-                on_review_failure=r.on_review_failure,
-            )
-            record = self.note(out, round_, review.grades, d, review.error)
-            if d.action != "refine":
-                return out
-            refined, why = await self.refine(box, record)
-            if refined is None:
-                reason = f"Auto-context round {round_ + 1} failed: {why}"
-                self.note(out, round_ + 1, None, Decision(action="escalate", reason=reason))
-                return out
-            self.few_shot.setdefault(index, []).append(refined)
-            out.refinements += 1
-            history.append(merge_labels(history[-1], refined))
-            before = review.grades
-
-    async def refine(self, box: Box, record: RoundRecord) -> tuple[ClassifyPatchesOutput | None, str]:
+    async def refine(
+        self, box: Box, coarse: CoarseResult, record: RoundRecord
+    ) -> tuple[ClassifyPatchesOutput | None, str]:
         """One Auto-context round on ``box``: points, exemplars, few-shot labels (answered ones only)."""
         p = self.policy
         with self.tally.timed("point_ground"):
@@ -305,39 +343,68 @@ class SlideRun:
         record.exemplars = len(picked.exemplars)
         if not picked.exemplars:
             return None, f"rerank_exemplars: {picked.error or 'no exemplar kept'}"
-        few = await self.classify(region=box, exemplars=picked.exemplars)
+        few = await self.classify(coarse.coarse, region=box, exemplars=picked.exemplars)
         record.patches_sent = few.sent
         return answered_only(few), ""
 
+    # ------------------------------------------------------------------ summary
 
-async def run_slide(run: SlideRun, out_dir: Path, *, oracles: OracleSet, started: float) -> SlideSummary:
-    """Everything after the slide is open: stages, regions, merge, outputs, summary."""
-    await run.coarse_stages()
-    assert run.boxes is not None and run.zero_shot is not None and run.thumbnail is not None
-    boxes = run.boxes.boxes
-    zero_clean = await run.cleaned(run.zero_shot.tissue)
-    regions = list(await asyncio.gather(*(run.region(i, box) for i, box in enumerate(boxes))))
-    final = run.zero_shot
-    for index in sorted(run.few_shot):
-        for refined in run.few_shot[index]:
-            final = merge_labels(final, refined)
-    cleaned = await run.cleaned(final.tissue)
-    labels = final_labels(final, cleaned)
-    run.sink.record_patches(patch_records(run.run_id, run.slide_id, labels))
-    summary = build_summary(run, oracles, regions, final, cleaned)
-    summary.seconds = time.perf_counter() - started
-    await run.deps.in_thread(
-        finish_outputs,
-        run.slide,
-        out_dir,
-        summary,
-        cleaned.tissue,
-        labels,
-        zero_clean.tissue,
-        run.thumbnail,
-        run.sink,
-    )
-    return summary
+    def summary(
+        self,
+        coarse: CoarseResult,
+        regions: list[RegionSummary],
+        final: ClassifyPatchesOutput,
+        cleaned: CleanOutput,
+    ) -> SlideSummary:
+        """``summary.json`` of this run (outputs and seconds are filled in by ``run``)."""
+        zero, grid, slide = coarse.zero_shot, final.grid, self.slide
+        verdict = judge_slide(
+            exhausted_reason=self.ledger.exhausted_reason,
+            stage_refused=final.budget_exhausted,
+            failed_patches=zero.failed,
+            boxes_fallback=coarse.boxes.fallback,
+            escalated=[(r.index, r.reason) for r in regions if r.needs_human_review],
+        )
+        left = self.ledger.remaining()
+        width, height = slide.dimensions
+        return SlideSummary(
+            run_id=self.run_id,
+            slide_id=self.slide_id,
+            path=None if slide.path is None else str(slide.path),
+            width=width,
+            height=height,
+            mpp=slide.mpp,
+            status=verdict.status,
+            flags=verdict.flags,
+            reasons=verdict.reasons,
+            policy_name=self.policy.name,
+            policy_hash=self.policy.policy_hash,
+            oracles=self.oracles.identities(),
+            labelled_as=labelled_as(self.oracles.by_role),
+            thumbnail_downsample=self.policy.thumbnail.downsample,
+            boxes=coarse.boxes.boxes,
+            boxes_fallback=coarse.boxes.fallback,
+            regions=regions,
+            patches=PatchCounts(
+                patch_size=grid.patch_size,
+                rows=grid.rows,
+                cols=grid.cols,
+                naive_calls=grid.rows * grid.cols,
+                in_scope=int(zero.scope.sum()),
+                sent_zero_shot=zero.sent,
+                gated_out=zero.gated_out,
+                sent_few_shot=sum(r.patches_sent or 0 for reg in regions for r in reg.rounds),
+                coarse_fallback=zero.failed,
+                tissue=int(cleaned.tissue.sum()),
+                changed_by_clean=int(cleaned.changed.sum()),
+            ),
+            stages=dict(self.tally.stats),
+            totals=self.tally.total(),
+            budget_left={"calls": left.calls, "tokens": left.tokens, "usd": left.usd},
+        )
+
+
+# --------------------------------------------------------------------------- entry points
 
 
 async def segment_file(
@@ -352,7 +419,8 @@ async def segment_file(
     try:
         slide = await asyncio.to_thread(open_slide, path, mpp=settings.mpp)
     except BaseException as exc:
-        record_failure(deps.store, settings.run_id, sid, str(path), exc)
+        deps.store.begin_slide(SlideRecord(run_id=settings.run_id, slide_id=sid, path=str(path)))
+        _record_failure(deps.store, settings.run_id, sid, exc)
         raise
     with slide:
         return await segment_slide(slide, settings, deps, slide_id=sid)
@@ -364,31 +432,22 @@ async def segment_slide(
     """Segment one open slide under ``settings.policy``; outputs go to ``settings.slide_dir(slide_id)``.
 
     ``slide_id`` defaults to the slide's name. The slide is begun and finished in ``deps.store``
-    when the store tracks slides, and charges a child of ``deps.ledger`` under the slide budget.
-    The caller keeps the slide open and closes it (``segment_file`` does both for a file).
-    Slide errors (``SlideError``) and anything unexpected propagate after the store has been
-    told the slide failed; oracle failures and budget exhaustion never do.
+    and charges a child of ``deps.ledger`` under the slide budget. The caller keeps the slide
+    open and closes it (``segment_file`` does both for a file). Slide errors (``SlideError``)
+    and anything unexpected propagate after the store has been told the slide failed; oracle
+    failures and budget exhaustion never do.
     """
-    started = time.perf_counter()
-    policy, store, sid = settings.policy, deps.store, slide_id or slide.name
-    if tracks_slides(store):
-        store.begin_slide(slide_record(settings.run_id, sid, slide))
-    run = SlideRun(
-        slide=slide,
-        slide_id=sid,
-        policy=policy,
-        oracles=deps.oracles,
-        store=store,
-        run_id=settings.run_id,
-        ledger=deps.ledger.child(policy.budgets.slide, scope=f"slide {sid!r}"),
-        use_cache=settings.use_cache,
-    )
+    store, sid = deps.store, slide_id or slide.name
+    store.begin_slide(slide_record(settings.run_id, sid, slide))
     try:
-        summary = await run_slide(run, settings.slide_dir(sid), oracles=deps.oracles, started=started)
+        summary = await SlideRun(slide=slide, slide_id=sid, settings=settings, deps=deps).run()
     except BaseException as exc:
-        record_failure(store, settings.run_id, sid, None, exc)
+        _record_failure(store, settings.run_id, sid, exc)
         raise
-    if tracks_slides(store):
-        error = "; ".join(summary.reasons) if summary.status == "degraded" else None
-        store.finish_slide(settings.run_id, sid, status=summary.status, error=error, flags=summary.flags)
+    error = "; ".join(summary.reasons) if summary.status == "degraded" else None
+    store.finish_slide(settings.run_id, sid, status=summary.status, error=error, flags=summary.flags)
     return summary
+
+
+def _record_failure(store: AuditRecorder, run_id: str, slide_id: str, exc: BaseException) -> None:
+    store.finish_slide(run_id, slide_id, status="failed", error=f"{type(exc).__name__}: {exc}")

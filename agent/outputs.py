@@ -8,6 +8,7 @@
     patches.parquet   one row per PatchLabel: x, y, size, label, focus, confidence, stage
     focus.png         one pixel per patch, coloured by focus class (FOCUS_COLOURS)
     overlay.png       the thumbnail with the mask drawn (translucent fill + outline)
+    mask_zero_shot.npy  the cleaned zero-shot mask, bool of grid.shape (before Auto-context)
     summary.json      the run's summary dict, sorted keys
 
 Every file is written to a temporary name in the same folder, flushed to disk, then renamed,
@@ -24,6 +25,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +41,10 @@ from scipy import ndimage
 from tissue_oracle.agent.geojson import mask_to_geojson
 from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS, focus_code
 from tissue_oracle.tools.schemas import OutputRecord, PatchGrid, PatchLabel
+from tissue_oracle.tools.slide_base import Slide
 
 OutputKind = Literal[
+    "mask_zero_shot",
     "mask_png",
     "mask_npy",
     "mask_thumb",
@@ -259,60 +263,104 @@ def _jsonable(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- one slide
 
+#: File name of each output kind, in writing order (``summary.json`` last).
+OUTPUT_NAMES: dict[OutputKind, str] = {
+    "mask_zero_shot": "mask_zero_shot.npy",
+    "mask_png": "mask.png",
+    "mask_npy": "mask.npy",
+    "mask_thumb": "mask_thumb.png",
+    "geojson": "tissue.geojson",
+    "patches_h5": "patches.h5",
+    "patches_parquet": "patches.parquet",
+    "focus": "focus.png",
+    "overlay": "overlay.png",
+    "summary": "summary.json",
+}
+#: The overlay's long side is at least this many pixels when the slide is that large.
+OVERLAY_MIN_SIDE = 1024
 
-def write_slide_outputs(
-    out_dir: Path,
-    *,
-    run_id: str,
-    slide_id: str,
-    grid: PatchGrid,
-    tissue: np.ndarray,
-    labels: list[PatchLabel],
-    thumbnail: np.ndarray,
-    thumb_downsample: float,
-    focus: np.ndarray | None,
-    summary: dict[str, Any],
-    level_dim: tuple[int, int],
-    magnification: float | None = None,
-    picture: tuple[np.ndarray, float] | None = None,
-) -> list[OutputRecord]:
+
+def output_paths(out_dir: Path) -> dict[str, str]:
+    """Output kind -> the path ``write_slide_outputs`` writes it to (with a zero-shot mask)."""
+    return {kind: str(out_dir / name) for kind, name in OUTPUT_NAMES.items()}
+
+
+def readable_picture(slide: Slide, thumbnail: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """A finer thumbnail for ``overlay.png`` when the grounding thumbnail is too small to read.
+
+    A 64x thumbnail of an 8k-pixel slide is 128 px wide; the overlay is for a person, so it is
+    redrawn with a long side of ``OVERLAY_MIN_SIDE`` (read from the best pyramid level).
+    """
+    if max(thumbnail.shape[:2]) >= OVERLAY_MIN_SIDE:
+        return None
+    width, height = slide.dimensions
+    downsample = max(1.0, max(width, height) / OVERLAY_MIN_SIDE)
+    return slide.thumbnail(downsample), downsample
+
+
+@dataclass(kw_only=True)
+class SlideOutputs:
+    """Everything one slide's output files are drawn from."""
+
+    run_id: str
+    slide_id: str
+    grid: PatchGrid
+    """The slide's patch grid; every mask below has its shape."""
+    tissue: np.ndarray
+    """The final mask, bool of ``grid.shape``."""
+    labels: list[PatchLabel]
+    """Every labelled patch (``patches.parquet``; focus grades when ``focus`` is None)."""
+    thumbnail: np.ndarray
+    """RGB uint8 taken at ``thumb_downsample`` (``mask_thumb.png``, ``overlay.png``)."""
+    thumb_downsample: float
+    level_dim: tuple[int, int]
+    """Level-0 (width, height)."""
+    summary: dict[str, Any]
+    """Written as ``summary.json``, last."""
+    focus: np.ndarray | None = None
+    """Per-patch codes (``tools.focus``) or focus names of ``grid.shape``; None takes the labels'."""
+    magnification: float | None = None
+    """The slide's level-0 magnification, recorded in ``patches.h5`` when known."""
+    picture: tuple[np.ndarray, float] | None = None
+    """(RGB image, downsample) to draw ``overlay.png`` on when the thumbnail is too small to read."""
+    zero_shot_tissue: np.ndarray | None = None
+    """The cleaned zero-shot mask (``mask_zero_shot.npy``), so what Auto-context changed stays
+    visible; None writes no such file."""
+
+
+def write_slide_outputs(out_dir: Path, outputs: SlideOutputs) -> list[OutputRecord]:
     """Write every output of one slide into ``out_dir`` (created) and describe each file.
 
-    ``picture`` is an optional (RGB image, downsample) to draw ``overlay.png`` on when the
-    thumbnail is too small to read; by default the overlay is drawn on the thumbnail.
-
-    ``tissue`` is the final bool mask of ``grid.shape``; ``thumbnail`` RGB uint8 taken at
-    ``thumb_downsample``; ``focus`` per-patch codes (``tools.focus``) or focus names of
-    ``grid.shape``, or None to take the labels' grades; ``level_dim`` level-0 (width, height).
-    Returns one OutputRecord per file, in writing order (summary.json last).
+    Returns one OutputRecord per file, in writing order (``OUTPUT_NAMES``; summary.json last).
     """
+    o, grid, tissue = outputs, outputs.grid, outputs.tissue
     if tissue.shape != grid.shape or tissue.dtype != np.bool_:
         raise ValueError(f"tissue must be bool of shape {grid.shape}, got {tissue.dtype} {tissue.shape}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    mask_thumb = mask_at_thumbnail(tissue, grid, thumbnail.shape[:2], thumb_downsample)
-    codes = focus_codes(labels, grid) if focus is None else _as_focus_codes(focus, grid)
-    writers: list[tuple[str, OutputKind, Callable[[Path], None]]] = [
-        ("mask.png", "mask_png", lambda p: write_mask_png(p, tissue)),
-        ("mask.npy", "mask_npy", lambda p: write_mask_npy(p, tissue)),
-        ("mask_thumb.png", "mask_thumb", lambda p: write_mask_png(p, mask_thumb)),
-        ("tissue.geojson", "geojson", lambda p: write_geojson(p, tissue, grid)),
-        (
-            "patches.h5",
-            "patches_h5",
-            lambda p: write_patches_h5(
-                p, tissue, grid, level_dim=level_dim, name=slide_id, magnification=magnification
-            ),
+    mask_thumb = mask_at_thumbnail(tissue, grid, o.thumbnail.shape[:2], o.thumb_downsample)
+    codes = focus_codes(o.labels, grid) if o.focus is None else _as_focus_codes(o.focus, grid)
+    writers: dict[OutputKind, Callable[[Path], None]] = {
+        "mask_png": lambda p: write_mask_png(p, tissue),
+        "mask_npy": lambda p: write_mask_npy(p, tissue),
+        "mask_thumb": lambda p: write_mask_png(p, mask_thumb),
+        "geojson": lambda p: write_geojson(p, tissue, grid),
+        "patches_h5": lambda p: write_patches_h5(
+            p, tissue, grid, level_dim=o.level_dim, name=o.slide_id, magnification=o.magnification
         ),
-        ("patches.parquet", "patches_parquet", lambda p: write_patches_parquet(p, labels)),
-        ("focus.png", "focus", lambda p: write_focus_png(p, codes)),
-        ("overlay.png", "overlay", lambda p: _png(p, _overlay(tissue, grid, thumbnail, mask_thumb, picture))),
-        ("summary.json", "summary", lambda p: write_summary_json(p, summary)),
-    ]
+        "patches_parquet": lambda p: write_patches_parquet(p, o.labels),
+        "focus": lambda p: write_focus_png(p, codes),
+        "overlay": lambda p: _png(p, _overlay(tissue, grid, o.thumbnail, mask_thumb, o.picture)),
+        "summary": lambda p: write_summary_json(p, o.summary),
+    }
+    if o.zero_shot_tissue is not None:
+        zero_shot = o.zero_shot_tissue
+        writers["mask_zero_shot"] = lambda p: write_mask_npy(p, zero_shot)
     records = []
-    for name, kind, write in writers:
-        path = out_dir / name
-        write(path)
-        records.append(_record(path, kind, run_id=run_id, slide_id=slide_id))
+    for kind, name in OUTPUT_NAMES.items():
+        if kind in writers:
+            path = out_dir / name
+            writers[kind](path)
+            records.append(_record(path, kind, run_id=o.run_id, slide_id=o.slide_id))
     return records
 
 

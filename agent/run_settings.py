@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy
+from tissue_oracle.store.recorder import AuditRecorder
 
 if TYPE_CHECKING:
     from tissue_oracle.agent.oracle_setup import OracleSet
@@ -54,14 +55,14 @@ class RunDeps:
 
     oracles: OracleSet
     """The built oracle of each role."""
-    store: Any
-    """What records calls, decisions, patches, outputs and slides: an ``AuditStore``, or a
-    ``MemoryRecorder`` in tests."""
+    store: AuditRecorder
+    """Records the run, its slides, calls, decisions, patches and outputs: an ``AuditStore``,
+    or a ``MemoryRecorder`` in tests and dry runs."""
     ledger: BudgetLedger
     """The run's budget ledger (``budgets.run``); each slide charges a child ledger of it."""
 
     @classmethod
-    def for_run(cls, settings: RunSettings, *, oracles: OracleSet, store: Any) -> RunDeps:
+    def for_run(cls, settings: RunSettings, *, oracles: OracleSet, store: AuditRecorder) -> RunDeps:
         """Deps with a fresh run ledger under ``settings.policy.budgets.run``."""
         return cls(
             oracles=oracles, store=store, ledger=BudgetLedger(settings.policy.budgets.run, scope="run")

@@ -1,5 +1,7 @@
 """What one slide's run produced, as ``summary.json``: the ``SlideSummary`` model and its tallies.
 
+The models only hold data; ``agent.controller.SlideRun.summary`` fills them in.
+
 Costs per stage are read from the audit rows themselves (``StageTally`` sits between the oracles
 and the store), so the summary and the store's ``calls`` table agree by construction. Stage
 seconds are busy time: regions run concurrently, so they can add up to more than the wall time.
@@ -12,18 +14,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tissue_oracle.tools.classify_patches import ClassifyPatchesOutput
-from tissue_oracle.tools.clean import CleanOutput
 from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import Action, Box, CallRecord, CallRecorder, Grades, Role
-
-if TYPE_CHECKING:
-    from tissue_oracle.agent.controller import SlideRun
-    from tissue_oracle.agent.oracle_setup import OracleSet
 
 
 def labelled_as(by_role: dict[Role, Oracle]) -> str:
@@ -183,81 +179,3 @@ class SlideSummary(BaseModel):
     @property
     def refinements(self) -> int:
         return sum(r.refinements for r in self.regions)
-
-
-# --------------------------------------------------------------------------- building it
-
-
-def slide_flags(
-    run: SlideRun, regions: list[RegionSummary], final: ClassifyPatchesOutput
-) -> tuple[list[str], list[str]]:
-    """Short flags for the store and the reasons a human should look, in words.
-
-    ``budget_exhausted`` and ``oracle_errors`` (patches that kept the coarse label because their
-    question failed) and escalated regions all ask for human review.
-    """
-    flags: list[str] = []
-    reasons: list[str] = []
-    if run.ledger.exhausted_reason is not None or final.budget_exhausted:
-        flags.append("budget_exhausted")
-        reasons.append(f"budget exhausted: {run.ledger.exhausted_reason or 'a stage was refused'}")
-    failed = run.zero_shot.failed if run.zero_shot is not None else 0
-    if failed and "budget_exhausted" not in flags:
-        flags.append("oracle_errors")
-        reasons.append(f"{failed} patch(es) kept the coarse label after oracle errors")
-    if run.boxes is not None and run.boxes.fallback:
-        flags.append("boxes_fallback")
-    escalated = [r for r in regions if r.needs_human_review]
-    reasons += [f"region {r.index}: {r.reason}" for r in escalated]
-    if escalated or {"budget_exhausted", "oracle_errors"} & set(flags):
-        flags.append("needs_human_review")
-    return flags, reasons
-
-
-def build_summary(
-    run: SlideRun,
-    oracles: OracleSet,
-    regions: list[RegionSummary],
-    final: ClassifyPatchesOutput,
-    cleaned: CleanOutput,
-) -> SlideSummary:
-    assert run.boxes is not None and run.zero_shot is not None
-    zero, grid = run.zero_shot, final.grid
-    flags, reasons = slide_flags(run, regions, final)
-    left = run.ledger.remaining()
-    width, height = run.slide.dimensions
-    return SlideSummary(
-        run_id=run.run_id,
-        slide_id=run.slide_id,
-        path=None if run.slide.path is None else str(run.slide.path),
-        width=width,
-        height=height,
-        mpp=run.slide.mpp,
-        status="degraded" if "budget_exhausted" in flags else "done",
-        flags=flags,
-        reasons=reasons,
-        policy_name=run.policy.name,
-        policy_hash=run.policy.policy_hash,
-        oracles=oracles.identities(),
-        labelled_as=labelled_as(oracles.by_role),
-        thumbnail_downsample=run.policy.thumbnail.downsample,
-        boxes=run.boxes.boxes,
-        boxes_fallback=run.boxes.fallback,
-        regions=regions,
-        patches=PatchCounts(
-            patch_size=grid.patch_size,
-            rows=grid.rows,
-            cols=grid.cols,
-            naive_calls=grid.rows * grid.cols,
-            in_scope=int(zero.scope.sum()),
-            sent_zero_shot=zero.sent,
-            gated_out=zero.gated_out,
-            sent_few_shot=sum(r.patches_sent or 0 for reg in regions for r in reg.rounds),
-            coarse_fallback=zero.failed,
-            tissue=int(cleaned.tissue.sum()),
-            changed_by_clean=int(cleaned.changed.sum()),
-        ),
-        stages=dict(run.tally.stats),
-        totals=run.tally.total(),
-        budget_left={"calls": left.calls, "tokens": left.tokens, "usd": left.usd},
-    )

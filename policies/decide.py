@@ -1,15 +1,20 @@
-"""Pure decision functions: what to do with a region after its mask was reviewed.
+"""Pure decision functions: what to do with a region after its mask was reviewed, and how a
+finished slide is flagged.
 
-``decide`` is the one place where reviewer grades become an action, so a table of cases tests
-every branch. It reads nothing but its arguments.
+This is the one place where reviewer grades become an action (``decide_review``, ``decide``),
+where a failed refinement escalates (``refinement_failed``), and where a slide is called
+degraded or in need of human review (``judge_slide``), so tables of cases test every branch.
+Each reads nothing but its arguments.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from tissue_oracle.policies.policy import ReviewParams
 from tissue_oracle.tools.schemas import Action, Grades
 
 
@@ -20,6 +25,45 @@ class Decision(BaseModel):
 
     action: Action
     reason: str
+    drop_last_round: bool = False
+    """The region's last Auto-context round was judged worse: its labels are not kept."""
+
+    @property
+    def needs_human_review(self) -> bool:
+        """An escalated region goes to a person."""
+        return self.action == "escalate"
+
+
+def review_disabled() -> Decision:
+    """A region the policy does not review is accepted as it is."""
+    return Decision(action="accept", reason="review disabled by the policy")
+
+
+def decide_review(
+    grades: Grades | None, before: Grades | None, round: int, *, rules: ReviewParams, budget_ok: bool
+) -> Decision:
+    """What to do with a region after review number ``round`` (0: the zero-shot mask).
+
+    With ``rules.revert_if_worse``, a refinement the reviewer judged worse than the mask before
+    it (``before``: that mask's grades) is dropped and the region escalated; otherwise
+    ``decide`` applies.
+    """
+    if round and rules.revert_if_worse and not refinement_helped(before, grades):
+        why = f"Auto-context round {round} was graded worse than the mask before it; labels dropped"
+        return Decision(action="escalate", reason=why, drop_last_round=True)
+    return decide(
+        grades,
+        round,
+        threshold=rules.threshold,
+        max_rounds=rules.max_rounds,
+        budget_ok=budget_ok,
+        on_review_failure=rules.on_review_failure,
+    )
+
+
+def refinement_failed(round: int, why: str) -> Decision:
+    """Auto-context round ``round + 1`` produced no labels (no points, no exemplars): escalate."""
+    return Decision(action="escalate", reason=f"Auto-context round {round + 1} failed: {why}")
 
 
 def decide(
@@ -81,3 +125,47 @@ def _estimated_f1(grades: Grades) -> float | None:
     if p is None or r is None:
         return None
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+class SlideVerdict(BaseModel):
+    """How a finished slide is reported: its status, short flags, and the reasons in words."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["done", "degraded"]
+    flags: list[str]
+    """``budget_exhausted``, ``oracle_errors``, ``boxes_fallback``, ``needs_human_review``."""
+    reasons: list[str]
+    """Why the slide needs a human, or why it degraded."""
+
+
+def judge_slide(
+    *,
+    exhausted_reason: str | None,
+    stage_refused: bool,
+    failed_patches: int,
+    boxes_fallback: bool,
+    escalated: Sequence[tuple[int, str]],
+) -> SlideVerdict:
+    """Flag a finished slide.
+
+    ``exhausted_reason`` is the slide ledger's (None: not exhausted); ``stage_refused`` that a
+    stage was refused for budget; ``failed_patches`` kept the coarse label after oracle errors;
+    ``escalated`` holds (region index, reason) of the regions escalated. A spent budget degrades
+    the slide; it, oracle errors and escalated regions all ask for human review.
+    """
+    flags: list[str] = []
+    reasons: list[str] = []
+    if exhausted_reason is not None or stage_refused:
+        flags.append("budget_exhausted")
+        reasons.append(f"budget exhausted: {exhausted_reason or 'a stage was refused'}")
+    if failed_patches and "budget_exhausted" not in flags:
+        flags.append("oracle_errors")
+        reasons.append(f"{failed_patches} patch(es) kept the coarse label after oracle errors")
+    if boxes_fallback:
+        flags.append("boxes_fallback")
+    reasons += [f"region {index}: {reason}" for index, reason in escalated]
+    if escalated or {"budget_exhausted", "oracle_errors"} & set(flags):
+        flags.append("needs_human_review")
+    status: Literal["done", "degraded"] = "degraded" if "budget_exhausted" in flags else "done"
+    return SlideVerdict(status=status, flags=flags, reasons=reasons)

@@ -23,6 +23,7 @@ from typing import TypeVar
 import duckdb
 
 from tissue_oracle.store import rows as R
+from tissue_oracle.store.recorder import FINISHED_STATUSES
 from tissue_oracle.store.schema import SCHEMA_VERSION, migrate
 from tissue_oracle.store.scrub import Scrubber
 from tissue_oracle.store.writer import SlideFinish, Writer
@@ -38,8 +39,6 @@ from tissue_oracle.tools.schemas import (
 )
 
 T = TypeVar("T")
-#: Slide statuses that count as finished for resume: the slide's outputs and labels are complete.
-FINISHED_STATUSES = ("done", "degraded")
 _LOCK_PID = re.compile(r"Conflicting lock is held in (?P<prog>.*?) \(PID (?P<pid>\d+)\)")
 _OPEN: dict[Path, AuditStore] = {}
 _OPEN_LOCK = threading.Lock()

@@ -28,19 +28,6 @@ from tissue_oracle.policies.policy import Policy, load_policy
 from tissue_oracle.store.memory import MemoryRecorder
 
 
-class RunStore(MemoryRecorder):
-    """A ``MemoryRecorder`` with the run bookkeeping ``run_slides`` asks of a store."""
-
-    def finished_slides(self, run_id: str) -> set[str]:
-        return set()
-
-    def begin_run(self, record: Any) -> None:
-        return None
-
-    def finish_run(self, run_id: str, status: str) -> None:
-        return None
-
-
 def small_slides(tmp: Path, transforms: list[tuple[int, bool]]) -> list[Path]:
     """Half-size two-core slides, rotated/flipped, saved as PNG files (slides differ in layout)."""
     from PIL import Image
@@ -61,8 +48,8 @@ def base_policy(**updates: Any) -> Policy:
 
 def segment_all(
     paths: list[Path], policy: Policy, oracles: OracleSet, out: Path
-) -> tuple[RunResult, RunStore]:
-    store = RunStore()
+) -> tuple[RunResult, MemoryRecorder]:
+    store = MemoryRecorder()
 
     async def main() -> RunResult:
         try:
@@ -74,7 +61,7 @@ def segment_all(
     return asyncio.run(main()), store
 
 
-def assert_within_caps(result: RunResult, store: RunStore, policy: Policy) -> None:
+def assert_within_caps(result: RunResult, store: MemoryRecorder, policy: Policy) -> None:
     paid = [c for c in store.calls if not c.cache_hit]
     per_slide = Counter(c.slide_id for c in paid)
     caps = {"slide": policy.budgets.slide, "run": policy.budgets.run}

@@ -17,9 +17,9 @@ from stage_support import core_slide_pixels
 
 from tissue_oracle.agent.controller import segment_slide
 from tissue_oracle.agent.oracle_setup import build_oracles
+from tissue_oracle.agent.outputs import OUTPUT_NAMES
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.agent.runs import run_record
-from tissue_oracle.agent.slide_io import OUTPUT_NAMES
 from tissue_oracle.agent.summary import SlideSummary
 from tissue_oracle.policies.policy import Policy, load_policy
 from tissue_oracle.store.audit_store import AuditStore

@@ -17,6 +17,7 @@ from tissue_oracle.agent.geojson import geojson_to_mask, mask_polygons, mask_to_
 from tissue_oracle.agent.outputs import (
     FOCUS_COLOURS,
     OVERLAY_FILL,
+    SlideOutputs,
     mask_at_thumbnail,
     overlay_image,
     write_patches_h5,
@@ -174,9 +175,9 @@ def test_write_slide_outputs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "OUT" / "synthetic"
     summary = {"dice": np.float64(0.9), "patches": np.int64(42), "nan": float("nan"), "path": out, "a": [1]}
     records = write_slide_outputs(
-        out, run_id="r1", slide_id="synthetic", grid=GRID, tissue=mask, labels=labels_for(mask),
+        out, SlideOutputs(run_id="r1", slide_id="synthetic", grid=GRID, tissue=mask, labels=labels_for(mask),
         thumbnail=thumb, thumb_downsample=64, focus=None, summary=summary,
-        level_dim=(GRID.slide_width, GRID.slide_height),
+        level_dim=(GRID.slide_width, GRID.slide_height)),
     )  # fmt: skip
     names = [Path(r.path).name for r in records]
     assert names == [
@@ -212,9 +213,9 @@ def test_overlay_drawn_on_a_finer_picture_when_given(tmp_path: Path) -> None:
         thumb, picture = slide.thumbnail(64), slide.thumbnail(8)
     out = tmp_path / "synthetic"
     write_slide_outputs(
-        out, run_id="r1", slide_id="synthetic", grid=GRID, tissue=mask, labels=labels_for(mask),
+        out, SlideOutputs(run_id="r1", slide_id="synthetic", grid=GRID, tissue=mask, labels=labels_for(mask),
         thumbnail=thumb, thumb_downsample=64, focus=None, summary={},
-        level_dim=(GRID.slide_width, GRID.slide_height), picture=(picture, 8.0),
+        level_dim=(GRID.slide_width, GRID.slide_height), picture=(picture, 8.0)),
     )  # fmt: skip
     overlay = np.asarray(Image.open(out / "overlay.png"))
     assert overlay.shape == picture.shape
@@ -237,13 +238,13 @@ def test_focus_array_given_by_name_or_code(tmp_path: Path) -> None:
         "thumbnail": np.full((50, 65, 3), 255, np.uint8), "thumb_downsample": 64.0, "summary": {},
         "level_dim": (GRID.slide_width, GRID.slide_height),
     }  # fmt: skip
-    write_slide_outputs(tmp_path / "a", focus=names, **common)  # type: ignore[arg-type]
+    write_slide_outputs(tmp_path / "a", SlideOutputs(focus=names, **common))  # type: ignore[arg-type]
     drawn = np.asarray(Image.open(tmp_path / "a" / "focus.png"))
     assert tuple(drawn[0, 0]) == FOCUS_COLOURS[FOCUS_CODES["out_of_focus"]]
     with pytest.raises(ValueError, match="focus codes"):
-        write_slide_outputs(tmp_path / "b", focus=np.full(GRID.shape, 9), **common)  # type: ignore[arg-type]
+        write_slide_outputs(tmp_path / "b", SlideOutputs(focus=np.full(GRID.shape, 9), **common))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tissue must be bool"):
-        write_slide_outputs(tmp_path / "c", focus=None, **{**common, "tissue": mask[:2]})  # type: ignore[arg-type]
+        write_slide_outputs(tmp_path / "c", SlideOutputs(**{**common, "tissue": mask[:2]}))  # type: ignore[arg-type]
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""``decide`` from a table of cases: every branch of accept / refine / escalate."""
+"""The policy's pure decisions from tables of cases: every branch of accept / refine / escalate,
+the revert that escalates, a failed refinement, and how a finished slide is flagged."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ from typing import Literal
 
 import pytest
 
-from tissue_oracle.policies.decide import decide, refinement_helped
+from tissue_oracle.policies.decide import (
+    decide,
+    decide_review,
+    judge_slide,
+    refinement_failed,
+    refinement_helped,
+    review_disabled,
+)
+from tissue_oracle.policies.policy import ReviewParams
 from tissue_oracle.tools.schemas import Action, Grades, grade_from_percent
 
 
@@ -100,3 +109,97 @@ def test_refinement_judged_by_estimated_f1_when_percentages_exist(
     before: Grades, after: Grades, kept: bool
 ) -> None:
     assert refinement_helped(before, after) is kept
+
+
+# --------------------------------------------------------------------------- after a review
+
+
+def pct(precision: int, recall: int, p_pct: float, r_pct: float) -> Grades:
+    return Grades(precision=precision, recall=recall, precision_pct=p_pct, recall_pct=r_pct)
+
+
+REVIEW_CASES: list[tuple[Grades | None, Grades | None, int, bool, bool, Action, bool, str]] = [
+    # grades, before, round, revert_if_worse, budget_ok, action, drops the round, reason contains
+    (g(1, 1), None, 0, True, True, "accept", False, "within threshold"),
+    (g(3, 1), None, 0, True, True, "refine", False, "round 1"),  # round 0 has nothing to revert
+    (g(4, 1), g(3, 1), 1, True, True, "escalate", True, "graded worse"),
+    (g(4, 1), g(3, 1), 1, False, True, "escalate", False, "after 1 of 1"),  # reverting switched off
+    (g(3, 1), g(4, 1), 1, True, True, "escalate", False, "after 1 of 1"),  # better, but still above tau
+    (g(1, 1), g(3, 1), 1, True, True, "accept", False, "within threshold"),
+    (None, g(3, 1), 1, True, True, "escalate", False, "review failed"),  # no evidence against the round
+    (g(3, 1), g(3, 1), 1, True, False, "escalate", False, "budget exhausted"),
+    (pct(4, 4, 88.0, 34.0), pct(4, 4, 100.0, 0.0), 1, True, True, "escalate", False, "after 1 of 1"),
+    (pct(4, 4, 50.0, 10.0), pct(4, 4, 100.0, 30.0), 1, True, True, "escalate", True, "graded worse"),
+]
+
+
+@pytest.mark.parametrize(
+    ("grades", "before", "round_", "revert", "budget_ok", "action", "drops", "reason"), REVIEW_CASES
+)
+def test_decide_review_table(
+    grades: Grades | None,
+    before: Grades | None,
+    round_: int,
+    revert: bool,
+    budget_ok: bool,
+    action: Action,
+    drops: bool,
+    reason: str,
+) -> None:
+    rules = ReviewParams(threshold=2, max_rounds=1, revert_if_worse=revert)
+    decision = decide_review(grades, before, round_, rules=rules, budget_ok=budget_ok)
+    assert (decision.action, decision.drop_last_round) == (action, drops)
+    assert reason in decision.reason
+    assert decision.needs_human_review == (action == "escalate")
+
+
+def test_a_failed_refinement_escalates_naming_the_round() -> None:
+    decision = refinement_failed(1, "point_ground: no points found")
+    assert decision.action == "escalate" and decision.needs_human_review and not decision.drop_last_round
+    assert decision.reason == "Auto-context round 2 failed: point_ground: no points found"
+    assert review_disabled().action == "accept" and not review_disabled().needs_human_review
+
+
+# --------------------------------------------------------------------------- a finished slide
+
+SLIDE_CASES: list[tuple[str | None, bool, int, bool, list[tuple[int, str]], str, list[str], list[str]]] = [
+    # exhausted, refused, failed patches, boxes fallback, escalated, status, flags, reasons contain
+    (None, False, 0, False, [], "done", [], []),
+    (None, False, 0, True, [], "done", ["boxes_fallback"], []),
+    ("slide calls cap 10", False, 0, False, [], "degraded", ["budget_exhausted", "needs_human_review"],
+     ["budget exhausted: slide calls cap 10"]),
+    (None, True, 0, False, [], "degraded", ["budget_exhausted", "needs_human_review"],
+     ["budget exhausted: a stage was refused"]),
+    (None, False, 8, False, [], "done", ["oracle_errors", "needs_human_review"],
+     ["8 patch(es) kept the coarse label"]),
+    ("cap", False, 8, False, [], "degraded", ["budget_exhausted", "needs_human_review"], ["cap"]),
+    (None, False, 0, False, [(1, "worse")], "done", ["needs_human_review"], ["region 1: worse"]),
+    (None, False, 2, True, [(0, "a"), (2, "b")], "done",
+     ["oracle_errors", "boxes_fallback", "needs_human_review"],
+     ["2 patch(es)", "region 0: a", "region 2: b"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("exhausted", "refused", "failed", "fallback", "escalated", "status", "flags", "reasons"), SLIDE_CASES
+)
+def test_judge_slide_table(
+    exhausted: str | None,
+    refused: bool,
+    failed: int,
+    fallback: bool,
+    escalated: list[tuple[int, str]],
+    status: str,
+    flags: list[str],
+    reasons: list[str],
+) -> None:
+    verdict = judge_slide(
+        exhausted_reason=exhausted,
+        stage_refused=refused,
+        failed_patches=failed,
+        boxes_fallback=fallback,
+        escalated=escalated,
+    )
+    assert verdict.status == status and verdict.flags == flags
+    assert len(verdict.reasons) == len(reasons)
+    assert all(want in got for want, got in zip(reasons, verdict.reasons, strict=True))

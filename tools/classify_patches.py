@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from tissue_oracle.tools.clean import CleanOutput
 from tissue_oracle.tools.errors import BudgetExceededError, OracleError, SlideError
 from tissue_oracle.tools.focus import NO_FOCUS, focus_code
 from tissue_oracle.tools.schemas import (
@@ -210,6 +211,29 @@ def merge_labels(base: ClassifyPatchesOutput, update: ClassifyPatchesOutput) -> 
             "budget_exhausted": base.budget_exhausted or update.budget_exhausted,
         }
     )
+
+
+def answered_only(out: ClassifyPatchesOutput) -> ClassifyPatchesOutput:
+    """``out`` restricted to the patches the oracle answered: a failed or refused few-shot question
+    must not overwrite a zero-shot answer with the coarse label."""
+    answered = [lab for lab in out.labels if lab.source != "coarse"]
+    scope = np.zeros_like(out.scope)
+    for lab in answered:
+        scope[out.grid.cell_of(lab.ref.x, lab.ref.y)] = True
+    return out.model_copy(update={"scope": scope, "labels": answered})
+
+
+def final_labels(raw: ClassifyPatchesOutput, cleaned: CleanOutput) -> list[PatchLabel]:
+    """Every labelled patch after cleaning; patches the clean stage flipped get source ``clean``."""
+    by_cell = {raw.grid.cell_of(lab.ref.x, lab.ref.y): lab for lab in raw.labels}
+    for r, c in zip(*np.nonzero(cleaned.changed), strict=True):
+        cell = (int(r), int(c))
+        label = "tissue" if cleaned.tissue[cell] else "background"
+        old = by_cell.get(cell)
+        ref = old.ref if old is not None else raw.grid.ref(*cell)
+        focus = old.focus if old is not None else None
+        by_cell[cell] = PatchLabel(ref=ref, label=label, focus=focus, confidence=1.0, source="clean")
+    return [by_cell[cell] for cell in sorted(by_cell)]
 
 
 # --------------------------------------------------------------------------- the stage

@@ -1,0 +1,50 @@
+"""The one contract a run records into: ``AuditRecorder``.
+
+Two implementations keep it: ``store.audit_store.AuditStore`` (DuckDB, the real thing) and
+``store.memory.MemoryRecorder`` (lists in memory, for tests and dry runs).
+``tests/test_recorder_contract.py`` runs the same cases over both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from tissue_oracle.tools.schemas import (
+    CallRecorder,
+    DecisionRecord,
+    OutputRecord,
+    PatchRecord,
+    RunRecord,
+    SlideRecord,
+)
+
+#: Slide statuses that count as finished: a resumed run skips these slides.
+FINISHED_STATUSES: tuple[str, ...] = ("done", "degraded")
+
+
+@runtime_checkable
+class AuditRecorder(CallRecorder, Protocol):
+    """Runs, slides, calls (and the answer cache), decisions, patch labels and output files.
+
+    A slide's records belong to the slide begun with ``begin_slide``; ``finish_slide`` sets its
+    final status. ``finished_slides`` names the slides whose status is in ``FINISHED_STATUSES``.
+    """
+
+    def begin_run(self, run: RunRecord) -> None: ...
+
+    def finish_run(self, run_id: str, status: str) -> None: ...
+
+    def finished_slides(self, run_id: str | None = None) -> set[str]: ...
+
+    def begin_slide(self, slide: SlideRecord) -> None: ...
+
+    def finish_slide(
+        self, run_id: str, slide_id: str, *, status: str, error: str | None = None, flags: Iterable[str] = ()
+    ) -> None: ...
+
+    def record_decision(self, record: DecisionRecord) -> None: ...
+
+    def record_patches(self, records: list[PatchRecord]) -> None: ...
+
+    def record_output(self, record: OutputRecord) -> None: ...
