@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "audit": "tissue_oracle.agent.cmd_audit:app",
     "segment": "tissue_oracle.agent.cmd_segment:segment",
     "report": "tissue_oracle.agent.cmd_report:report",
+    "probe": "tissue_oracle.agent.cmd_probe:probe",
     "demo": "tissue_oracle.bench.cmd_demo:demo",
     "distil": "tissue_oracle.agent.cmd_distil:distil",
     "bench": "tissue_oracle.bench.evaluation.cmd_bench:bench",

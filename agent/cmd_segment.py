@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 SpecOption = Annotated[str | None, typer.Option(help="Backend spec for this role, overriding the policy.")]
 
 
-def build_policy(policy: str, *, max_usd: float | None, max_calls: int | None) -> Policy:
-    """The named or given policy with the command line's run caps applied."""
+def build_policy(
+    policy: str, *, max_usd: float | None, max_calls: int | None, self_hosted: bool = False
+) -> Policy:
+    """The named or given policy with the command line's run caps applied; ``self_hosted`` prices
+    every ``openai:`` model at $0 (the user's own server)."""
     from tissue_oracle.policies.policy import load_policy
 
     loaded = load_policy(policy)
@@ -31,6 +34,9 @@ def build_policy(policy: str, *, max_usd: float | None, max_calls: int | None) -
         updates["budgets.run.usd"] = max_usd
     if max_calls is not None:
         updates["budgets.run.calls"] = max_calls
+    if self_hosted:
+        models = loaded.model_dump(mode="json")["models"]
+        updates["models"] = {**models, "openai:*": {**models.get("openai:*", {}), "price": "self-hosted"}}
     return loaded.with_updates(updates) if updates else loaded
 
 
@@ -59,6 +65,8 @@ def run_segment(
     with AuditStore.open(settings.out_dir / "audit.duckdb") as store:
         # Built here in both modes, so a bad spec or a missing price fails before any slide.
         oracles = build_oracles(settings.policy, overrides=overrides, base_urls=urls)  # type: ignore[arg-type]
+        for note in oracles.notes:
+            typer.secho(f"note: {note}", err=True, fg="yellow")
         deps = RunDeps.for_run(settings, oracles=oracles, store=store)
 
         async def main() -> RunResult:
@@ -132,11 +140,15 @@ def segment(
     base_url: Annotated[
         list[str] | None,
         typer.Option(
-            help="OpenAI-compatible/Gemini endpoint (vLLM); 'gemini=URL' or 'openai=URL' for one backend."
+            help="OpenAI-compatible endpoint (vLLM) for openai: specs; 'gemini=URL' for Gemini (else "
+            "GOOGLE_GEMINI_BASE_URL or Google)."
         ),
     ] = None,
     max_usd: Annotated[float | None, typer.Option(help="Hard cap on the run's cost in USD.")] = None,
     max_calls: Annotated[int | None, typer.Option(help="Hard cap on the run's oracle calls.")] = None,
+    self_hosted: Annotated[
+        bool, typer.Option("--self-hosted", help="openai: models run on your own server: price them $0.")
+    ] = False,
     mpp: Annotated[
         float | None, typer.Option(help="Microns per pixel, for slides that don't record it.")
     ] = None,
@@ -161,7 +173,7 @@ def segment(
     try:
         settings = RunSettings(
             run_id=run_id or new_run_id(),
-            policy=build_policy(policy, max_usd=max_usd, max_calls=max_calls),
+            policy=build_policy(policy, max_usd=max_usd, max_calls=max_calls, self_hosted=self_hosted),
             out_dir=out,
             use_cache=not no_cache,
             mpp=mpp,

@@ -184,7 +184,19 @@ def build_one(
     settings = settings_for(spec, policy, role)
     price = FREE if replaying else price_for(spec, base_url=base_url, setting=settings.price)
     options = _vlm_options(policy, settings) if backend in VLM_BACKENDS else {}
+    probed = probed_profile(spec, base_url) if backend in VLM_BACKENDS else None
+    if probed is not None:
+        options["profile"] = probed
     return build_oracle(spec, base_url=base_url, price=price, **options), price
+
+
+def probed_profile(spec: str, base_url: str | None) -> str | None:
+    """The coordinate profile ``tissue-oracle probe`` found for this model at this endpoint, if any."""
+    from tissue_oracle.oracles.probe import endpoint_of, load_probe
+
+    cached = load_probe(spec, endpoint_of(split_spec(spec)[0], base_url))
+    profile = cached.get("profile") if cached else None
+    return profile if isinstance(profile, str) else None
 
 
 def build_oracles(
@@ -214,6 +226,10 @@ def build_oracles(
             built[key] = build_one(spec, policy, role=role, base_urls=base_urls)
         by_role[role], prices[role] = built[key]
     notes = _check_prices(policy, specs, prices)
+    for spec in sorted(set(specs.values())):
+        probed = probed_profile(spec, base_url_for(spec, base_urls))
+        if probed is not None:
+            notes.append(f"{spec}: coordinate profile {probed!r} from its cached probe (tissue-oracle probe)")
     owned = [oracle for oracle, _ in built.values()]
     if policy.cascade.enabled and policy.cascade.student:
         # Student first, the classifier only for unsure patches (oracles.cascade); built once per run.

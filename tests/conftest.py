@@ -17,3 +17,9 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data folder {str(REAL_DATA)!r} is absent")
     return REAL_DATA
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe results are cached per user; tests never read or write the user's cache."""
+    monkeypatch.setenv("TISSUE_ORACLE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
