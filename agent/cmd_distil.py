@@ -72,6 +72,7 @@ def _run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tissue_oracle.store.audit_store import AuditStore
+    from tissue_oracle.store.reads import StoreReads
     from tissue_oracle.tools.distil import distil as run_distil
     from tissue_oracle.tools.distil_train import TrainConfig
     from tissue_oracle.tools.errors import StoreError
@@ -100,7 +101,7 @@ def _run(
             init=init,
             truth=truth_lookup(),
             progress=progress,
-            query=store.query,
+            source=StoreReads(store.query, str(audit)),
         )
     return result.card
 

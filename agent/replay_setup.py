@@ -12,39 +12,30 @@ from pathlib import Path
 
 from tissue_oracle.oracles.replay import ReplayOracle
 from tissue_oracle.store.audit_store import AuditStore
+from tissue_oracle.store.reads import StoreReads
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import Role
 
 #: Backends whose spec is the bare name (the model is implied, e.g. ``classical`` is ``classical-v1``).
 _TAKES_NO_ARGUMENT = frozenset({"classical"})
-_SERVED_ROLE = """
-    SELECT c.backend, c.model, count(*) AS n
-    FROM calls c LEFT JOIN runs r ON r.run_id = c.run_id
-    WHERE c.role = ? AND c.ok
-      AND c.run_id = (
-          SELECT c2.run_id FROM calls c2 LEFT JOIN runs r2 ON r2.run_id = c2.run_id
-          WHERE c2.role = ? AND c2.ok
-          ORDER BY r2.started_at DESC NULLS LAST, c2.call_id DESC LIMIT 1)
-    GROUP BY ALL ORDER BY n DESC LIMIT 1
-"""
 
 
 def recorded_spec(store: AuditStore, role: Role) -> str:
     """``backend:model`` that served ``role`` in the latest run of ``store`` (ConfigError if none)."""
-    rows = store.query(lambda conn: conn.execute(_SERVED_ROLE, [role, role]).fetchall())
-    if not rows:
+    served = StoreReads(store.query, str(store.path)).served_role(role)
+    if served is None:
         raise ConfigError(
             f"audit store {str(store.path)!r} has no successful {role!r} calls to replay. "
             "Replay a store recorded with that role, or give the role a live backend."
         )
-    backend, model, _ = rows[0]
+    backend, model = served
     if backend == "student":  # its model name is an architecture and digest, not the checkpoint path
         raise ConfigError(
             f"{role!r} was served by the student {model!r}, which replay can't rebuild from the store. "
             "Give the role 'student:PATH' with the same checkpoint: it is local and costs nothing."
         )
-    return str(backend) if backend in _TAKES_NO_ARGUMENT or not model else f"{backend}:{model}"
+    return backend if backend in _TAKES_NO_ARGUMENT or not model else f"{backend}:{model}"
 
 
 def build_replay_oracle(audit_path: Path, role: Role, build_inner: Callable[[str], Oracle]) -> ReplayOracle:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tissue_oracle.store.audit_store import AuditStore
+from tissue_oracle.store.reads import StoreReads
 from tissue_oracle.tools import distil_data as data
 from tissue_oracle.tools import distil_train as fit
 from tissue_oracle.tools.distil import CARD_NAME, ModelCard, distil
@@ -140,17 +141,17 @@ def test_cap_per_class_caps_each_class_without_duplicates() -> None:
 
 def test_labels_come_from_oracle_decided_rows_only(tmp_path: Path) -> None:
     audit = write_audit(tmp_path, 2)
-    labels = data.load_pseudo_labels(data.read_only(audit))
+    labels = data.load_pseudo_labels(StoreReads.open_read_only(audit))
     assert labels.run_id == "run-a" and labels.coarse_fill == []
     assert [len(s.labels) for s in labels.slides] == [GRID * GRID - 1] * 2
     with pytest.raises(ConfigError, match="run-b"):
-        data.load_pseudo_labels(data.read_only(audit), "run-b")
+        data.load_pseudo_labels(StoreReads.open_read_only(audit), "run-b")
     with pytest.raises(StoreError, match="does not exist"):
-        data.load_pseudo_labels(data.read_only(tmp_path / "nope.duckdb"))
+        data.load_pseudo_labels(StoreReads.open_read_only(tmp_path / "nope.duckdb"))
 
 
 def test_val_comes_from_train_patches_when_no_val_slide(tmp_path: Path) -> None:
-    labels = data.load_pseudo_labels(data.read_only(write_audit(tmp_path, 2)))
+    labels = data.load_pseudo_labels(StoreReads.open_read_only(write_audit(tmp_path, 2)))
     split, samples, val_from_train = data.sample_splits(labels, seed=0, max_per_class=10)
     assert val_from_train and len(split["train"]) == 1 and len(split["test"]) == 1
     (slide,) = split["train"]
@@ -206,7 +207,10 @@ def test_distil_writes_checkpoint_card_and_cache(tmp_path: Path) -> None:
         return open_slide(path)
 
     out = tmp_path / "student"
-    result = distil(audit, out, spec=SPEC, cfg=tiny_cfg(), max_per_class=20, open_slide=opener, truth=lookup)
+    reads = StoreReads.open_read_only(audit)
+    result = distil(
+        audit, out, spec=SPEC, cfg=tiny_cfg(), max_per_class=20, open_slide=opener, truth=lookup, source=reads
+    )
     card = ModelCard.model_validate(json.loads((out / CARD_NAME).read_text()))
     assert result.checkpoint.is_file() and card.checkpoint == str(result.checkpoint)
     assert card.teacher.kind == "classical" and card.teacher.is_vlm is False
@@ -229,6 +233,7 @@ def test_distil_writes_checkpoint_card_and_cache(tmp_path: Path) -> None:
         max_per_class=20,
         open_slide=opener,
         cache_dir=out / "cache",
+        source=reads,
     )
     assert opened == []  # every patch came from the cache
     assert again.card.metrics_vs_teacher == card.metrics_vs_teacher

@@ -90,9 +90,9 @@ class DistilResult:
     card: ModelCard
 
 
-def teacher_identity(query: data.Query, run_id: str) -> Teacher:
+def teacher_identity(source: data.LabelSource, run_id: str) -> Teacher:
     """The backends and models whose patch-label calls produced this run's labels."""
-    rows = data.labelling_calls(query, run_id)
+    rows = source.labelling_calls(run_id)
     backends = sorted({str(r[0]) for r in rows})
     is_vlm = bool(backends) and all(b in VLM_BACKENDS for b in backends)
     if is_vlm:
@@ -127,16 +127,15 @@ def distil(
     truth: TruthLookup | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
-    query: data.Query | None = None,
+    source: data.LabelSource,
 ) -> DistilResult:
     """Distil the run's pseudo-labels into ``out/student.pt`` and ``out/model_card.json``.
 
-    ``query`` reads the store (``AuditStore.query`` when the caller holds it open); by default the
-    file is opened read-only.
+    ``source`` reads the store's labels (``store.reads.StoreReads`` over ``AuditStore.query`` when
+    the caller holds the store open, or ``StoreReads.open_read_only(audit)``); ``audit`` names it.
     """
     cfg = cfg or fit.TrainConfig()
-    query = query or data.read_only(audit)
-    labels = data.load_pseudo_labels(query, run_id, str(audit))
+    labels = data.load_pseudo_labels(source, run_id)
     if not labels.slides:
         raise StoreError(
             f"run {labels.run_id!r} in {str(audit)!r} has no oracle-decided patch labels to learn"
@@ -174,7 +173,7 @@ def distil(
         spec=spec,
         audit=str(audit),
         run_id=labels.run_id,
-        teacher=teacher_identity(query, labels.run_id),
+        teacher=teacher_identity(source, labels.run_id),
         label_sources=list(labels.sources),
         coarse_fill=labels.coarse_fill,
         slides={k: list(v) for k, v in split.items()},

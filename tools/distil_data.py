@@ -1,6 +1,7 @@
 """Distillation data: pseudo-labels from the audit store, split by slide, capped per class, cached.
 
-The labels come from the store's ``patches`` table (one row per patch, level-0 ``x, y, size``).
+The labels come from the store's ``patches`` table (one row per patch, level-0 ``x, y, size``),
+read through a ``LabelSource`` (``store.reads.StoreReads``).
 By default only labels an oracle call decided (``zero_shot``, ``few_shot``) or that ``clean``
 corrected are used: ``coarse`` rows were decided by the colour mask alone (outside the 5% gate, or
 budget ran out) and ``student``/``cascade`` rows would teach a student its own mistakes. When a
@@ -18,11 +19,11 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from tissue_oracle.tools.errors import ConfigError, SlideError, StoreError
+from tissue_oracle.tools.errors import ConfigError, SlideError
 from tissue_oracle.tools.schemas import PatchRef
 
 Split = Literal["train", "val", "test"]
@@ -65,97 +66,22 @@ class PseudoLabels:
     """Classes that had no oracle-decided label and were filled from ``coarse`` rows."""
 
 
-Query = Callable[[Callable[[Any], Any]], Any]
-"""Runs ``fn(duckdb_connection)`` against the audit store and returns its result.
+class LabelSource(Protocol):
+    """The store's reads distillation needs (``store.reads.StoreReads`` is the one); no SQL here."""
 
-``AuditStore.query`` is one (it shares a store this process already holds open); ``read_only(path)``
-is the stand-alone one.
-"""
+    def labelling_calls(self, run_id: str) -> list[tuple[str, str]]:
+        """Distinct (backend, model) of the run's successful patch-label calls."""
+        ...
 
-
-def read_only(audit: Path) -> Query:
-    """A ``Query`` that opens the audit file read-only for each call (no store needed)."""
-
-    def query(fn: Callable[[Any], Any]) -> Any:
-        con = _connect(audit)
-        try:
-            return fn(con)
-        finally:
-            con.close()
-
-    return query
+    def patch_label_rows(self, run_id: str | None = None) -> tuple[str, list[tuple[Any, ...]]]:
+        """The run (``run_id``, else the latest with labels) and its
+        ``(slide_id, path, file_hash, x, y, size, label, source)`` rows, by slide, y, x."""
+        ...
 
 
-def _connect(audit: Path) -> Any:
-    import duckdb
-
-    if not audit.is_file():
-        raise StoreError(f"audit store {str(audit)!r} does not exist; pass the audit.duckdb a run wrote")
-    try:
-        return duckdb.connect(str(audit), read_only=True)
-    except duckdb.Error as exc:
-        raise StoreError(
-            f"cannot open audit store {str(audit)!r} read-only: {exc}. Is it a DuckDB file?"
-        ) from exc
-
-
-def table_names(con: Any) -> set[str]:
-    """Names of the tables in an open DuckDB connection."""
-    return {str(r[0]) for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-
-
-def labelling_calls(query: Query, run_id: str) -> list[tuple[str, str]]:
-    """Distinct (backend, model) of the run's successful patch-label calls: who taught the labels."""
-
-    def fn(con: Any) -> list[tuple[Any, ...]]:
-        if "calls" not in table_names(con):
-            return []
-        return list(
-            con.execute(
-                "SELECT DISTINCT backend, model FROM calls WHERE run_id = ? AND stage = 'classify_patches' "
-                "AND role IN ('oracle', 'classifier') AND ok ORDER BY backend, model",
-                [run_id],
-            ).fetchall()
-        )
-
-    return [(str(b), str(m)) for b, m in query(fn)]
-
-
-def pick_run(con: Any, run_id: str | None, audit: str) -> str:
-    """The run to distil: the one asked for, else the most recent run that has patch labels."""
-    runs = [r[0] for r in con.execute("SELECT DISTINCT run_id FROM patches ORDER BY run_id").fetchall()]
-    if not runs:
-        raise StoreError(f"audit store {str(audit)!r} has no patch labels; run `tissue-oracle segment` first")
-    if run_id is not None:
-        if run_id not in runs:
-            raise ConfigError(
-                f"run {run_id!r} has no patch labels in {str(audit)!r}; runs with labels: {runs}"
-            )
-        return run_id
-    if "runs" in table_names(con):
-        row = con.execute(
-            "SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM patches) "
-            "ORDER BY started_at DESC LIMIT 1"
-        ).fetchone()
-        if row is not None:
-            return str(row[0])
-    return str(runs[-1])
-
-
-def load_pseudo_labels(query: Query, run_id: str | None = None, audit: str = "audit store") -> PseudoLabels:
-    """Read one run's patch labels and slide paths from the audit store; ``audit`` names it in errors."""
-
-    def fn(con: Any) -> tuple[str, list[tuple[Any, ...]]]:
-        run = pick_run(con, run_id, audit)
-        rows = con.execute(
-            "SELECT p.slide_id, s.path, s.file_hash, p.x, p.y, p.size, p.label, p.source "
-            "FROM patches p JOIN slides s ON s.run_id = p.run_id AND s.slide_id = p.slide_id "
-            "WHERE p.run_id = ? ORDER BY p.slide_id, p.y, p.x",
-            [run],
-        ).fetchall()
-        return run, list(rows)
-
-    run, rows = query(fn)
+def load_pseudo_labels(source: LabelSource, run_id: str | None = None) -> PseudoLabels:
+    """One run's usable patch labels and slide paths, grouped by slide."""
+    run, rows = source.patch_label_rows(run_id)
     return _group(run, rows)
 
 

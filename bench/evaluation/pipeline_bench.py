@@ -23,6 +23,7 @@ import numpy as np
 
 from tissue_oracle.bench.evaluation.harness import Case, CaseEnv, Method, Prediction
 from tissue_oracle.bench.evaluation.metrics import seg_scores
+from tissue_oracle.store.reads import StoreReads
 from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS
 from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import ModelPrice, Role
@@ -62,17 +63,11 @@ def _store(work_dir: Path) -> Any:
 
 
 def _cost(store: Any, run_id: str, slide_id: str) -> dict[str, float]:
-    sql = (
-        "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
-        "coalesce(sum(cost_usd), 0) FROM calls WHERE run_id = ? AND slide_id = ? AND NOT cache_hit"
-    )
-    n, tin, tout, usd = store.query(lambda con: con.execute(sql, [run_id, slide_id]).fetchone())
-    return {"calls": int(n), "input_tokens": int(tin), "output_tokens": int(tout), "usd": float(usd)}
+    return StoreReads(store.query).paid_calls(run_id, slide_id)
 
 
 def _focus(store: Any, run_id: str, slide_id: str, case: Case) -> np.ndarray:
-    sql = "SELECT x, y, focus FROM patches WHERE run_id = ? AND slide_id = ? AND label = 'tissue'"
-    rows = store.query(lambda con: con.execute(sql, [run_id, slide_id]).fetchall())
+    rows = StoreReads(store.query).tissue_focus(run_id, slide_id)
     shape = (math.ceil(case.slide_height / case.patch_size), math.ceil(case.slide_width / case.patch_size))
     grid = np.full(shape, NO_FOCUS, dtype=np.uint8)
     for x, y, focus in rows:

@@ -36,6 +36,7 @@ from tissue_oracle.oracles.student import build as build_student
 from tissue_oracle.policies.policy import Policy, load_policy
 from tissue_oracle.store.audit_store import AuditStore
 from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.store.reads import StoreReads
 from tissue_oracle.tools import distil_data
 from tissue_oracle.tools.distil import CARD_NAME, CHECKPOINT_NAME, ModelCard, distil
 from tissue_oracle.tools.distil_train import TrainConfig
@@ -111,7 +112,7 @@ def teacher_run(slides: list[Path], audit: Path, out: Path, patch_size: int) -> 
 
 
 def _patches_for_speed(audit: Path, slide_ids: list[str], limit: int) -> list[tuple[str, PatchRef]]:
-    labels = distil_data.load_pseudo_labels(distil_data.read_only(audit), TEACHER_RUN)
+    labels = distil_data.load_pseudo_labels(StoreReads.open_read_only(audit), TEACHER_RUN)
     picked = []
     for s in labels.slides:
         if s.slide_id in slide_ids:
@@ -168,28 +169,17 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def _mask_from_store(
     audit: Path, run_id: str, slide_id: str, shape: tuple[int, int], size: int
 ) -> np.ndarray:
-    def fn(con: Any) -> list[tuple[Any, ...]]:
-        sql = "SELECT x, y, label FROM patches WHERE run_id = ? AND slide_id = ?"
-        return list(con.execute(sql, [run_id, slide_id]).fetchall())
-
     mask = np.zeros(shape, bool)
-    for x, y, label in distil_data.read_only(audit)(fn):
-        mask[int(y) // size, int(x) // size] = label == "tissue"
+    for x, y, label in StoreReads.open_read_only(audit).slide_patch_labels(run_id, slide_id):
+        mask[y // size, x // size] = label == "tissue"
     return mask
 
 
 def _oracle_calls(audit: Path, run_id: str) -> dict[str, dict[str, int]]:
-    def fn(con: Any) -> list[tuple[Any, ...]]:
-        sql = (
-            "SELECT slide_id, backend, count(*), sum(len(image_hashes)) FROM calls WHERE run_id = ? "
-            "AND stage = 'classify_patches' AND NOT cache_hit GROUP BY slide_id, backend"
-        )
-        return list(con.execute(sql, [run_id]).fetchall())
-
     out: dict[str, dict[str, int]] = {}
-    for slide_id, backend, calls, patches in distil_data.read_only(audit)(fn):
-        out.setdefault(str(slide_id), {})[f"{backend}_calls"] = int(calls)
-        out[str(slide_id)][f"{backend}_patches"] = int(patches or 0)
+    for slide_id, backend, calls, patches in StoreReads.open_read_only(audit).classify_calls_by_slide(run_id):
+        out.setdefault(slide_id, {})[f"{backend}_calls"] = calls
+        out[slide_id][f"{backend}_patches"] = patches
     return out
 
 
@@ -280,6 +270,7 @@ def main(
             cfg=TrainConfig(epochs=epochs, seed=seed),
             max_per_class=max_per_class,
             truth=truth_lookup,
+            source=StoreReads.open_read_only(audit),
         )
     card = ModelCard.model_validate_json(card_path.read_text())
     test_ids = card.slides["test"]
