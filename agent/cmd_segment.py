@@ -127,6 +127,9 @@ def print_result(result: RunResult) -> None:
         )  # fmt: skip
     console = make_console()
     console.print(table)
+    for o in result.outcomes:  # out-of-scope slides say why, never a silent 0%
+        if o.summary is not None and any(f.startswith("out_of_scope_") for f in o.summary.flags):
+            console.print(f"{o.slide_id}: {o.summary.reasons[-1]}")
     console.print(f"outputs in {str(result.out_dir)!r}; audit store {str(result.out_dir / 'audit.duckdb')!r}")
 
 

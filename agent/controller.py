@@ -39,9 +39,11 @@ from tissue_oracle.agent.summary import (
     StageTally,
     labelled_as,
 )
+from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, DenseClassifyOutput, classify_dense
 from tissue_oracle.oracles.routing import route_questions
 from tissue_oracle.policies.decide import (
     Decision,
+    classical_map_accepted,
     decide_review,
     judge_slide,
     refinement_failed,
@@ -103,8 +105,8 @@ class CoarseResult:
     """RGB uint8 at ``policy.thumbnail.downsample`` (thumb_xy frame)."""
     boxes: GroundBoxesOutput
     """Regions, level-0 frame (one whole-slide box when grounding fell back)."""
-    coarse: ClusterColoursOutput
-    """The coarse mask M1."""
+    coarse: ClusterColoursOutput | None
+    """The coarse mask M1 (None when the classical map labelled the slide)."""
     zero_shot: ClassifyPatchesOutput
     """Zero-shot labels of every patch M1 touches."""
 
@@ -133,6 +135,8 @@ class SlideRun:
             context=self.context,
             max_in_flight=self.policy.classify.max_in_flight,
         )
+        self.classical_only = classical_only(deps.oracles, self.policy)
+        """The classical oracle classifies and reviews: one whole-slide map labels the slide."""
 
     def context(self, stage: Stage, role: Role) -> CallContext:
         return CallContext(
@@ -205,6 +209,10 @@ class SlideRun:
                 ),
                 self.deps,
             )
+        if self.classical_only:
+            with self.tally.timed("classify_patches"):
+                dense = await classify_dense(ClassifyDenseInput(patch_size=p.classify.patch_size), self.deps)
+            return CoarseResult(thumbnail=thumb, boxes=boxes, coarse=None, zero_shot=dense)
         inp = ClusterColoursInput(
             downsample=ds,
             k_global=p.cluster.k_global,
@@ -258,6 +266,9 @@ class SlideRun:
         rules = self.policy.review
         if not rules.enabled:
             self.note(result, 0, None, review_disabled())
+            return result
+        if self.classical_only:
+            self.note(result, 0, None, classical_map_accepted())
             return result
         labels, before = coarse.zero_shot, None
         while True:
@@ -343,6 +354,7 @@ class SlideRun:
         record.exemplars = len(picked.exemplars)
         if not picked.exemplars:
             return None, f"rerank_exemplars: {picked.error or 'no exemplar kept'}"
+        assert coarse.coarse is not None, "refinement needs M1 (not run when the classical map labels)"
         few = await self.classify(coarse.coarse, region=box, exemplars=picked.exemplars)
         record.patches_sent = few.sent
         return answered_only(few), ""
@@ -364,6 +376,11 @@ class SlideRun:
             failed_patches=zero.failed,
             boxes_fallback=coarse.boxes.fallback,
             escalated=[(r.index, r.reason) for r in regions if r.needs_human_review],
+            out_of_scope=(
+                (zero.scope_kind, zero.scope_message)
+                if isinstance(zero, DenseClassifyOutput) and zero.scope_message
+                else None
+            ),
         )
         left = self.ledger.remaining()
         width, height = slide.dimensions
@@ -402,6 +419,17 @@ class SlideRun:
             totals=self.tally.total(),
             budget_left={"calls": left.calls, "tokens": left.tokens, "usd": left.usd},
         )
+
+
+def classical_only(oracles: OracleSet, policy: Policy) -> bool:
+    """True when the classical oracle classifies and (if reviewing is on) reviews, and the policy
+    lets one whole-slide map label the slide (``classify.classical_map``)."""
+    roles = oracles.by_role
+    classifier = roles.get("classifier") or roles.get("oracle")
+    reviewer = roles.get("reviewer") if policy.review.enabled else None
+    if not policy.classify.classical_map or classifier is None:
+        return False
+    return all(o is None or o.backend == "classical" for o in (classifier, reviewer))
 
 
 # --------------------------------------------------------------------------- entry points

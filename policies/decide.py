@@ -39,6 +39,16 @@ def review_disabled() -> Decision:
     return Decision(action="accept", reason="review disabled by the policy")
 
 
+def classical_map_accepted() -> Decision:
+    """A region labelled by the classical map, with the classical oracle as reviewer: no review.
+
+    A classical review would grade the classical map against the same pixel rules.
+    """
+    return Decision(
+        action="accept", reason="classical map: not reviewed (a classical review grades it against itself)"
+    )
+
+
 def decide_review(
     grades: Grades | None, before: Grades | None, round: int, *, rules: ReviewParams, budget_ok: bool
 ) -> Decision:
@@ -134,7 +144,8 @@ class SlideVerdict(BaseModel):
 
     status: Literal["done", "degraded"]
     flags: list[str]
-    """``budget_exhausted``, ``oracle_errors``, ``boxes_fallback``, ``needs_human_review``."""
+    """``budget_exhausted``, ``oracle_errors``, ``boxes_fallback``, ``out_of_scope_<kind>``,
+    ``needs_human_review``."""
     reasons: list[str]
     """Why the slide needs a human, or why it degraded."""
 
@@ -146,13 +157,16 @@ def judge_slide(
     failed_patches: int,
     boxes_fallback: bool,
     escalated: Sequence[tuple[int, str]],
+    out_of_scope: tuple[str, str] | None = None,
 ) -> SlideVerdict:
     """Flag a finished slide.
 
     ``exhausted_reason`` is the slide ledger's (None: not exhausted); ``stage_refused`` that a
     stage was refused for budget; ``failed_patches`` kept the coarse label after oracle errors;
     ``escalated`` holds (region index, reason) of the regions escalated. A spent budget degrades
-    the slide; it, oracle errors and escalated regions all ask for human review.
+    the slide; it, oracle errors and escalated regions all ask for human review. ``out_of_scope``
+    is (kind, message) for a slide the tool is not made for (fluorescence, all glass, nearly all
+    tissue): flagged ``out_of_scope_<kind>`` with its message, for a human to check.
     """
     flags: list[str] = []
     reasons: list[str] = []
@@ -165,7 +179,10 @@ def judge_slide(
     if boxes_fallback:
         flags.append("boxes_fallback")
     reasons += [f"region {index}: {reason}" for index, reason in escalated]
-    if escalated or {"budget_exhausted", "oracle_errors"} & set(flags):
+    if out_of_scope is not None:
+        flags.append(f"out_of_scope_{out_of_scope[0]}")
+        reasons.append(out_of_scope[1])
+    if escalated or out_of_scope or {"budget_exhausted", "oracle_errors"} & set(flags):
         flags.append("needs_human_review")
     status: Literal["done", "degraded"] = "degraded" if "budget_exhausted" in flags else "done"
     return SlideVerdict(status=status, flags=flags, reasons=reasons)

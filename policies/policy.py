@@ -96,6 +96,10 @@ class ClassifyParams(_Section):
     retries: int = Field(default=3, ge=0, le=10)
     """Transport retries per question (so at most ``retries + 1`` attempts)."""
     timeout_s: float = Field(default=120.0, gt=0.0)
+    classical_map: bool = True
+    """When the classical oracle classifies (and reviews), label every patch from one whole-slide
+    tissue map (``tools.classify_dense``) instead of asking it patch by patch: coarse-to-fine
+    spares a paid oracle, not a free one."""
 
 
 class ReviewParams(_Section):

