@@ -18,7 +18,6 @@ means the slide's outputs are complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from scipy import ndimage
 
 from tissue_oracle.agent.geojson import mask_to_geojson
 from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS, focus_code
+from tissue_oracle.tools.hashing import sha256_file
 from tissue_oracle.tools.schemas import OutputRecord, PatchGrid, PatchLabel
 from tissue_oracle.tools.slide_base import Slide
 
@@ -375,11 +375,7 @@ def _as_focus_codes(focus: np.ndarray, grid: PatchGrid) -> np.ndarray:
 
 
 def _record(path: Path, kind: OutputKind, *, run_id: str, slide_id: str) -> OutputRecord:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return OutputRecord(
-        run_id=run_id, slide_id=slide_id, path=str(path), kind=kind, sha256=digest.hexdigest(),
+        run_id=run_id, slide_id=slide_id, path=str(path), kind=kind, sha256=sha256_file(path),
         bytes=path.stat().st_size,
     )  # fmt: skip
