@@ -119,11 +119,13 @@ def print_result(result: RunResult) -> None:
     for o in result.outcomes:
         s = o.summary
         if s is None:
-            table.add_row(o.slide_id, o.status, "", "", "", "", "", "", "", o.error or "")
+            notes = "; ".join(filter(None, [o.error, o.note]))
+            table.add_row(o.slide_id, o.status, "", "", "", "", "", "", "", notes)
             continue
         table.add_row(
             o.slide_id, o.status, s.labelled_as, str(len(s.regions)), str(s.refinements), str(s.totals.calls),
-            str(s.patches.naive_calls), f"{s.totals.usd:.4f}", f"{s.seconds:.1f}", ", ".join(s.flags),
+            str(s.patches.naive_calls), f"{s.totals.usd:.4f}", f"{s.seconds:.1f}",
+            "; ".join(filter(None, [", ".join(s.flags), o.note])),
         )  # fmt: skip
     console = make_console()
     console.print(table)

@@ -31,6 +31,7 @@ from tissue_oracle.agent.budget_guard import BudgetedOracle, CallEstimator
 from tissue_oracle.agent.oracle_setup import OracleSet
 from tissue_oracle.agent.outputs import SlideOutputs, output_paths, readable_picture, write_slide_outputs
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
+from tissue_oracle.agent.slide_ids import SlideFolder, claim_slide_folder, safe_slide_id
 from tissue_oracle.agent.summary import (
     PatchCounts,
     RegionSummary,
@@ -123,8 +124,10 @@ class RegionResult:
 class SlideRun:
     """One slide's run: its deps, its ledger and tallies; ``run`` returns the slide's summary."""
 
-    def __init__(self, *, slide: Slide, slide_id: str, settings: RunSettings, deps: RunDeps) -> None:
-        self.slide, self.slide_id, self.settings = slide, slide_id, settings
+    def __init__(
+        self, *, slide: Slide, slide_id: str, settings: RunSettings, deps: RunDeps, folder: SlideFolder
+    ) -> None:
+        self.slide, self.slide_id, self.settings, self.folder = slide, slide_id, settings, folder
         self.policy, self.run_id, self.oracles = settings.policy, settings.run_id, deps.oracles
         self.recorder: AuditRecorder = deps.store
         self.ledger = deps.ledger.child(self.policy.budgets.slide, scope=f"slide {slide_id!r}")
@@ -164,7 +167,7 @@ class SlideRun:
         self.recorder.record_patches(patch_records(self.run_id, self.slide_id, labels))
         summary = self.summary(coarse, [r.summary for r in regions], final, cleaned)
         summary.seconds = time.perf_counter() - started
-        out_dir = self.settings.slide_dir(self.slide_id)
+        out_dir = self.folder.path
         summary.outputs = output_paths(out_dir)
 
         def write() -> None:
@@ -382,6 +385,9 @@ class SlideRun:
                 else None
             ),
         )
+        if self.folder.note:
+            verdict.flags.append("folder_taken")
+            verdict.reasons.append(self.folder.note)
         left = self.ledger.remaining()
         width, height = slide.dimensions
         return SlideSummary(
@@ -443,7 +449,7 @@ async def segment_file(
     ``slide_id`` defaults to the file's stem. A slide that can't be opened is recorded as failed
     in the store before its ``SlideError`` propagates.
     """
-    sid = slide_id or Path(path).stem
+    sid = slide_id or safe_slide_id(Path(path).stem)
     try:
         slide = await asyncio.to_thread(open_slide, path, mpp=settings.mpp)
     except BaseException as exc:
@@ -457,7 +463,7 @@ async def segment_file(
 async def segment_slide(
     slide: Slide, settings: RunSettings, deps: RunDeps, *, slide_id: str | None = None
 ) -> SlideSummary:
-    """Segment one open slide under ``settings.policy``; outputs go to ``settings.slide_dir(slide_id)``.
+    """Segment one open slide under ``settings.policy``; outputs go to ``claim_slide_folder``'s folder.
 
     ``slide_id`` defaults to the slide's name. The slide is begun and finished in ``deps.store``
     and charges a child of ``deps.ledger`` under the slide budget. The caller keeps the slide
@@ -465,10 +471,11 @@ async def segment_slide(
     and anything unexpected propagate after the store has been told the slide failed; oracle
     failures and budget exhaustion never do.
     """
-    store, sid = deps.store, slide_id or slide.name
+    store, sid = deps.store, slide_id or safe_slide_id(slide.name)
     store.begin_slide(slide_record(settings.run_id, sid, slide))
     try:
-        summary = await SlideRun(slide=slide, slide_id=sid, settings=settings, deps=deps).run()
+        folder = claim_slide_folder(settings.out_dir, sid, settings.run_id)
+        summary = await SlideRun(slide=slide, slide_id=sid, settings=settings, deps=deps, folder=folder).run()
     except BaseException as exc:
         _record_failure(store, settings.run_id, sid, exc)
         raise

@@ -38,8 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from tissue_oracle.agent.budget_shares import BudgetShares
+from tissue_oracle.agent.oracle_setup import role_specs
+from tissue_oracle.agent.resume import prepare_resume
 from tissue_oracle.agent.run_settings import RunSettings
-from tissue_oracle.agent.runs import RunResult, SlideOutcome, run_record, slide_ids
+from tissue_oracle.agent.runs import RunResult, SlideOutcome, run_record
+from tissue_oracle.agent.slide_ids import check_run_id
 from tissue_oracle.agent.slide_task import SlideTask, SlideTaskResult, run_slide_task, shard_dir_of
 from tissue_oracle.policies.ledger import Amount, Reservation
 from tissue_oracle.store.rows import CALL_COLUMNS, call_from_row
@@ -128,23 +131,26 @@ def run_distributed(
     """
     from distributed import wait
 
-    run_id, policy = settings.run_id, settings.policy
-    shard_dir = shard_dir_of(settings.out_dir, run_id)
+    shard_dir = shard_dir_of(settings.out_dir, check_run_id(settings.run_id))
     merge_and_clear(store, shard_dir)  # what a crashed attempt left behind
-    done_before = store.finished_slides(run_id)
+    settings, plans = prepare_resume(paths, settings, store, role_specs(settings.policy, overrides))
+    run_id, policy = settings.run_id, settings.policy
     store.begin_run(run_record(run_id, policy))
     shares = BudgetShares(
         policy.budgets.run, policy.budgets.slide, spent_before=spent_in_store(store, run_id)
     )
     result = RunResult(run_id=run_id, out_dir=settings.out_dir, ledger=shares.ledger)
-    ids = slide_ids(paths)
+    ids = [plan.slide_id for plan in plans]
+    notes = {plan.slide_id: plan.note for plan in plans}
     outcomes: dict[str, SlideOutcome] = {}
     todo: list[tuple[Path, str]] = []
-    for path, sid in zip(paths, ids, strict=True):
-        if sid in done_before:
-            outcomes[sid] = SlideOutcome(slide_id=sid, path=path, status="skipped")
+    for plan in plans:
+        if plan.skip:
+            outcomes[plan.slide_id] = SlideOutcome(
+                slide_id=plan.slide_id, path=plan.path, status="skipped", note=plan.note
+            )
         else:
-            todo.append((path, sid))
+            todo.append((plan.path, plan.slide_id))
     worker_settings = dataclasses.replace(settings, out_dir=settings.out_dir.resolve())
     status = "interrupted"
     try:
@@ -179,6 +185,7 @@ def run_distributed(
                     path, sid, reservation = running.pop(future)
                     outcome, spent = _outcome(future, path, sid, reservation.amount)
                     shares.settle(reservation, spent)
+                    outcome.note = notes.get(sid)
                     outcomes[sid] = outcome
         merge_and_clear(store, shard_dir)
         result.outcomes = [outcomes[sid] for sid in ids if sid in outcomes]

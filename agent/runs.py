@@ -3,14 +3,13 @@
 ``run_slides`` segments slides one after another (each slide runs its own oracle calls
 concurrently), all charging one run ledger, so ``budgets.run`` is a hard cap over the batch.
 A slide that fails is recorded as failed and the batch goes on: results already paid for are
-kept. A run id that the store already holds resumes: slides the store marks done or degraded
-are skipped.
+kept. A run id that the store already holds resumes (``agent.resume``): slides it finished are
+skipped, matched by content hash, and a policy other than the run's is refused.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tissue_oracle.agent.controller import segment_file
+from tissue_oracle.agent.resume import prepare_resume
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
+from tissue_oracle.agent.slide_ids import slide_ids  # noqa: F401  (re-exported for callers)
 from tissue_oracle.agent.summary import SlideSummary
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy
@@ -56,6 +57,8 @@ class SlideOutcome:
     status: Literal["done", "degraded", "failed", "skipped"]
     summary: SlideSummary | None = None
     error: str | None = None
+    note: str | None = None
+    """Resume's word on the slide: changed since the run finished it, or skipped as a copy."""
 
 
 @dataclass(kw_only=True)
@@ -97,17 +100,6 @@ def expand_paths(items: list[str]) -> list[Path]:
     return list(found)
 
 
-def slide_ids(paths: list[Path]) -> list[str]:
-    """File stems, made unique with a short hash of the path where two stems collide."""
-    stems = [p.stem for p in paths]
-    return [
-        stem
-        if stems.count(stem) == 1
-        else f"{stem}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:6]}"
-        for stem, p in zip(stems, paths, strict=True)
-    ]
-
-
 def new_run_id() -> str:
     return f"run-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
@@ -138,19 +130,24 @@ async def run_slides(
     ``deps.store`` is an open ``AuditStore``; the run is begun and finished in it. ``progress`` is
     an optional callable ``(done, total, slide_id)``.
     """
-    store, run_id = deps.store, settings.run_id
-    done_before = store.finished_slides(run_id)
+    store = deps.store
+    settings, plans = prepare_resume(paths, settings, store, deps.oracles.specs)
+    run_id = settings.run_id
     store.begin_run(run_record(run_id, settings.policy))
     result = RunResult(run_id=run_id, out_dir=settings.out_dir, ledger=deps.ledger)
     status = "interrupted"
     try:
-        for i, (path, sid) in enumerate(zip(paths, slide_ids(paths), strict=True)):
+        for i, plan in enumerate(plans):
+            path, sid = plan.path, plan.slide_id
             if progress is not None:
                 progress(i, len(paths), sid)
-            if sid in done_before:
-                result.outcomes.append(SlideOutcome(slide_id=sid, path=path, status="skipped"))
+            if plan.skip:
+                skipped = SlideOutcome(slide_id=sid, path=path, status="skipped", note=plan.note)
+                result.outcomes.append(skipped)
                 continue
-            result.outcomes.append(await segment_one(path, sid, settings, deps))
+            outcome = await segment_one(path, sid, settings, deps)
+            outcome.note = plan.note
+            result.outcomes.append(outcome)
         if progress is not None:
             progress(len(paths), len(paths), "")
         status = "failed" if result.all_failed else "finished"

@@ -291,3 +291,16 @@ class AuditStore:
             sql += " AND run_id = ?"
             params.append(run_id)
         return {r[0] for r in self._read(lambda conn: conn.execute(sql, params).fetchall())}
+
+    def finished_slide_hashes(self, run_id: str) -> dict[str, str | None]:
+        """``slide_id -> file_hash`` (content hash) of the slides ``run_id`` finished (done or degraded)."""
+        marks = ", ".join("?" for _ in FINISHED_STATUSES)
+        sql = f"SELECT slide_id, file_hash FROM slides WHERE run_id = ? AND status IN ({marks})"
+        params: list[object] = [run_id, *FINISHED_STATUSES]
+        return {r[0]: r[1] for r in self._read(lambda conn: conn.execute(sql, params).fetchall())}
+
+    def run_policy(self, run_id: str) -> str | None:
+        """The canonical policy YAML ``run_id`` was begun under, or None for a run the store lacks."""
+        sql = "SELECT policy_yaml FROM runs WHERE run_id = ? LIMIT 1"
+        rows = self._read(lambda conn: conn.execute(sql, [run_id]).fetchall())
+        return rows[0][0] if rows else None

@@ -94,6 +94,21 @@ class MemoryRecorder:
                 if slide.status in FINISHED_STATUSES and run_id in (None, rid)
             }
 
+    def finished_slide_hashes(self, run_id: str) -> dict[str, str | None]:
+        """``slide_id -> file_hash`` of the slides ``run_id`` finished."""
+        with self._lock:
+            return {
+                sid: slide.file_hash
+                for (rid, sid), slide in self.slides.items()
+                if slide.status in FINISHED_STATUSES and rid == run_id
+            }
+
+    def run_policy(self, run_id: str) -> str | None:
+        """The policy YAML ``run_id`` was begun under, or None."""
+        with self._lock:
+            run = self.runs.get(run_id)
+            return None if run is None else run.policy_yaml
+
     def record_decision(self, record: DecisionRecord) -> None:
         with self._lock:
             self.decisions.append(record)

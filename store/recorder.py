@@ -28,7 +28,9 @@ class AuditRecorder(CallRecorder, Protocol):
     """Runs, slides, calls (and the answer cache), decisions, patch labels and output files.
 
     A slide's records belong to the slide begun with ``begin_slide``; ``finish_slide`` sets its
-    final status. ``finished_slides`` names the slides whose status is in ``FINISHED_STATUSES``.
+    final status. ``finished_slides`` names the slides whose status is in ``FINISHED_STATUSES``,
+    ``finished_slide_hashes`` maps them to their content hash (resume matches by content), and
+    ``run_policy`` gives the policy YAML a run was begun under (resume refuses another).
     """
 
     def begin_run(self, run: RunRecord) -> None: ...
@@ -36,6 +38,10 @@ class AuditRecorder(CallRecorder, Protocol):
     def finish_run(self, run_id: str, status: str) -> None: ...
 
     def finished_slides(self, run_id: str | None = None) -> set[str]: ...
+
+    def finished_slide_hashes(self, run_id: str) -> dict[str, str | None]: ...
+
+    def run_policy(self, run_id: str) -> str | None: ...
 
     def begin_slide(self, slide: SlideRecord) -> None: ...
 

@@ -136,3 +136,15 @@ def test_a_run_begun_again_is_running_again(impl: Impl) -> None:
     r.finish_run("run-1", "interrupted")
     r.begin_run(run_record("run-1"))
     assert impl.run_status("run-1") == "running"
+
+
+def test_resume_reads_finished_content_hashes_and_the_run_policy(impl: Impl) -> None:
+    r = impl.recorder
+    assert r.run_policy("run-1") is None
+    r.begin_run(run_record("run-1"))
+    assert r.run_policy("run-1") == "review_threshold: 2\n"
+    for sid, status in [("a", "done"), ("b", "failed")]:
+        r.begin_slide(slide_record(sid).model_copy(update={"file_hash": f"sha256:{sid}"}))
+        r.finish_slide("run-1", sid, status=status)
+    assert r.finished_slide_hashes("run-1") == {"a": "sha256:a"}
+    assert r.finished_slide_hashes("other") == {}

@@ -16,7 +16,6 @@ They carry patient identifiers, so no reader opens them and no method returns th
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from tissue_oracle.tools.errors import CorruptSlideError, SlideError, SlideTooLargeError
+from tissue_oracle.tools.file_hash import content_hash
 from tissue_oracle.tools.schemas import Box, PatchGrid, PatchRef
 
 #: Most level pixels decoded at once by the chunked reads (about 48 MB as RGBA + RGB).
@@ -37,8 +37,6 @@ _CHUNK_PIXELS = 2048 * 2048
 #: A pyramid level is used for a wanted downsample when it is at most this much coarser: SVS
 #: levels are e.g. 2.0005x, and reading level 0 for a 2x request would cost 4x the pixels.
 _LEVEL_TOLERANCE = 1.01
-#: Bytes hashed at each end of a slide file by ``file_hash``.
-_HASH_SPAN = 1 << 20
 #: No real slide comes near these (the largest scans are ~200k px a side): a header claiming
 #: more is corrupt or hostile, and trusting it would make later allocations explode.
 MAX_SIDE = 500_000
@@ -142,22 +140,10 @@ class Slide(ABC):
         return PatchGrid(slide_width=width, slide_height=height, patch_size=patch_size)
 
     def file_hash(self) -> str | None:
-        """A fast fingerprint of the slide file, or None for an in-memory slide.
-
-        sha256 over the file size (8 bytes, little-endian), the first 1 MiB and the last 1 MiB.
-        It tells files apart for resume and audit; it is not a full-content checksum. For
-        multi-file formats (MIRAX) it covers the index file only.
-        """
+        """The file's content hash (``tools.file_hash.content_hash``), or None for an in-memory slide."""
         if self._path is None:
             return None
-        size = self._path.stat().st_size
-        digest = hashlib.sha256(size.to_bytes(8, "little"))
-        with self._path.open("rb") as handle:
-            digest.update(handle.read(_HASH_SPAN))
-            if size > _HASH_SPAN:
-                handle.seek(max(_HASH_SPAN, size - _HASH_SPAN))
-                digest.update(handle.read(_HASH_SPAN))
-        return digest.hexdigest()
+        return content_hash(self._path)
 
     # ------------------------------------------------------------------ reading
 
