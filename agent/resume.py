@@ -44,9 +44,9 @@ class SlidePlan:
 def plan_slides(paths: list[Path], ids: list[str], finished: dict[str, str | None]) -> list[SlidePlan]:
     """One plan per path; ``finished`` is ``store.finished_slide_hashes(run_id)``."""
     by_hash: dict[str, str] = {}
-    for sid, digest in sorted(finished.items()):
-        if digest:
-            by_hash.setdefault(digest, sid)
+    for done_id, done_hash in sorted(finished.items()):
+        if done_hash:
+            by_hash.setdefault(done_hash, done_id)
     plans = []
     for path, sid in zip(paths, ids, strict=True):
         try:
