@@ -21,7 +21,6 @@ from typing import Any, Literal
 from tissue_oracle.agent.controller import segment_file
 from tissue_oracle.agent.resume import prepare_resume
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
-from tissue_oracle.agent.slide_ids import slide_ids  # noqa: F401  (re-exported for callers)
 from tissue_oracle.agent.summary import SlideSummary
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy
