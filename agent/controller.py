@@ -51,7 +51,7 @@ from tissue_oracle.policies.decide import (
     review_disabled,
 )
 from tissue_oracle.policies.ledger import BudgetLedger
-from tissue_oracle.policies.policy import Policy
+from tissue_oracle.policies.policy import Policy, stage_settings
 from tissue_oracle.store.recorder import AuditRecorder
 from tissue_oracle.store.records import patch_records, slide_record
 from tissue_oracle.tools.classify_patches import (
@@ -73,6 +73,15 @@ from tissue_oracle.tools.schemas import Box, DecisionRecord, Exemplar, Grades, R
 from tissue_oracle.tools.slide_base import Slide
 from tissue_oracle.tools.slides import open_slide
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import (
+    ClassifyPatchesSettings,
+    CleanSettings,
+    ClusterColoursSettings,
+    GroundBoxesSettings,
+    PointGroundSettings,
+    RerankExemplarsSettings,
+    ReviewMaskSettings,
+)
 
 
 def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[Role, Oracle]:
@@ -199,16 +208,10 @@ class SlideRun:
         ds = p.thumbnail.downsample
         with self.tally.timed("thumbnail"):
             thumb = await self.deps.in_thread(self.slide.thumbnail, ds)
-        g = p.ground
         with self.tally.timed("ground_boxes"):
             boxes = await ground_boxes(
                 GroundBoxesInput(
-                    downsample=ds,
-                    pad_fraction=g.pad_fraction,
-                    merge_fraction=g.merge_fraction,
-                    max_box_fraction=g.max_box_fraction,
-                    retries=g.retries,
-                    thumbnail=thumb,
+                    **stage_settings(p.ground, GroundBoxesSettings), downsample=ds, thumbnail=thumb
                 ),
                 self.deps,
             )
@@ -217,13 +220,11 @@ class SlideRun:
                 dense = await classify_dense(ClassifyDenseInput(patch_size=p.classify.patch_size), self.deps)
             return CoarseResult(thumbnail=thumb, boxes=boxes, coarse=None, zero_shot=dense)
         inp = ClusterColoursInput(
+            **stage_settings(p.cluster, ClusterColoursSettings),
             downsample=ds,
-            k_global=p.cluster.k_global,
-            k_local=p.cluster.k_local,
-            background_rule=p.cluster.background_rule,
             boxes=boxes.boxes,
+            thumbnail=thumb,
         )
-        inp.thumbnail = thumb
         with self.tally.timed("cluster_colours"):
             coarse = await self.deps.in_thread(cluster_colours, inp, self.deps)
         zero_shot = await self.classify(coarse)
@@ -232,12 +233,8 @@ class SlideRun:
     async def classify(
         self, coarse: ClusterColoursOutput, region: Box | None = None, exemplars: list[Exemplar] | None = None
     ) -> ClassifyPatchesOutput:
-        c = self.policy.classify
         inp = ClassifyPatchesInput(
-            patch_size=c.patch_size,
-            gate_fraction=c.gate_fraction,
-            send_size=c.send_size,
-            batch_size=c.batch_size,
+            **stage_settings(self.policy.classify, ClassifyPatchesSettings),
             coarse_mask=coarse.mask,
             mask_downsample=coarse.downsample,
             region=region,
@@ -247,14 +244,7 @@ class SlideRun:
             return await classify_patches(inp, self.deps)
 
     async def cleaned(self, tissue: np.ndarray) -> CleanOutput:
-        c = self.policy.clean
-        inp = CleanInput(
-            tissue=tissue,
-            min_tissue_patches=c.min_tissue_patches,
-            max_hole_patches=c.max_hole_patches,
-            connectivity=c.connectivity,
-            keep_largest=c.keep_largest,
-        )
+        inp = CleanInput(**stage_settings(self.policy.clean, CleanSettings), tissue=tissue)
         with self.tally.timed("clean"):
             return await self.deps.in_thread(clean, inp)
 
@@ -323,9 +313,8 @@ class SlideRun:
 
     async def review(self, box: Box, raw: ClassifyPatchesOutput) -> RegionReview:
         mask = (await self.cleaned(raw.tissue)).tissue
-        inp = ReviewMaskInput(
-            crop_size=self.policy.review.crop_size, regions=[box], grid=raw.grid, tissue=mask
-        )
+        settings = stage_settings(self.policy.review, ReviewMaskSettings)
+        inp = ReviewMaskInput(**settings, regions=[box], grid=raw.grid, tissue=mask)
         with self.tally.timed("review_mask"):
             return (await review_mask(inp, self.deps)).reviews[0]
 
@@ -337,7 +326,9 @@ class SlideRun:
         with self.tally.timed("point_ground"):
             points = await point_ground(
                 PointGroundInput(
-                    crop_size=p.review.crop_size, points_per_class=p.autocontext.points_per_class, region=box
+                    **stage_settings(p.autocontext, PointGroundSettings),
+                    crop_size=p.review.crop_size,
+                    region=box,
                 ),
                 self.deps,
             )
@@ -347,7 +338,7 @@ class SlideRun:
         with self.tally.timed("rerank_exemplars"):
             picked = await rerank_exemplars(
                 RerankExemplarsInput(
-                    top_k=p.autocontext.top_k,
+                    **stage_settings(p.autocontext, RerankExemplarsSettings),
                     patch_size=p.classify.patch_size,
                     send_size=p.classify.send_size,
                     points=points.points,

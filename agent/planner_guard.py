@@ -34,11 +34,20 @@ from pydantic_ai.messages import ModelResponse, ToolCallPart
 from pydantic_ai.toolsets import AbstractToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
-from tissue_oracle.policies.policy import Policy
+from tissue_oracle.policies.policy import Policy, stage_settings
 from tissue_oracle.tools.classify_patches import ClassifyPatchesOutput
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import Grades
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import (
+    ClassifyPatchesSettings,
+    CleanSettings,
+    ClusterColoursSettings,
+    GroundBoxesSettings,
+    PointGroundSettings,
+    RerankExemplarsSettings,
+    ReviewMaskSettings,
+)
 from tissue_oracle.tools.toolset import STAGE_TOOLS
 
 OverrideKind = Literal[
@@ -80,45 +89,19 @@ def check_planner_policy(policy: Policy) -> None:
 
 
 def pinned_settings(policy: Policy) -> dict[str, dict[str, Any]]:
-    """Per tool, the stage settings the policy fixes (the same values the fixed controller uses)."""
-    c, ds = policy.classify, policy.thumbnail.downsample
-    g, k, cl = policy.ground, policy.cluster, policy.clean
+    """Per tool, the stage settings the policy fixes (the same values the fixed controller uses):
+    each tool's own settings model as its policy section holds it, plus what the policy supplies
+    beside it (the thumbnail's downsample, the classification's patch sizes, the review crop)."""
+    ds, crop = policy.thumbnail.downsample, policy.review.crop_size
+    sizes = {"patch_size": policy.classify.patch_size, "send_size": policy.classify.send_size}
     return {
-        "ground_boxes": {
-            "downsample": ds,
-            "pad_fraction": g.pad_fraction,
-            "merge_fraction": g.merge_fraction,
-            "max_box_fraction": g.max_box_fraction,
-            "retries": g.retries,
-        },
-        "cluster_colours": {
-            "downsample": ds,
-            "k_global": k.k_global,
-            "k_local": k.k_local,
-            "background_rule": k.background_rule,
-        },
-        "classify_patches": {
-            "patch_size": c.patch_size,
-            "gate_fraction": c.gate_fraction,
-            "send_size": c.send_size,
-            "batch_size": c.batch_size,
-        },
-        "point_ground": {
-            "crop_size": policy.review.crop_size,
-            "points_per_class": policy.autocontext.points_per_class,
-        },
-        "rerank_exemplars": {
-            "top_k": policy.autocontext.top_k,
-            "patch_size": c.patch_size,
-            "send_size": c.send_size,
-        },
-        "review_mask": {"crop_size": policy.review.crop_size},
-        "clean": {
-            "min_tissue_patches": cl.min_tissue_patches,
-            "max_hole_patches": cl.max_hole_patches,
-            "connectivity": cl.connectivity,
-            "keep_largest": cl.keep_largest,
-        },
+        "ground_boxes": {"downsample": ds, **stage_settings(policy.ground, GroundBoxesSettings)},
+        "cluster_colours": {"downsample": ds, **stage_settings(policy.cluster, ClusterColoursSettings)},
+        "classify_patches": stage_settings(policy.classify, ClassifyPatchesSettings),
+        "point_ground": {"crop_size": crop, **stage_settings(policy.autocontext, PointGroundSettings)},
+        "rerank_exemplars": {**stage_settings(policy.autocontext, RerankExemplarsSettings), **sizes},
+        "review_mask": stage_settings(policy.review, ReviewMaskSettings),
+        "clean": stage_settings(policy.clean, CleanSettings),
     }
 
 

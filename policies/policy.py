@@ -22,6 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tissue_oracle.policies.model_settings import ModelSettings
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import Role
+from tissue_oracle.tools.stage_settings import (
+    ClassifyPatchesSettings,
+    CleanSettings,
+    ClusterColoursSettings,
+    GroundBoxesSettings,
+    PointGroundSettings,
+    RerankExemplarsSettings,
+    ReviewMaskSettings,
+)
 
 #: Policies shipped as package data, by name.
 BUILTIN_POLICIES: tuple[str, ...] = ("paper", "default")
@@ -55,40 +64,23 @@ class ThumbnailParams(_Section):
     """Thumbnail downsample from level 0 (the paper: 64x)."""
 
 
-class GroundParams(_Section):
-    pad_fraction: float = Field(default=0.25, ge=0.0, le=2.0)
-    """Boxes grow by this fraction of their size (25% in the authors' code)."""
-    merge_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
-    """Merge boxes whose intersection over the smaller box's area is at least this."""
-    max_box_fraction: float = Field(default=0.6, gt=0.0, le=1.0)
-    """A single box covering more of the image than this is rejected."""
-    retries: int = Field(default=3, ge=0, le=10)
-    """Re-asks for boxes before falling back to one whole-slide box."""
+class GroundParams(GroundBoxesSettings, _Section):
+    """ground_boxes' own settings (``tools.stage_settings.GroundBoxesSettings``) and its call's caps."""
+
     max_tokens: int = Field(default=1024, ge=16)
     """Output-token cap of one boxes call."""
     send_size: int = Field(default=1024, ge=64, le=4096)
     """Long side in pixels of the thumbnail sent for grounding (the seed's 1024)."""
 
 
-class ClusterParams(_Section):
-    k_global: int = Field(default=2, ge=2, le=8)
-    """K of the global CIELAB K-means on the thumbnail (majority cluster = background)."""
-    k_local: int = Field(default=3, ge=2, le=8)
-    """K of the local K-means inside each box (nearest to global background = background)."""
-    background_rule: Literal["majority", "lightest"] = "majority"
-    """Which global cluster is background: the paper's majority cluster, or the lightest (highest L*).
-    The majority rule inverts M1 on slides that are mostly tissue (resections, TMAs)."""
+class ClusterParams(ClusterColoursSettings, _Section):
+    """cluster_colours' own settings (``tools.stage_settings.ClusterColoursSettings``)."""
 
 
-class ClassifyParams(_Section):
-    patch_size: int = Field(default=512, ge=32, le=8192)
-    """Side of a grid patch in level-0 pixels."""
-    gate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
-    """A patch goes to the oracle only if the coarse mask M1 covers at least this much of it."""
-    send_size: int = Field(default=512, ge=32, le=4096)
-    """Side in pixels of the image sent to the oracle (patches are downscaled to it)."""
-    batch_size: int = Field(default=1, ge=1, le=64)
-    """Patches per patch-labels question."""
+class ClassifyParams(ClassifyPatchesSettings, _Section):
+    """classify_patches' own settings (``tools.stage_settings.ClassifyPatchesSettings``), how many
+    questions fly at once, and its calls' caps and retries."""
+
     max_in_flight: int = Field(default=16, ge=1, le=1024)
     """Oracle questions in flight at once, per slide."""
     max_tokens: int = Field(default=256, ge=16)
@@ -102,14 +94,15 @@ class ClassifyParams(_Section):
     spares a paid oracle, not a free one."""
 
 
-class ReviewParams(_Section):
+class ReviewParams(ReviewMaskSettings, _Section):
+    """review_mask's own settings (``tools.stage_settings.ReviewMaskSettings``) and the review rules
+    ``policies.decide`` applies."""
+
     enabled: bool = True
     threshold: int = Field(default=2, ge=1, le=4)
     """tau_g: a worst grade above this (worse) triggers Auto-context for the region."""
     max_rounds: int = Field(default=1, ge=0, le=10)
     """Auto-context rounds per region before escalating to a human."""
-    crop_size: int = Field(default=1024, ge=64, le=8192)
-    """Long side in pixels of the region crop the reviewer sees (and point grounding is sent)."""
     max_tokens: int = Field(default=512, ge=16)
     on_review_failure: Literal["escalate", "accept"] = "escalate"
     """What to do with a region whose review call failed."""
@@ -117,22 +110,25 @@ class ReviewParams(_Section):
     """Drop an Auto-context round whose mask the reviewer grades worse than the one before it."""
 
 
-class AutoContextParams(_Section):
-    points_per_class: int = Field(default=5, ge=1, le=50)
-    """Points asked for per class on the region crop."""
-    top_k: int = Field(default=1, ge=1, le=16)
-    """Exemplars kept per class after reranking (the paper: 1)."""
+class AutoContextParams(PointGroundSettings, RerankExemplarsSettings, _Section):
+    """point_ground's and rerank_exemplars' own settings (``tools.stage_settings``) and their calls' cap."""
+
     max_tokens: int = Field(default=512, ge=16)
 
 
-class CleanParams(_Section):
-    min_tissue_patches: int = Field(default=8, ge=0)
-    """Tissue components smaller than this many patches are removed."""
-    max_hole_patches: int = Field(default=10, ge=0)
-    """Background holes smaller than this many patches are filled."""
-    connectivity: Literal[4, 8] = 4
-    keep_largest: bool = False
-    """Never remove the largest tissue component (the paper's rule can erase a small biopsy whole)."""
+class CleanParams(CleanSettings, _Section):
+    """clean's own settings (``tools.stage_settings.CleanSettings``)."""
+
+
+def stage_settings(section: BaseModel, model: type[BaseModel]) -> dict[str, Any]:
+    """The fields of a tool's own settings ``model`` as the policy ``section`` that holds it sets them.
+
+    ``stage_settings(policy.ground, GroundBoxesSettings)`` gives ``pad_fraction``, ``retries``...;
+    the caller adds what it supplies per call (thumbnail, downsample, region).
+    """
+    if not isinstance(section, model):
+        raise TypeError(f"policy section {type(section).__name__!r} does not hold {model.__name__!r}")
+    return section.model_dump(include=set(model.model_fields))
 
 
 #: The stage tools a planner may be allowed to call (``tools.toolset``).

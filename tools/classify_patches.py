@@ -37,25 +37,16 @@ from tissue_oracle.tools.schemas import (
     Usage,
 )
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import ClassifyPatchesSettings
 
 _MAX_ERRORS_KEPT = 20
 
 
-class ClassifyPatchesParams(BaseModel):
+class ClassifyPatchesParams(ClassifyPatchesSettings):
     """Settings of classify_patches (defaults: the paper)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    patch_size: int = Field(default=512, ge=32, le=8192)
-    """Grid patch side, level-0 pixels."""
-    gate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
-    """A patch is sent only if M1 covers at least this fraction of it (0 sends every patch in scope)."""
     coarse_tissue_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     """An unanswered patch is tissue when M1 covers at least this fraction of it."""
-    send_size: int = Field(default=512, ge=32, le=4096)
-    """Side in pixels of each patch image sent (best pyramid level; capped at ``patch_size``)."""
-    batch_size: int = Field(default=1, ge=1, le=64)
-    """Patches per question."""
     role: Role = "classifier"
     """The role that answers."""
 

@@ -8,11 +8,11 @@ cells are filled. Connectivity is 4 by default, as in the paper. Pure numpy/scip
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
+
+from tissue_oracle.tools.stage_settings import CleanSettings
 
 _STRUCTURE: dict[int, np.ndarray] = {
     4: ndimage.generate_binary_structure(2, 1),
@@ -20,23 +20,11 @@ _STRUCTURE: dict[int, np.ndarray] = {
 }
 
 
-class CleanParams(BaseModel):
-    """Morphology settings, in patches (cells of the patch grid)."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    min_tissue_patches: int = Field(default=8, ge=0)
-    """Tissue components with fewer cells than this are removed (0 or 1 keeps everything)."""
-    max_hole_patches: int = Field(default=10, ge=0)
-    """Enclosed background holes with fewer cells than this are filled (0 or 1 fills nothing)."""
-    connectivity: Literal[4, 8] = 4
-    """4: cells touch through edges only; 8: corners count too."""
-    keep_largest: bool = False
-    """Never remove the largest tissue component, so a slide whose only tissue is a small biopsy
-    fragment is not erased whole (the paper's rule, ``False``, can empty such a slide)."""
+#: Every clean setting is a policy setting.
+CleanParams = CleanSettings
 
 
-class CleanInput(CleanParams):
+class CleanInput(CleanSettings):
     """A tissue grid to clean, with the settings."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)

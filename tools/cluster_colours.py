@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,25 +26,17 @@ from sklearn.cluster import KMeans
 
 from tissue_oracle.tools.schemas import Box
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import ClusterColoursSettings
 
 #: A box in the thumb_xy frame: (x0, y0, x1, y1), half-open.
 ThumbRect = tuple[int, int, int, int]
 
 
-class ClusterColoursParams(BaseModel):
+class ClusterColoursParams(ClusterColoursSettings):
     """Settings of cluster_colours (defaults: the paper)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
     downsample: float = Field(default=64.0, gt=1.0)
-    """Thumbnail downsample from level 0; M1 is at this resolution."""
-    k_global: int = Field(default=2, ge=2, le=8)
-    """K of the global pass (majority cluster = background)."""
-    k_local: int = Field(default=3, ge=2, le=8)
-    """K of the local pass inside each box (nearest to the global background = background)."""
-    background_rule: Literal["majority", "lightest"] = "majority"
-    """How the global pass picks background: the paper's ``majority`` cluster, or the ``lightest``
-    (highest L*) one, which stays right on slides that are mostly tissue."""
+    """Thumbnail downsample from level 0; M1 is at this resolution (the policy's ``thumbnail.downsample``)."""
     max_samples: int = Field(default=20_000, ge=100)
     """Pixels K-means fits on, per pass (a seeded random subset when there are more)."""
     n_init: int = Field(default=3, ge=1, le=20)

@@ -23,23 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from tissue_oracle.tools.errors import BudgetExceededError, OracleError
 from tissue_oracle.tools.schemas import Box, BoxesRequest, Role, Usage
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import GroundBoxesSettings
 
 
-class GroundBoxesParams(BaseModel):
+class GroundBoxesParams(GroundBoxesSettings):
     """Settings of ground_boxes (defaults: the paper / the authors' code)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
     downsample: float = Field(default=64.0, gt=1.0)
-    """Thumbnail downsample from level 0."""
-    pad_fraction: float = Field(default=0.25, ge=0.0, le=2.0)
-    """Each box grows by this fraction of its width and height (half on each side)."""
-    merge_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
-    """Boxes merge while intersection / smaller box's area is at least this."""
-    max_box_fraction: float = Field(default=0.6, gt=0.0, le=1.0)
-    """An answer that is one box covering more than this fraction of the slide is rejected."""
-    retries: int = Field(default=3, ge=0, le=10)
-    """Questions asked again after an empty, rejected or failed answer (at most retries + 1 in all)."""
+    """Thumbnail downsample from level 0 (the policy's ``thumbnail.downsample``)."""
     stop_on_repeat: bool = True
     """Stop retrying when an answer repeats an earlier rejected one exactly: the backend is
     deterministic (temperature 0, the classical oracle) and asking again only spends calls."""

@@ -7,22 +7,19 @@ clamped onto its edge, because the rest of Auto-context reads patches around the
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from tissue_oracle.tools.errors import BudgetExceededError, OracleError
 from tissue_oracle.tools.schemas import Box, Point, PointsRequest, Role, Usage
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import PointGroundSettings
 
 
-class PointGroundParams(BaseModel):
+class PointGroundParams(PointGroundSettings):
     """Settings of point_ground."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
     crop_size: int = Field(default=1024, ge=64, le=8192)
-    """Long side in pixels of the crop the oracle sees."""
-    points_per_class: int = Field(default=5, ge=1, le=50)
-    """Points asked for per class (tissue, background)."""
+    """Long side in pixels of the crop the oracle sees (the policy's ``review.crop_size``)."""
     role: Role = "oracle"
     """The role that answers."""
 

@@ -13,15 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from tissue_oracle.tools.errors import BudgetExceededError, OracleError, SlideError
 from tissue_oracle.tools.schemas import Exemplar, Label, PatchRef, Point, RerankRequest, Role, Usage
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import RerankExemplarsSettings
 
 
-class RerankExemplarsParams(BaseModel):
-    """Settings of rerank_exemplars (defaults: the paper, K=1)."""
+class RerankExemplarsParams(RerankExemplarsSettings):
+    """Settings of rerank_exemplars (defaults: the paper, K=1); patch and send sizes are the
+    classification's (the policy's ``classify``)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    top_k: int = Field(default=1, ge=1, le=16)
-    """Exemplars kept per class."""
     spare: int = Field(default=1, ge=0, le=16)
     """Extra picks asked for per class, to replace tissue picks dropped as not sharp."""
     patch_size: int = Field(default=512, ge=32, le=8192)

@@ -19,17 +19,14 @@ from tissue_oracle.tools.errors import BudgetExceededError, OracleError, SlideEr
 from tissue_oracle.tools.point_ground import crop_downsample
 from tissue_oracle.tools.schemas import Box, Grades, PatchGrid, ReviewRequest, Role, Usage
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import ReviewMaskSettings
 
 RGB = tuple[int, int, int]
 
 
-class ReviewMaskParams(BaseModel):
+class ReviewMaskParams(ReviewMaskSettings):
     """Settings of review_mask."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    crop_size: int = Field(default=1024, ge=64, le=8192)
-    """Long side in pixels of each region crop."""
     overlay_colour: RGB = (0, 200, 0)
     """RGB of the tint and outline drawn over tissue."""
     overlay_alpha: float = Field(default=0.35, ge=0.0, le=1.0)
