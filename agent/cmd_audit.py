@@ -150,18 +150,25 @@ def plan_cmd(
 ) -> None:
     """SLIDE's planner turns as a trace: tools chosen, tokens, cost, and where the guard stepped in."""
     from tissue_oracle.store import queries
+    from tissue_oracle.store.queries import Table
 
     table = _query(db, lambda c: queries.planner_turns(c, slide, run))
-    if not table.rows and not as_json:
+    if as_json:
+        _show(table, as_json, "")
+        return
+    if not table.rows:
         typer.echo(f"no planner turns for slide {slide!r} in {str(db)!r} (was it segmented with --planner?)")
         return
-    _show(table, as_json, f"planner trace for {slide}")
-    if not as_json:
-        last = table.records()[-1]
-        ended = "the planner (finish_slide)" if last["guard"] == "ok" else f"the policy ({last['guard']})"
-        turns = len(table.rows)
-        tokens = sum(r["input_tokens"] + r["output_tokens"] for r in table.records())
-        typer.echo(f"{turns} turn(s), {tokens} planner tokens; the slide was finished by {ended}")
+    records = table.records()
+    runs = sorted({r["run_id"] for r in records})
+    planners = sorted({r["planner"] for r in records})
+    shown = [c for c in table.columns if c not in ("run_id", "planner")]
+    trace = Table(columns=shown, rows=[tuple(r[c] for c in shown) for r in records])
+    _show(trace, False, f"planner trace for {slide}: run {', '.join(runs)}, planner {', '.join(planners)}")
+    last = records[-1]
+    ended = "the planner (finish_slide)" if last["guard"] == "ok" else f"the policy ({last['guard']})"
+    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in records)
+    typer.echo(f"{len(records)} turn(s), {tokens} planner tokens; the slide was finished by {ended}")
 
 
 @app.command("export")

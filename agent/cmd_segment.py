@@ -22,10 +22,15 @@ SpecOption = Annotated[str | None, typer.Option(help="Backend spec for this role
 
 
 def build_policy(
-    policy: str, *, max_usd: float | None, max_calls: int | None, self_hosted: bool = False
+    policy: str,
+    *,
+    max_usd: float | None,
+    max_calls: int | None,
+    self_hosted: bool = False,
+    planner: str | None = None,
 ) -> Policy:
-    """The named or given policy with the command line's run caps applied; ``self_hosted`` prices
-    every ``openai:`` model at $0 (the user's own server)."""
+    """The named or given policy with the command line's run caps (and planner) applied;
+    ``self_hosted`` prices every ``openai:`` model at $0 (the user's own server)."""
     from tissue_oracle.policies.policy import load_policy
 
     loaded = load_policy(policy)
@@ -37,6 +42,8 @@ def build_policy(
     if self_hosted:
         models = loaded.model_dump(mode="json")["models"]
         updates["models"] = {**models, "openai:*": {**models.get("openai:*", {}), "price": "self-hosted"}}
+    if planner:
+        updates["roles.planner"] = planner.strip()
     return loaded.with_updates(updates) if updates else loaded
 
 
@@ -67,7 +74,8 @@ def run_segment(
         oracles = build_oracles(settings.policy, overrides=overrides, base_urls=urls)  # type: ignore[arg-type]
         for note in oracles.notes:
             typer.secho(f"note: {note}", err=True, fg="yellow")
-        deps = RunDeps.for_run(settings, oracles=oracles, store=store)
+        planner = _planner(settings, urls)
+        deps = RunDeps.for_run(settings, oracles=oracles, store=store, planner=planner)
 
         async def main() -> RunResult:
             try:
@@ -76,11 +84,31 @@ def run_segment(
                 return await run_slides(slides, settings, deps)
             finally:
                 await oracles.aclose()
+                if planner is not None:
+                    await planner.aclose()
 
         with RunProgress(store, settings.run_id, len(slides), usd_cap=cap, enabled=show_progress) as bar:
             result = asyncio.run(main())
         write_run_outputs(settings.out_dir, store)
         return result
+
+
+def _planner(settings: RunSettings, base_urls: dict[str, str]) -> Any:
+    """The LLM planner the policy names (``roles.planner``, or ``--planner``), or None."""
+    policy = settings.policy
+    if not policy.roles.planner:
+        return None
+    from tissue_oracle.agent.planned_slide import LivePlanner
+    from tissue_oracle.agent.planner import build_planner_model
+    from tissue_oracle.agent.planner_guard import check_planner_policy
+    from tissue_oracle.tools.errors import ConfigError
+
+    if settings.distributed:
+        raise ConfigError(
+            "the planner runs in this process only: drop --planner (roles.planner) or --workers/--scheduler."
+        )
+    check_planner_policy(policy)
+    return LivePlanner(model=build_planner_model(policy.roles.planner, policy=policy, base_urls=base_urls))
 
 
 def _on_dask(
@@ -142,6 +170,12 @@ def segment(
     oracle: SpecOption = None,
     reviewer: SpecOption = None,
     classifier: SpecOption = None,
+    planner: Annotated[
+        str | None,
+        typer.Option(
+            help="An LLM ('openai:MODEL' with tool calling, 'gemini:MODEL') that drives the stages."
+        ),
+    ] = None,
     base_url: Annotated[
         list[str] | None,
         typer.Option(
@@ -178,7 +212,9 @@ def segment(
     try:
         settings = RunSettings(
             run_id=run_id or new_run_id(),
-            policy=build_policy(policy, max_usd=max_usd, max_calls=max_calls, self_hosted=self_hosted),
+            policy=build_policy(
+                policy, max_usd=max_usd, max_calls=max_calls, self_hosted=self_hosted, planner=planner
+            ),
             out_dir=out,
             use_cache=not no_cache,
             mpp=mpp,

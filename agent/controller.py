@@ -140,6 +140,7 @@ class SlideRun:
         self.policy, self.run_id, self.oracles = settings.policy, settings.run_id, deps.oracles
         self.recorder: AuditRecorder = deps.store
         self.ledger = deps.ledger.child(self.policy.budgets.slide, scope=f"slide {slide_id!r}")
+        self.planner = deps.planner
         self.tally = StageTally(inner=self.recorder)
         self.deps = StageDeps(
             slide=slide,
@@ -163,18 +164,17 @@ class SlideRun:
     async def run(self) -> SlideSummary:
         """Stages, regions, merge in region order, patch rows, outputs; the slide's summary."""
         started = time.perf_counter()
-        coarse = await self.coarse_stages()
+        plan = None
+        if self.planner is None:
+            coarse, regions, final = await self.decide_regions()
+        else:
+            coarse, regions, final, plan = await self.planner.plan(self)
         zero_clean = await self.cleaned(coarse.zero_shot.tissue)
-        boxes = coarse.boxes.boxes
-        regions = list(await asyncio.gather(*(self.region(i, box, coarse) for i, box in enumerate(boxes))))
-        final = coarse.zero_shot
-        for region in regions:
-            for refined in region.kept:
-                final = merge_labels(final, refined)
         cleaned = await self.cleaned(final.tissue)
         labels = final_labels(final, cleaned)
         self.recorder.record_patches(patch_records(self.run_id, self.slide_id, labels))
-        summary = self.summary(coarse, [r.summary for r in regions], final, cleaned)
+        summary = self.summary(coarse, regions, final, cleaned)
+        summary.planner = plan
         summary.seconds = time.perf_counter() - started
         out_dir = self.folder.path
         summary.outputs = output_paths(out_dir)
@@ -199,6 +199,20 @@ class SlideRun:
 
         await self.deps.in_thread(write)
         return summary
+
+    async def decide_regions(
+        self, coarse: CoarseResult | None = None
+    ) -> tuple[CoarseResult, list[RegionSummary], ClassifyPatchesOutput]:
+        """The policy's flow: coarse stages (unless a planner left them), every region decided
+        concurrently, and the kept few-shot labels merged in region order."""
+        coarse = coarse or await self.coarse_stages()
+        boxes = coarse.boxes.boxes
+        regions = list(await asyncio.gather(*(self.region(i, box, coarse) for i, box in enumerate(boxes))))
+        final = coarse.zero_shot
+        for region in regions:
+            for refined in region.kept:
+                final = merge_labels(final, refined)
+        return coarse, [r.summary for r in regions], final
 
     # ------------------------------------------------------------------ stages
 

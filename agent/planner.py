@@ -27,13 +27,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
 from pydantic_ai import Agent, ModelRetry, RunContext, ToolOutput
 from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelRequest, ModelResponse, TextPart
 from pydantic_ai.models import Model
 from pydantic_ai.usage import UsageLimits
 
-from tissue_oracle.agent.oracle_setup import base_url_for
+from tissue_oracle.agent.oracle_setup import base_url_for, settings_for
 from tissue_oracle.agent.planner_guard import (
     FINISH_TOOL,
     GuardedToolset,
@@ -43,6 +42,7 @@ from tissue_oracle.agent.planner_guard import (
     check_planner_policy,
     tool_calls,
 )
+from tissue_oracle.agent.planner_report import PlannerReport, SlideVerdict
 from tissue_oracle.policies.ledger import Amount, BudgetLedger
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.policies.prices import price_for, split_spec
@@ -76,8 +76,14 @@ class PlannerModel:
                 await self.close()
 
 
-def build_planner_model(spec: str, *, base_urls: Mapping[str, str] | None = None) -> PlannerModel:
-    """The pydantic-ai model a planner spec names; ``ConfigError`` naming what to do otherwise."""
+def build_planner_model(
+    spec: str, *, policy: Policy | None = None, base_urls: Mapping[str, str] | None = None
+) -> PlannerModel:
+    """The pydantic-ai model a planner spec names; ``ConfigError`` naming what to do otherwise.
+
+    Its price comes from the policy's ``models``/``role_settings`` (role ``planner``) or the price
+    table, as for the oracles; an unknown price records cost as unknown.
+    """
     backend, name = split_spec(spec)
     if backend not in PLANNER_BACKENDS or not name:
         raise ConfigError(
@@ -85,7 +91,8 @@ def build_planner_model(spec: str, *, base_urls: Mapping[str, str] | None = None
             "OpenAI-compatible server, e.g. vLLM with --base-url) or 'gemini:MODEL'."
         )
     base_url = base_url_for(spec, base_urls)
-    price = price_for(spec, base_url=base_url)
+    setting = settings_for(spec, policy, "planner").price if policy is not None else None
+    price = price_for(spec, base_url=base_url, setting=setting)
     if backend == "openai":
         from pydantic_ai.models.openai import OpenAIChatModel
         from pydantic_ai.providers.openai import OpenAIProvider
@@ -113,23 +120,6 @@ def build_planner_model(spec: str, *, base_urls: Mapping[str, str] | None = None
 # --------------------------------------------------------------------------- the verdict
 
 
-class RegionVerdict(BaseModel):
-    """The planner's last word on one region."""
-
-    region: int = Field(ge=0)
-    """Index of a ground_boxes region."""
-    action: Literal["accept", "escalate"]
-    """accept the region's mask, or escalate it to a human."""
-    reason: str = ""
-    """Why, in a few words (grades, rounds run, budget)."""
-
-
-class SlideVerdict(BaseModel):
-    """Finish the slide: a verdict for every region."""
-
-    regions: list[RegionVerdict]
-
-
 # --------------------------------------------------------------------------- the outcome
 
 
@@ -143,6 +133,8 @@ class PlanTurn:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    """0 when the price is unknown (``cost_known`` False)."""
+    cost_known: bool = True
 
     def describe(self) -> str:
         chosen = ", ".join(f"{n}({_args_text(a)})" for n, a in self.calls)
@@ -178,6 +170,21 @@ class PlanOutcome:
     @property
     def cost_usd(self) -> float:
         return sum(t.cost_usd for t in self.turns)
+
+    def report(self, *, kept: str) -> PlannerReport:
+        o = self.override
+        return PlannerReport(
+            spec=self.spec,
+            finished_by=self.finished_by,
+            turns=len(self.turns),
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=self.cost_usd,
+            decisions=[f"turn {t.turn}: {t.describe()}" for t in self.turns],
+            verdicts=list(self.verdict.regions) if self.verdict is not None else [],
+            override=None if o is None else {"kind": o.kind, "turn": o.turn, "detail": o.detail},
+            kept=kept,
+        )
 
 
 # --------------------------------------------------------------------------- the state it sees
@@ -274,7 +281,7 @@ class PlanAudit:
                 latency_s=latency_s,
                 input_tokens=turn.input_tokens,
                 output_tokens=turn.output_tokens,
-                cost_usd=turn.cost_usd,
+                cost_usd=turn.cost_usd if turn.cost_known else None,
             )
         )
 
@@ -302,6 +309,7 @@ def _turn_of(index: int, response: ModelResponse, price: ModelPrice) -> PlanTurn
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_usd=price.cost(usage.input_tokens, usage.output_tokens),
+        cost_known=price.known,
     )
 
 

@@ -37,6 +37,7 @@ from pydantic_ai.toolsets.abstract import ToolsetTool
 from tissue_oracle.policies.policy import Policy, stage_settings
 from tissue_oracle.tools.classify_patches import ClassifyPatchesOutput
 from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.ground_boxes import GroundBoxesOutput
 from tissue_oracle.tools.schemas import Grades
 from tissue_oracle.tools.stage_deps import StageDeps
 from tissue_oracle.tools.stage_settings import (
@@ -114,6 +115,8 @@ class PlanProgress:
 
     done: list[str] = field(default_factory=list)
     """Stage tools that returned, in order."""
+    ground: GroundBoxesOutput | None = None
+    """The last ground_boxes answer."""
     zero_shot: ClassifyPatchesOutput | None = None
     """The labels of the last region-less (zero-shot) classify_patches call."""
     grades: dict[int, list[Grades | None]] = field(default_factory=dict)
@@ -128,7 +131,7 @@ class PlanProgress:
         self.done.append(name)
         ws = ctx.deps.workspace
         if name == "ground_boxes":
-            self.zero_shot, self.grades, self.refinements = None, {}, {}
+            self.ground, self.zero_shot, self.grades, self.refinements = result, None, {}, {}
             self.cleaned_after_labels = False
         elif name == "classify_patches":
             if getattr(args, "region", None) is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy
@@ -49,6 +49,16 @@ class RunSettings:
         return self.out_dir / slide_id
 
 
+class SlidePlanner(Protocol):
+    """Plans a slide in place of the policy's fixed flow: ``agent.planned_slide.LivePlanner``."""
+
+    async def plan(self, run: Any) -> Any:
+        """``(coarse, regions, final labels, planner report)`` for ``run`` (a ``SlideRun``)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(kw_only=True)
 class RunDeps:
     """The live resources a run's slides share; the caller opens and closes them."""
@@ -60,10 +70,22 @@ class RunDeps:
     or a ``MemoryRecorder`` in tests and dry runs."""
     ledger: BudgetLedger
     """The run's budget ledger (``budgets.run``); each slide charges a child ledger of it."""
+    planner: SlidePlanner | None = None
+    """The LLM planner that drives each slide's stage tools (``roles.planner``); None: the policy does."""
 
     @classmethod
-    def for_run(cls, settings: RunSettings, *, oracles: OracleSet, store: AuditRecorder) -> RunDeps:
+    def for_run(
+        cls,
+        settings: RunSettings,
+        *,
+        oracles: OracleSet,
+        store: AuditRecorder,
+        planner: SlidePlanner | None = None,
+    ) -> RunDeps:
         """Deps with a fresh run ledger under ``settings.policy.budgets.run``."""
         return cls(
-            oracles=oracles, store=store, ledger=BudgetLedger(settings.policy.budgets.run, scope="run")
+            oracles=oracles,
+            store=store,
+            ledger=BudgetLedger(settings.policy.budgets.run, scope="run"),
+            planner=planner,
         )

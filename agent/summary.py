@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tissue_oracle.agent.planner_report import PlannerReport
 from tissue_oracle.tools.oracle_protocol import Oracle
 from tissue_oracle.tools.schemas import Action, Box, CallRecord, CallRecorder, Grades, Role
 
@@ -170,6 +171,8 @@ class SlideSummary(BaseModel):
     seconds: float = 0.0
     outputs: dict[str, str] = Field(default_factory=dict)
     """Output kind -> path of the file written."""
+    planner: PlannerReport | None = None
+    """What the LLM planner decided and where the guard overrode it (None: no planner)."""
 
     @property
     def calls_ratio(self) -> float:

@@ -16,7 +16,7 @@ from stage_support import make_deps, open_core_slide
 
 from tissue_oracle.agent.planner import PlannerModel, PlanOutcome, build_planner_model, run_planner
 from tissue_oracle.agent.planner_guard import check_planner_policy
-from tissue_oracle.bench.scripted_planner import policy_imitator
+from tissue_oracle.bench.fakes.scripted_planner import policy_imitator
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Budget, Policy, load_policy
 from tissue_oracle.policies.prices import FREE
@@ -253,4 +253,14 @@ def test_openai_planner_spec_takes_the_base_url(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigError, match="--base-url"):
         build_planner_model("openai:Qwen/Qwen3-8B")
     built = build_planner_model("openai:Qwen/Qwen3-8B", base_urls={"*": "http://127.0.0.1:9/v1"})
-    assert built.model.model_name == "Qwen/Qwen3-8B" and built.price.input_per_mtok == 0.0
+    assert built.model.model_name == "Qwen/Qwen3-8B" and built.model.base_url == "http://127.0.0.1:9/v1/"
+    assert not built.price.known  # a self-hosted model with no price in the table or the policy
+
+
+def test_a_bare_base_url_is_for_openai_specs_only(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-used")
+    bare = build_planner_model("gemini:gemini-2.5-flash", base_urls={"*": "http://127.0.0.1:9/v1"})
+    assert bare.model.base_url.startswith("https://generativelanguage.googleapis.com")
+    assert bare.price.known and bare.price.output_per_mtok > 0  # the price table knows Gemini
+    own = build_planner_model("gemini:gemini-2.5-flash", base_urls={"gemini": "http://127.0.0.1:9"})
+    assert own.model.base_url == "http://127.0.0.1:9"

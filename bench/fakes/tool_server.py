@@ -7,7 +7,7 @@ It speaks ``POST /v1/chat/completions`` with ``tools`` as OpenAI documents it (A
 "content"}`` messages). vLLM serves the same shape with ``--enable-auto-tool-choice``
 (docs.vllm.ai, "Tool Calling"). What it answers:
 
-- ``policy=``: the scripted policy imitator (``bench.scripted_planner``), rebuilt on every
+- ``policy=``: the scripted policy imitator (``bench.fakes.scripted_planner``), rebuilt on every
   request from the conversation it is sent, so a whole slide is planned over the wire;
 - ``script=``: fixed steps, one per assistant turn: ``{"tool": name, "args": {...}}`` or
   ``{"text": "..."}`` (a plain answer with no tool call); past the end it answers text.
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from tissue_oracle.bench.fakes.scripted_planner import Event, imitate
 from tissue_oracle.bench.fakes.server import FakeOpenAIServer
-from tissue_oracle.bench.scripted_planner import Event, imitate
 from tissue_oracle.policies.policy import Policy
 
 
