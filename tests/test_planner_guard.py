@@ -23,8 +23,10 @@ from tissue_oracle.policies.prices import FREE
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import ConfigError
 
-#: The default policy, scaled so a slide plans in a second or two on the 4096 x 3072 test slide.
+#: The default policy, scaled so a slide plans in a second or two on the 4096 x 3072 test slide,
+#: with the per-patch coarse-to-fine flow (no classical whole-slide map), which the planner drives.
 FAST = {
+    "classify.classical_map": False,
     "thumbnail.downsample": 16,
     "classify.patch_size": 256,
     "classify.send_size": 128,

@@ -32,6 +32,7 @@ runner = CliRunner()
 
 def small_policy(**updates: Any) -> Policy:
     base = {
+        "classify.classical_map": False,  # the per-patch flow the planner drives
         "classify.patch_size": 256,
         "classify.send_size": 128,
         "classify.batch_size": 16,

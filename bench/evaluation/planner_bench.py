@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from tissue_oracle.bench.synth.generate import generate_set
 
-    policy = load_policy(args.policy)
+    # The per-patch coarse-to-fine flow (the stage tools the planner drives), not the classical map.
+    policy = load_policy(args.policy).with_updates({"classify.classical_map": False})
     if args.threshold is not None:
         policy = policy.with_updates({"review.threshold": args.threshold})
     paths = generate_set(args.out / "slides", preset=args.preset, count=args.count, seed=args.seed)
