@@ -31,6 +31,8 @@ DbOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DEFAULT_DB = Path("out/audit.duckdb")
+#: Wall-clock bound of one ``audit sql`` query, in seconds.
+QUERY_TIMEOUT_S = 30.0
 
 
 def _jsonable(value: Any) -> Any:
@@ -102,7 +104,9 @@ def calls_cmd(
     role: Annotated[str | None, typer.Option(help="Only this role (oracle, reviewer, ...).")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model, or backend:model.")] = None,
     errors: Annotated[bool, typer.Option("--errors", help="Only failed calls.")] = False,
-    limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 200,
+    limit: Annotated[
+        int, typer.Option(min=1, help="At most this many rows (1 or more), newest first.")
+    ] = 200,
     as_json: JsonOption = False,
 ) -> None:
     """List oracle calls, newest first, with filters."""
@@ -195,11 +199,24 @@ def sql_cmd(
     param: Annotated[list[str] | None, typer.Option("--param", help="A bound value for ?, in order.")] = None,
     db: DbOption = DEFAULT_DB,
     as_json: JsonOption = False,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout-s", min=0.01, max=3600, help="Stop the query after this many seconds.")
+    ] = QUERY_TIMEOUT_S,
 ) -> None:
-    """Run one read-only SELECT with bound parameters (values are never pasted into the SQL)."""
-    from tissue_oracle.store import queries
+    """Run one read-only SELECT with bound parameters (values are never pasted into the SQL).
 
-    _show(_query(db, lambda c: queries.run_sql(c, query, list(param or []))), as_json, "sql")
+    The query can't read files, attach databases or load extensions, uses at most 1 GB of
+    memory and 2 threads, and is stopped after ``--timeout-s`` seconds.
+    """
+    from tissue_oracle.store.sandbox import run_user_sql
+    from tissue_oracle.tools.errors import TissueOracleError
+
+    try:
+        table = run_user_sql(db, query, list(param or []), timeout_s=timeout_s)
+    except TissueOracleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _show(table, as_json, "sql")
 
 
 @app.command("escalations")

@@ -24,6 +24,7 @@ import duckdb
 
 from tissue_oracle.store import rows as R
 from tissue_oracle.store.recorder import FINISHED_STATUSES
+from tissue_oracle.store.sandbox import READ_SANDBOX, refuse_crafted
 from tissue_oracle.store.schema import SCHEMA_VERSION, migrate
 from tissue_oracle.store.scrub import Scrubber
 from tissue_oracle.store.writer import SlideFinish, Writer
@@ -62,7 +63,7 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=READ_SANDBOX if read_only else {})
     except duckdb.IOException as exc:
         match = _LOCK_PID.search(str(exc))
         if match:
@@ -119,6 +120,11 @@ class AuditStore:
     @staticmethod
     def _prepared(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         conn = _connect(path, read_only)
+        try:
+            refuse_crafted(conn, path)
+        except BaseException:
+            conn.close()
+            raise
         try:
             if read_only:
                 row = next(iter(conn.execute("SELECT max(version) FROM schema_version").fetchall()), None)

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from tissue_oracle.store.sandbox import READ_SANDBOX, refuse_crafted
 from tissue_oracle.tools.errors import ConfigError, StoreError
 
 Query = Callable[[Callable[[Any], Any]], Any]
@@ -48,11 +49,17 @@ def _connect(audit: Path) -> duckdb.DuckDBPyConnection:
     if not audit.is_file():
         raise StoreError(f"audit store {str(audit)!r} does not exist; pass the audit.duckdb a run wrote")
     try:
-        return duckdb.connect(str(audit), read_only=True)
+        con = duckdb.connect(str(audit), read_only=True, config=READ_SANDBOX)
     except duckdb.Error as exc:
         raise StoreError(
             f"cannot open audit store {str(audit)!r} read-only: {exc}. Is it a DuckDB file?"
         ) from exc
+    try:
+        refuse_crafted(con, audit)
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 def table_names(con: Any) -> set[str]:
