@@ -48,3 +48,7 @@ for _name, _target in COMMANDS.items():
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
