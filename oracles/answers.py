@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from typing import Any
 
@@ -48,6 +49,8 @@ def parse_json_text(text: str) -> Any:
         return value
     except json.JSONDecodeError as exc:
         problem = f"invalid JSON ({exc.msg} at character {exc.pos})"
+    except (RecursionError, ValueError) as exc:  # nesting too deep; an int with too many digits
+        problem = f"unreadable JSON ({type(exc).__name__})"
     try:  # single quotes, True/False/None: a Python literal is still an answer
         return ast.literal_eval(_balanced_prefix(body))
     except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -206,7 +209,8 @@ def rerank_from(value: Any, proposed: list[Label], top_k: int) -> dict[Label, li
     picks: dict[Label, list[int]] = {}
     for label in LABELS:
         chosen: list[int] = []
-        for number in value.get(label) or []:
+        listed = value.get(label)
+        for number in listed if isinstance(listed, list) else []:
             usable = isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= len(proposed)
             if usable and proposed[number - 1] == label and number - 1 not in chosen:
                 chosen.append(number - 1)
@@ -217,9 +221,14 @@ def rerank_from(value: Any, proposed: list[Label], top_k: int) -> dict[Label, li
 
 
 def _number(value: Any) -> float | None:
+    """A finite float from a JSON number, or None (booleans, NaN, infinities, huge ints)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def grades_from(value: Any) -> Grades:
@@ -228,12 +237,8 @@ def grades_from(value: Any) -> Grades:
         raise AnswerError("expected an object with precision/recall grades and percentages")
     fields: dict[str, Any] = {"notes": str(value.get("notes") or "")[:500]}
     for name in ("precision", "recall"):
-        pct, grade = value.get(f"{name}_pct"), value.get(f"{name}_grade")
-        pct = (
-            None
-            if not isinstance(pct, int | float) or isinstance(pct, bool)
-            else min(max(float(pct), 0.0), 100.0)
-        )
+        number, grade = _number(value.get(f"{name}_pct")), value.get(f"{name}_grade")
+        pct = None if number is None else min(max(number, 0.0), 100.0)
         if not isinstance(grade, int) or isinstance(grade, bool) or not 1 <= grade <= 4:
             if pct is None:
                 raise AnswerError(f"{name}_grade must be 1-4 (or give {name}_pct)")

@@ -148,7 +148,12 @@ class ImageFrame:
 def _unit(value: object, full: float) -> float | None:
     """A model number as a 0-1000 fraction of its axis, clamped, or None when it is not a number
     or strays too far outside the image."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:  # an int with hundreds of digits can't become a float
+        if not math.isfinite(value):
+            return None
+    except OverflowError:
         return None
     slack = CLAMP_SLACK_FRACTION * full
     if value < -slack or value > full + slack:

@@ -118,7 +118,7 @@ async def attempt_question(
             cost_usd=cost,
         )
         try:
-            answer = validate(parse_json_text(response.text))
+            answer = _validated(validate, response.text)
         except AnswerError as exc:
             if response.hit_output_cap:
                 last = _cap_problem(response, sent)
@@ -138,6 +138,17 @@ async def attempt_question(
         f"{spec.backend}:{spec.model} gave no usable {spec.question!r} answer after "
         f"{policy.retries + 1} attempts; last problem: {last}"
     )
+
+
+def _validated(validate: Any, text: str) -> Any:
+    """``validate(parse_json_text(text))``; a parser bug on a strange answer is an unusable answer
+    (recorded, repaired, retried), never an exception past the oracle."""
+    try:
+        return validate(parse_json_text(text))
+    except AnswerError:
+        raise
+    except Exception as exc:
+        raise AnswerError(f"the answer could not be read ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def _repair(
