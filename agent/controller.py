@@ -14,15 +14,15 @@ mask plus only its own few-shot labels, and the final mask merges regions in ind
 the result doesn't depend on which region finished first. Oracle calls run concurrently
 (bounded by ``classify.max_in_flight``); reads, K-means and morphology run in threads.
 
-``SlideRun`` carries no optional results: each stage returns what it produced, and the run ends
-by building its own ``SlideSummary``.
+``SlideRun`` carries no optional results: each stage returns what it produced, each region's loop
+(``agent.regions.review_region``) returns its rounds and kept labels, and the run ends by building
+its own ``SlideSummary``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +30,12 @@ import numpy as np
 from tissue_oracle.agent.budget_guard import BudgetedOracle, CallEstimator
 from tissue_oracle.agent.oracle_setup import OracleSet
 from tissue_oracle.agent.outputs import SlideOutputs, output_paths, readable_picture, write_slide_outputs
+from tissue_oracle.agent.regions import CoarseResult, review_region
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.agent.slide_ids import SlideFolder, claim_slide_folder, safe_slide_id
 from tissue_oracle.agent.summary import (
     PatchCounts,
     RegionSummary,
-    RoundRecord,
     SlideSummary,
     StageTally,
     labelled_as,
@@ -43,12 +43,7 @@ from tissue_oracle.agent.summary import (
 from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, DenseClassifyOutput, classify_dense
 from tissue_oracle.oracles.routing import route_questions
 from tissue_oracle.policies.decide import (
-    Decision,
-    classical_map_accepted,
-    decide_review,
     judge_slide,
-    refinement_failed,
-    review_disabled,
 )
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy, stage_settings
@@ -57,19 +52,15 @@ from tissue_oracle.store.records import patch_records, slide_record
 from tissue_oracle.tools.classify_patches import (
     ClassifyPatchesInput,
     ClassifyPatchesOutput,
-    answered_only,
     classify_patches,
     final_labels,
     merge_labels,
 )
 from tissue_oracle.tools.clean import CleanInput, CleanOutput, clean
 from tissue_oracle.tools.cluster_colours import ClusterColoursInput, ClusterColoursOutput, cluster_colours
-from tissue_oracle.tools.ground_boxes import GroundBoxesInput, GroundBoxesOutput, ground_boxes
+from tissue_oracle.tools.ground_boxes import GroundBoxesInput, ground_boxes
 from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
-from tissue_oracle.tools.point_ground import PointGroundInput, point_ground
-from tissue_oracle.tools.rerank_exemplars import RerankExemplarsInput, rerank_exemplars
-from tissue_oracle.tools.review_mask import RegionReview, ReviewMaskInput, review_mask
-from tissue_oracle.tools.schemas import Box, DecisionRecord, Exemplar, Grades, Role, SlideRecord, Stage
+from tissue_oracle.tools.schemas import Box, Exemplar, Role, SlideRecord, Stage
 from tissue_oracle.tools.slide_base import Slide
 from tissue_oracle.tools.slides import open_slide
 from tissue_oracle.tools.stage_deps import StageDeps
@@ -78,9 +69,6 @@ from tissue_oracle.tools.stage_settings import (
     CleanSettings,
     ClusterColoursSettings,
     GroundBoxesSettings,
-    PointGroundSettings,
-    RerankExemplarsSettings,
-    ReviewMaskSettings,
 )
 
 
@@ -105,29 +93,6 @@ def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[R
         for role, oracle in oracles.by_role.items()
     }
     return route_questions(by_role, oracles.routes)
-
-
-@dataclass(kw_only=True)
-class CoarseResult:
-    """What the coarse stages produced for the whole slide."""
-
-    thumbnail: np.ndarray
-    """RGB uint8 at ``policy.thumbnail.downsample`` (thumb_xy frame)."""
-    boxes: GroundBoxesOutput
-    """Regions, level-0 frame (one whole-slide box when grounding fell back)."""
-    coarse: ClusterColoursOutput | None
-    """The coarse mask M1 (None when the classical map labelled the slide)."""
-    zero_shot: ClassifyPatchesOutput
-    """Zero-shot labels of every patch M1 touches."""
-
-
-@dataclass(kw_only=True)
-class RegionResult:
-    """One region's reviews and decisions, and the few-shot labels of the rounds it kept."""
-
-    summary: RegionSummary
-    kept: list[ClassifyPatchesOutput] = field(default_factory=list)
-    """Answered few-shot labels of each kept Auto-context round, in order."""
 
 
 class SlideRun:
@@ -207,7 +172,9 @@ class SlideRun:
         concurrently, and the kept few-shot labels merged in region order."""
         coarse = coarse or await self.coarse_stages()
         boxes = coarse.boxes.boxes
-        regions = list(await asyncio.gather(*(self.region(i, box, coarse) for i, box in enumerate(boxes))))
+        regions = list(
+            await asyncio.gather(*(review_region(self, i, box, coarse) for i, box in enumerate(boxes)))
+        )
         final = coarse.zero_shot
         for region in regions:
             for refined in region.kept:
@@ -261,111 +228,6 @@ class SlideRun:
         inp = CleanInput(**stage_settings(self.policy.clean, CleanSettings), tissue=tissue)
         with self.tally.timed("clean"):
             return await self.deps.in_thread(clean, inp)
-
-    # ------------------------------------------------------------------ regions
-
-    async def region(self, index: int, box: Box, coarse: CoarseResult) -> RegionResult:
-        """Review, decide and refine one region until the policy accepts or escalates it.
-
-        The region is reviewed on the zero-shot labels plus only its own kept rounds.
-        """
-        result = RegionResult(summary=RegionSummary(index=index, box=box))
-        rules = self.policy.review
-        if not rules.enabled:
-            self.note(result, 0, None, review_disabled())
-            return result
-        if self.classical_only:
-            self.note(result, 0, None, classical_map_accepted())
-            return result
-        labels, before = coarse.zero_shot, None
-        while True:
-            round_ = len(result.kept)
-            review = await self.review(box, labels)
-            budget_ok = self.ledger.exhausted_reason is None and not review.budget_exhausted
-            decision = decide_review(review.grades, before, round_, rules=rules, budget_ok=budget_ok)
-            record = self.note(result, round_, review.grades, decision, review.error)
-            if decision.action != "refine":
-                return result
-            refined, why = await self.refine(box, coarse, record)
-            if refined is None:
-                self.note(result, round_ + 1, None, refinement_failed(round_, why))
-                return result
-            result.kept.append(refined)
-            result.summary.refinements = len(result.kept)
-            labels, before = merge_labels(labels, refined), review.grades
-
-    def note(
-        self, result: RegionResult, round_: int, grades: Grades | None, d: Decision, error: str | None = None
-    ) -> RoundRecord:
-        """Apply and record one decision on a region (store and summary); final unless ``refine``."""
-        out = result.summary
-        if d.drop_last_round:
-            result.kept.pop()
-            out.refinements = len(result.kept)
-        record = RoundRecord(
-            round=round_, grades=grades, action=d.action, reason=d.reason, review_error=error
-        )
-        out.rounds.append(record)
-        left = self.ledger.remaining()
-        self.recorder.record_decision(
-            DecisionRecord(
-                run_id=self.run_id,
-                slide_id=self.slide_id,
-                region=out.index,
-                round=round_,
-                grades=grades,
-                action=d.action,
-                reason=d.reason,
-                budget_left_calls=left.calls,
-                budget_left_tokens=left.tokens,
-                budget_left_usd=left.usd,
-            )
-        )
-        if d.action != "refine":
-            out.final_action, out.reason, out.needs_human_review = d.action, d.reason, d.needs_human_review
-        return record
-
-    async def review(self, box: Box, raw: ClassifyPatchesOutput) -> RegionReview:
-        mask = (await self.cleaned(raw.tissue)).tissue
-        settings = stage_settings(self.policy.review, ReviewMaskSettings)
-        inp = ReviewMaskInput(**settings, regions=[box], grid=raw.grid, tissue=mask)
-        with self.tally.timed("review_mask"):
-            return (await review_mask(inp, self.deps)).reviews[0]
-
-    async def refine(
-        self, box: Box, coarse: CoarseResult, record: RoundRecord
-    ) -> tuple[ClassifyPatchesOutput | None, str]:
-        """One Auto-context round on ``box``: points, exemplars, few-shot labels (answered ones only)."""
-        p = self.policy
-        with self.tally.timed("point_ground"):
-            points = await point_ground(
-                PointGroundInput(
-                    **stage_settings(p.autocontext, PointGroundSettings),
-                    crop_size=p.review.crop_size,
-                    region=box,
-                ),
-                self.deps,
-            )
-        record.points = len(points.points)
-        if not points.points:
-            return None, f"point_ground: {points.error or 'no points found'}"
-        with self.tally.timed("rerank_exemplars"):
-            picked = await rerank_exemplars(
-                RerankExemplarsInput(
-                    **stage_settings(p.autocontext, RerankExemplarsSettings),
-                    patch_size=p.classify.patch_size,
-                    send_size=p.classify.send_size,
-                    points=points.points,
-                ),
-                self.deps,
-            )
-        record.exemplars = len(picked.exemplars)
-        if not picked.exemplars:
-            return None, f"rerank_exemplars: {picked.error or 'no exemplar kept'}"
-        assert coarse.coarse is not None, "refinement needs M1 (not run when the classical map labels)"
-        few = await self.classify(coarse.coarse, region=box, exemplars=picked.exemplars)
-        record.patches_sent = few.sent
-        return answered_only(few), ""
 
     # ------------------------------------------------------------------ summary
 

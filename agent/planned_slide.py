@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tissue_oracle.agent.controller import CoarseResult, RegionResult, SlideRun
+from tissue_oracle.agent.controller import SlideRun
 from tissue_oracle.agent.planner import PlannerModel, PlanOutcome, run_planner
 from tissue_oracle.agent.planner_report import PlannerReport
+from tissue_oracle.agent.regions import CoarseResult, RegionResult, note_decision
 from tissue_oracle.agent.summary import RegionSummary
 from tissue_oracle.policies.decide import Decision
 from tissue_oracle.tools.classify_patches import ClassifyPatchesOutput
@@ -91,11 +92,15 @@ def _adopt(run: SlideRun, outcome: PlanOutcome) -> tuple[list[RegionSummary], Cl
         result = RegionResult(summary=RegionSummary(index=index, box=box))
         grades = progress.grades.get(index, [])
         for round_, earlier in enumerate(grades[:-1]):
-            run.note(result, round_, earlier, Decision(action="refine", reason="planner: Auto-context"))
+            note_decision(
+                run, result, round_, earlier, Decision(action="refine", reason="planner: Auto-context")
+            )
         final = by_region[index]
         reason = f"planner: {final.reason or final.action}"
         last = grades[-1] if grades else None
-        run.note(result, max(len(grades) - 1, 0), last, Decision(action=final.action, reason=reason))
+        note_decision(
+            run, result, max(len(grades) - 1, 0), last, Decision(action=final.action, reason=reason)
+        )
         result.summary.refinements = progress.refinements.get(index, 0)
         regions.append(result.summary)
     return regions, ws.labels
