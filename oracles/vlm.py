@@ -27,7 +27,7 @@ from tissue_oracle.oracles.base import AnswerT, CallSpec, EncodedImage, ImageFor
 from tissue_oracle.oracles.model_families import thinking_plan
 from tissue_oracle.oracles.profiles import ImageFrame, ModelProfile, profile_for_model, smart_resize
 from tissue_oracle.oracles.transport import Thinking, Transport, TransportRequest
-from tissue_oracle.oracles.vlm_attempts import AttemptPolicy, attempt_question
+from tissue_oracle.oracles.vlm_attempts import Asking, AttemptPolicy, PendingQuestion, attempt_question
 from tissue_oracle.tools.errors import ConfigError, OracleError
 from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
@@ -183,15 +183,8 @@ class VLMOracle:
 
         async def compute() -> AnswerT:
             return await attempt_question(
-                ctx=ctx,
-                spec=spec,
-                transport=self.transport,
-                request=request,
-                validate=validate,
-                codec=codec,
-                policy=policy,
-                price=self.price,
-                slots=self._semaphore(),
+                PendingQuestion(ctx=ctx, spec=spec, request=request, validate=validate, codec=codec),
+                Asking(transport=self.transport, policy=policy, price=self.price, slots=self._semaphore()),
             )
 
         return await base.answer_with_cache(ctx, spec, codec, compute)

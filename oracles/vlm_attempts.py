@@ -20,8 +20,8 @@ import functools
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic
 
 from tissue_oracle import prompts
 from tissue_oracle.oracles.answers import AnswerError, parse_json_text
@@ -58,86 +58,140 @@ class AttemptPolicy:
         return ceiling * (0.5 + 0.5 * rng.random())
 
 
-async def attempt_question(
-    *,
-    ctx: CallContext,
-    spec: CallSpec,
-    transport: Transport,
-    request: TransportRequest,
-    validate: Callable[[Any], AnswerT],
-    codec: WireCodec[AnswerT],
-    policy: AttemptPolicy,
-    price: ModelPrice | None,
-    slots: asyncio.Semaphore,
-) -> AnswerT:
+@dataclass(kw_only=True)
+class PendingQuestion(Generic[AnswerT]):
+    """One question: where its rows go, the request, and how its answer is read."""
+
+    ctx: CallContext
+    """The caller's context: run, slide, stage, role and the recorder that gets one row per attempt."""
+    spec: CallSpec
+    """The question's row fields (template, hashes, request JSON)."""
+    request: TransportRequest
+    validate: Callable[[Any], AnswerT]
+    """Parsed JSON -> the typed answer; raises ``AnswerError`` for an unusable one."""
+    codec: WireCodec[AnswerT]
+
+
+@dataclass(kw_only=True)
+class Asking:
+    """How one oracle asks: its transport, its attempt rules, its price and its in-flight bound."""
+
+    transport: Transport
+    policy: AttemptPolicy
+    price: ModelPrice | None
+    """None: the cost is unknown and recorded as None."""
+    slots: asyncio.Semaphore
+    """Bounds requests in flight on the backend; latency is measured once a slot is held."""
+
+
+@dataclass(kw_only=True)
+class _Tries:
+    """The state of one question's attempts."""
+
+    sent: TransportRequest
+    """The request the next attempt sends (the repair prompt after one unusable answer)."""
+    row_spec: CallSpec
+    usage: Usage = field(default_factory=Usage)
+    repaired: bool = False
+    last: str = "no attempt made"
+    """The last problem, for the final error."""
+
+
+async def attempt_question(q: PendingQuestion[AnswerT], via: Asking) -> AnswerT:
     """Ask until a valid answer or the attempts run out; returns the answer with summed usage."""
-    usage = Usage()
-    repaired = False
-    sent, row_spec = request, spec
-    last = "no attempt made"
-    for attempt in range(1, policy.retries + 2):
+    tries = _Tries(sent=q.request, row_spec=q.spec)
+    for attempt in range(1, via.policy.retries + 2):
         started = time.perf_counter()
         try:
-            async with slots:
+            async with via.slots:
                 started = time.perf_counter()  # latency is the server's time, not the queue's
-                response = await asyncio.wait_for(transport.send(sent), timeout=policy.timeout_s + 1.0)
+                response = await asyncio.wait_for(
+                    via.transport.send(tries.sent), timeout=via.policy.timeout_s + 1.0
+                )
         except (TransportError, TimeoutError) as exc:
-            error = exc if isinstance(exc, TransportError) else TransportError("timed out", retryable=True)
-            last = f"{transport.name}: {error}"
-            record_attempt(ctx, row_spec, ok=False, attempt=attempt, error=last, latency_s=_since(started))
-            if not error.retryable:
-                raise OracleUnavailableError(
-                    f"{spec.backend}:{spec.model} refused the request: {error}"
-                ) from exc
-            wait = error.retry_after_s
-            if wait is not None and wait > policy.retry_after_max_s:
-                raise OracleError(
-                    f"{spec.backend}:{spec.model} asks to wait {wait:g} s before trying again, longer than "
-                    f"the {policy.retry_after_max_s:g} s a question waits; last problem: {last}"
-                ) from exc
-            if attempt <= policy.retries:
-                await asyncio.sleep(policy.backoff(attempt, error.retry_after_s))
-            sent, row_spec = request, spec
+            await _transport_failed(q, via, tries, attempt, started, exc)
             continue
         except Exception as exc:
             # A transport bug must not escape as a raw traceback: one row, then a clean error.
-            last = f"{transport.name}: unexpected {type(exc).__name__}: {exc}"
-            record_attempt(ctx, row_spec, ok=False, attempt=attempt, error=last, latency_s=_since(started))
-            raise OracleError(f"{spec.backend}:{spec.model} failed: {last}") from exc
-        cost = price.recorded_cost(response.input_tokens, response.output_tokens) if price else 0.0
-        usage = usage + Usage(
-            calls=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=cost or 0.0
-        )
-        row = functools.partial(
-            record_attempt,
-            ctx,
-            attempt=attempt,
-            response_raw=response.text,
-            input_tokens=response.input_tokens,
-            output_tokens=response.output_tokens,
-            cost_usd=cost,
-        )
-        try:
-            answer = _validated(validate, response.text)
-        except AnswerError as exc:
-            if response.hit_output_cap:
-                last = _cap_problem(response, sent)
-                row(row_spec, ok=False, error=last, latency_s=_since(started))
-                raise OracleError(f"{spec.backend}:{spec.model}: {last}") from exc
-            last = f"unusable answer: {exc}"
-            row(row_spec, ok=False, error=last, latency_s=_since(started))
-            if repaired:
-                sent, row_spec = request, spec
-            else:
-                repaired = True
-                sent, row_spec = _repair(request, spec, response.text, str(exc))
-            continue
-        row(row_spec, ok=True, parsed_json=codec.dump(answer), latency_s=_since(started))
-        return answer.model_copy(update={"usage": usage})
+            tries.last = f"{via.transport.name}: unexpected {type(exc).__name__}: {exc}"
+            _row(q, tries, attempt, ok=False, error=tries.last, latency_s=_since(started))
+            raise OracleError(f"{q.spec.backend}:{q.spec.model} failed: {tries.last}") from exc
+        answer = _answered(q, via, tries, attempt, started, response)
+        if answer is not None:
+            return answer
     raise OracleError(
-        f"{spec.backend}:{spec.model} gave no usable {spec.question!r} answer after "
-        f"{policy.retries + 1} attempts; last problem: {last}"
+        f"{q.spec.backend}:{q.spec.model} gave no usable {q.spec.question!r} answer after "
+        f"{via.policy.retries + 1} attempts; last problem: {tries.last}"
     )
+
+
+async def _transport_failed(
+    q: PendingQuestion[Any], via: Asking, tries: _Tries, attempt: int, started: float, exc: Exception
+) -> None:
+    """Record a failed request; raise when retrying can't help, else wait before the next attempt."""
+    error = exc if isinstance(exc, TransportError) else TransportError("timed out", retryable=True)
+    tries.last = f"{via.transport.name}: {error}"
+    _row(q, tries, attempt, ok=False, error=tries.last, latency_s=_since(started))
+    name, limit = f"{q.spec.backend}:{q.spec.model}", via.policy.retry_after_max_s
+    if not error.retryable:
+        raise OracleUnavailableError(f"{name} refused the request: {error}") from exc
+    wait = error.retry_after_s
+    if wait is not None and wait > limit:
+        raise OracleError(
+            f"{name} asks to wait {wait:g} s before trying again, longer than "
+            f"the {limit:g} s a question waits; last problem: {tries.last}"
+        ) from exc
+    if attempt <= via.policy.retries:
+        await asyncio.sleep(via.policy.backoff(attempt, error.retry_after_s))
+    tries.sent, tries.row_spec = q.request, q.spec
+
+
+def _answered(
+    q: PendingQuestion[AnswerT],
+    via: Asking,
+    tries: _Tries,
+    attempt: int,
+    started: float,
+    response: TransportResponse,
+) -> AnswerT | None:
+    """Record an answered request: the valid answer (with the summed usage), or None after an
+    unusable one (the next attempt sends the repair prompt once, then the plain request)."""
+    cost = via.price.recorded_cost(response.input_tokens, response.output_tokens) if via.price else 0.0
+    tries.usage = tries.usage + Usage(
+        calls=1, input_tokens=response.input_tokens, output_tokens=response.output_tokens, usd=cost or 0.0
+    )
+    row = functools.partial(
+        _row,
+        q,
+        tries,
+        attempt,
+        response_raw=response.text,
+        input_tokens=response.input_tokens,
+        output_tokens=response.output_tokens,
+        cost_usd=cost,
+    )
+    try:
+        answer = _validated(q.validate, response.text)
+    except AnswerError as exc:
+        if response.hit_output_cap:
+            tries.last = _cap_problem(response, tries.sent)
+            row(ok=False, error=tries.last, latency_s=_since(started))
+            raise OracleError(f"{q.spec.backend}:{q.spec.model}: {tries.last}") from exc
+        tries.last = f"unusable answer: {exc}"
+        row(ok=False, error=tries.last, latency_s=_since(started))
+        if tries.repaired:
+            tries.sent, tries.row_spec = q.request, q.spec
+        else:
+            tries.repaired = True
+            tries.sent, tries.row_spec = _repair(q.request, q.spec, response.text, str(exc))
+        return None
+    row(ok=True, parsed_json=q.codec.dump(answer), latency_s=_since(started))
+    return answer.model_copy(update={"usage": tries.usage})
+
+
+def _row(q: PendingQuestion[Any], tries: _Tries, attempt: int, **fields: Any) -> None:
+    """The attempt's one audit row, under the spec of the request it sent."""
+    record_attempt(q.ctx, tries.row_spec, attempt=attempt, **fields)
 
 
 def _validated(validate: Any, text: str) -> Any:
