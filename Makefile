@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint imports typecheck pytest bench clean links
+.PHONY: install demo test test-fast lint imports typecheck pytest pytest-fast bench clean links
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,10 +34,16 @@ typecheck: install links
 		-p tissue_oracle.agent -p tissue_oracle.tools -p tissue_oracle.oracles -p tissue_oracle.policies \
 		-p tissue_oracle.prompts -p tissue_oracle.store -p tissue_oracle.bench
 
+# Every test (CI). `make test-fast` skips the `slow` tier (torch training, long wire and CLI runs).
 pytest: install
 	$(VENV)/bin/pytest -q
 
+pytest-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
 test: lint imports typecheck pytest
+
+test-fast: lint imports pytest-fast
 
 bench: install
 	$(VENV)/bin/tissue-oracle bench --suite quick --out bench-out

@@ -21,6 +21,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_quick_suite_writes_tables_json_and_plots(quick_run: Path) -> None:
     report = (quick_run / "report.md").read_text()
     for title in ("Table 1. Segmentation per stain", "Table 5. Focus", "Table 6. Reviewer", "Cost per slide"):
@@ -37,6 +38,7 @@ def test_quick_suite_writes_tables_json_and_plots(quick_run: Path) -> None:
     assert otsu_he and min(otsu_he) > 0.7
 
 
+@pytest.mark.slow
 def test_pipeline_rows_carry_stages_and_cost(quick_run: Path) -> None:
     rows = json.loads((quick_run / "results.json").read_text())["rows"]
     staged = [r for r in rows if r.get("stage")]
@@ -47,6 +49,7 @@ def test_pipeline_rows_carry_stages_and_cost(quick_run: Path) -> None:
         assert r["calls"] > 0 and 0 < r["patches_sent"] <= r["naive_calls"] * 2
 
 
+@pytest.mark.slow
 def test_simulated_numbers_are_labelled_everywhere(quick_run: Path) -> None:
     data = json.loads((quick_run / "results.json").read_text())
     simulated = [r for r in data["rows"] if r.get("simulated")]
@@ -98,6 +101,7 @@ def test_real_suite_cases_call_histolab_masks_agreement(real_data: Path) -> None
     assert all(c.patch_size <= 64 for c in cases)
 
 
+@pytest.mark.slow
 def test_report_only_rebuilds_from_json(quick_run: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -84,6 +84,7 @@ def assert_within_caps(result: RunResult, store: MemoryRecorder, policy: Policy)
 caps = st.one_of(st.none(), st.integers(min_value=0, max_value=30))
 
 
+@pytest.mark.slow
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     slide_calls=caps,
@@ -119,6 +120,7 @@ def test_call_caps_hold_for_random_policies_and_slides(
     assert_within_caps(result, store, policy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("slide_usd", "run_usd", "run_tokens"),
     [(0.004, 0.01, None), (None, None, 40_000)],

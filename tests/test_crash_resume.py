@@ -31,6 +31,7 @@ def _segment(slides: Path, out: Path, policy: Path, base_url: str) -> list[str]:
     return command
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_pays_only_what_was_in_flight(tmp_path: Path) -> None:
     slides = tmp_path / "slides"
     tiny_slides(slides, 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tissue_oracle.agent.cli import app
@@ -12,6 +13,7 @@ from tissue_oracle.agent.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_demo_segments_a_synthetic_slide_and_labels_the_classical_oracle(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = runner.invoke(

@@ -162,6 +162,7 @@ def test_val_comes_from_train_patches_when_no_val_slide(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- augmentation and training
 
 
+@pytest.mark.slow
 def test_augment_keeps_shape_range_and_pixels_without_jitter() -> None:
     import torch
 
@@ -179,6 +180,7 @@ def test_binary_metrics_table() -> None:
     assert (m["precision"], m["recall"], m["f1"], m["iou"]) == (2 / 3, 2 / 3, 2 / 3, 0.5)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_with_a_seed() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, size=(24, 32, 32, 3), dtype=np.uint8)
@@ -193,6 +195,7 @@ def test_training_is_deterministic_with_a_seed() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_distil_writes_checkpoint_card_and_cache(tmp_path: Path) -> None:
     audit = write_audit(tmp_path, 4)
     truth = {str(tmp_path / f"slide{k}.png"): synthetic_slide(k)[1] for k in range(4)}
@@ -239,6 +242,7 @@ def test_distil_writes_checkpoint_card_and_cache(tmp_path: Path) -> None:
     assert again.card.metrics_vs_teacher == card.metrics_vs_teacher
 
 
+@pytest.mark.slow
 def test_cli_distils_a_real_audit_file_and_reports_errors(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -32,6 +32,7 @@ def _store(db: Path, sql: str) -> list[tuple[object, ...]]:
         return store.query(lambda c: c.execute(sql).fetchall())
 
 
+@pytest.mark.slow
 def test_workers_share_the_in_flight_limit_and_the_run_budget(slides: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with FakeOpenAIServer(profile=PROFILES["generic"], latency_s=0.05) as server:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pytest
 from PIL import Image
 from stage_support import core_slide_pixels
 
@@ -25,6 +26,7 @@ def _paid_calls(db: Path) -> int:
     return int(row[0])
 
 
+@pytest.mark.slow
 def test_replay_without_base_url_gives_the_same_mask_and_pays_nothing(tmp_path: Path) -> None:
     image, _ = core_slide_pixels()
     slides = tmp_path / "slides"

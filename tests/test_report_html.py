@@ -32,6 +32,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_segment_writes_a_self_contained_report(run_dir: Path) -> None:
     page = (run_dir / "report.html").read_text()
     assert len(re.findall(r'class="card" data-slide=', page)) == 2
@@ -44,6 +45,7 @@ def test_segment_writes_a_self_contained_report(run_dir: Path) -> None:
     assert "classical (no VLM)" in page
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(headless_browser.chromium_path() is None, reason="chromium is not installed")
 def test_report_renders_every_slide_card_in_chromium_without_console_errors(run_dir: Path) -> None:
     loaded = headless_browser.load(run_dir / "report.html")
@@ -56,6 +58,7 @@ def test_report_renders_every_slide_card_in_chromium_without_console_errors(run_
     assert shot.stat().st_size > 10_000  # a blank page compresses to a few hundred bytes
 
 
+@pytest.mark.slow
 def test_report_command_remakes_the_page_and_the_queue(run_dir: Path) -> None:
     (run_dir / "report.html").unlink()
     (run_dir / "escalations.csv").unlink()
@@ -66,6 +69,7 @@ def test_report_command_remakes_the_page_and_the_queue(run_dir: Path) -> None:
     assert bad.exit_code == 2 and "summary.json" in bad.output
 
 
+@pytest.mark.slow
 def test_escalated_regions_and_degraded_slides_reach_the_queue(run_dir: Path) -> None:
     summary = read_summaries(run_dir)[0]
     bad_grades = Grades(precision=3, recall=4)

@@ -41,6 +41,7 @@ def slide_rows(db: Path) -> dict[str, tuple[str, str | None]]:
     return {sid: (status, error) for sid, status, error in found}
 
 
+@pytest.mark.slow
 def test_a_bad_slide_is_isolated_and_resume_skips_finished_slides(slides: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     policy = str(slides.parent / "small.yaml")
@@ -61,6 +62,7 @@ def test_a_bad_slide_is_isolated_and_resume_skips_finished_slides(slides: Path, 
     assert calls_after == calls_before  # good was skipped; bad failed again without any call
 
 
+@pytest.mark.slow
 def test_every_slide_failing_exits_non_zero(slides: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["segment", str(slides / "bad.svs"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1

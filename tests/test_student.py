@@ -51,6 +51,7 @@ def ctx(recorder: MemoryRecorder, role: Role = "classifier") -> CallContext:
     return CallContext(run_id="r", slide_id="s", stage="classify_patches", role=role, recorder=recorder)
 
 
+@pytest.mark.slow
 def test_student_answers_patch_labels_in_batches_and_records_each(checkpoint: Path) -> None:
     oracle = build(str(checkpoint), device="cpu", batch_size=4)
     rec = MemoryRecorder()
@@ -68,6 +69,7 @@ def test_student_answers_patch_labels_in_batches_and_records_each(checkpoint: Pa
     assert again.labels == answer.labels
 
 
+@pytest.mark.slow
 def test_student_resizes_any_patch_size_and_is_deterministic(checkpoint: Path) -> None:
     oracle = build(str(checkpoint), device="cpu")
     big = request(3, px=128)
@@ -76,6 +78,7 @@ def test_student_resizes_any_patch_size_and_is_deterministic(checkpoint: Path) -
     assert a.labels == b.labels and len(a.labels) == 3
 
 
+@pytest.mark.slow
 def test_registry_builds_the_student_and_it_refuses_other_questions(checkpoint: Path) -> None:
     oracle = build_oracle(f"student:{checkpoint}", device="cpu")
     assert isinstance(oracle, StudentOracle)
@@ -136,6 +139,7 @@ def test_merge_puts_oracle_answers_back_in_request_order() -> None:
         cascade.merge(student, oracle[:1], cascade.route([s.confidence for s in student], 0.9))
 
 
+@pytest.mark.slow
 def test_cascade_asks_the_oracle_only_about_unsure_patches(checkpoint: Path) -> None:
     student = build(str(checkpoint), device="cpu")
     oracle = build_oracle("classical")
@@ -171,6 +175,7 @@ def test_cascade_asks_the_oracle_only_about_unsure_patches(checkpoint: Path) -> 
     assert stats_all.oracle_calls == 0 and all(a.source == "cascade" for a in everything.labels)
 
 
+@pytest.mark.slow
 def test_with_cascade_wraps_the_classifier_and_the_stage_keeps_cascade_sources(checkpoint: Path) -> None:
     from tissue_oracle.tools.classify_patches import ClassifyPatchesInput, classify_patches
     from tissue_oracle.tools.slides import open_slide
@@ -211,6 +216,7 @@ def test_with_cascade_wraps_the_classifier_and_the_stage_keeps_cascade_sources(c
         cascade.with_cascade({}, student=student, threshold=0.9)
 
 
+@pytest.mark.slow
 def test_policy_cascade_makes_the_run_classifier_a_cascade(checkpoint: Path) -> None:
     from tissue_oracle.agent.oracle_setup import build_oracles
     from tissue_oracle.policies.policy import load_policy

@@ -57,6 +57,7 @@ def test_the_shipped_policies_ask_the_classifier_to_rerank() -> None:
     assert questions_asked(off) == {"oracle": {"boxes"}, "classifier": {"patch_labels"}, "reviewer": set()}
 
 
+@pytest.mark.slow
 def test_a_student_classifier_routes_rerank_to_the_oracle(checkpoint: Path) -> None:
     oracles = build_oracles(load_policy("default"), overrides={"classifier": f"student:{checkpoint}"})
     assert oracles.routes == {"classifier": {"rerank": "oracle"}}
@@ -100,6 +101,7 @@ def test_a_routed_question_is_answered_and_recorded_by_the_role_that_answers() -
         resolve_routes({"reviewer": PatchOnly()}, {"reviewer": ["review"]})  # type: ignore[dict-item]
 
 
+@pytest.mark.slow
 def test_segment_with_a_student_classifier_works_on_a_synthetic_slide(
     checkpoint: Path, slide: Path, tmp_path: Path
 ) -> None:
