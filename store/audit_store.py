@@ -23,6 +23,7 @@ from typing import TypeVar
 import duckdb
 
 from tissue_oracle.store import rows as R
+from tissue_oracle.store.call_journal import CallJournal, replay
 from tissue_oracle.store.recorder import FINISHED_STATUSES
 from tissue_oracle.store.sandbox import READ_SANDBOX, refuse_crafted
 from tissue_oracle.store.schema import SCHEMA_VERSION, migrate
@@ -91,6 +92,8 @@ class AuditStore:
         self._seq = itertools.count(1)
         self._pending_lock = threading.Lock()
         self._pending: dict[str, tuple[int, R.Row]] = {}  # request_hash -> newest unflushed ok call
+        self._last_seq = 0
+        self._journal = None if read_only else CallJournal(path)
         self._writer = Writer(conn, on_calls_flushed=self._forget_flushed)
 
     # ----------------------------------------------------------------- lifecycle
@@ -131,6 +134,7 @@ class AuditStore:
                 version = row[0] if row and row[0] is not None else 0
             else:
                 version = migrate(conn)
+                replay(conn, path)  # calls a killed run recorded but had not committed
         except duckdb.Error as exc:
             conn.close()
             raise StoreError(f"audit store {str(path)!r} has no readable schema: {exc}") from exc
@@ -153,6 +157,8 @@ class AuditStore:
             self._closed = True
             _OPEN.pop(self.path, None)
         self._writer.stop()
+        if self._journal is not None:
+            self._journal.close()
         self._raise_write_error()
 
     def __enter__(self) -> AuditStore:
@@ -192,7 +198,9 @@ class AuditStore:
         self._check_writable()
         row = R.call_row(record, self._scrub)
         with self._pending_lock:
-            seq = next(self._seq)
+            seq = self._last_seq = next(self._seq)
+            if self._journal is not None:
+                self._journal.append(row)  # on disk now; DuckDB gets it with the next batch
             if record.ok:
                 self._pending[record.request_hash] = (seq, row)
             self._writer.put_call(seq, row)
@@ -210,9 +218,12 @@ class AuditStore:
         return None if row is None else R.call_from_row(row)
 
     def _forget_flushed(self, last_seq: int) -> None:
+        """Called by the writer once calls up to ``last_seq`` are committed."""
         with self._pending_lock:
             for key in [k for k, (seq, _) in self._pending.items() if seq <= last_seq]:
                 del self._pending[key]
+            if self._journal is not None and last_seq == self._last_seq:
+                self._journal.clear()
 
     # ----------------------------------------------------------------- runs, slides, records
 

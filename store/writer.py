@@ -72,6 +72,8 @@ class Writer:
         self._calls_last_seq = 0
         self._slides: dict[SlideKey, _Pending] = {}
         self._appenders: dict[str, Any] = {}
+        self._in_transaction = False
+        self._flushed_seq: int | None = None
         self.error: BaseException | None = None
         """The first write that failed on the writer thread; the store raises it on flush/close."""
         self._thread = threading.Thread(target=self._loop, name="audit-store-writer", daemon=True)
@@ -156,12 +158,19 @@ class Writer:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         self._conn.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             yield
         except BaseException:
             self._conn.execute("ROLLBACK")
+            self._flushed_seq = None
             raise
+        finally:
+            self._in_transaction = False
         self._conn.execute("COMMIT")
+        if self._flushed_seq is not None and self._on_calls_flushed is not None:
+            self._on_calls_flushed(self._flushed_seq)  # only once the rows are committed
+        self._flushed_seq = None
 
     def _appender(self, table: str) -> Any:
         if table not in self._appenders:
@@ -181,7 +190,9 @@ class Writer:
     def _flush_calls(self) -> None:
         rows, self._calls = self._calls, []
         self._append("calls", rows)
-        if rows and self._on_calls_flushed is not None:
+        if rows and self._in_transaction:
+            self._flushed_seq = self._calls_last_seq
+        elif rows and self._on_calls_flushed is not None:
             self._on_calls_flushed(self._calls_last_seq)
 
     def _run_begin(self, row: Row) -> None:

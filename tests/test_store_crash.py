@@ -73,3 +73,45 @@ def test_kill_9_keeps_finished_slides_and_a_readable_file(tmp_path: Path) -> Non
     assert all(calls[s] == 200 for s in finished)  # a finished slide's calls commit with it
     assert decisions[0][0] == len(finished)
     assert set(per_slide) == finished  # an unfinished slide left no labels behind
+
+
+# Records calls one by one and prints each request hash after record_call has returned; never
+# finishes a slide, so nothing forces a batch commit before the kill.
+RECORDER = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from store_support import call_record, run_record
+from tissue_oracle.store.audit_store import AuditStore
+
+store = AuditStore.open(sys.argv[1])
+store.begin_run(run_record())
+store.flush()
+for i in range(100000):
+    store.record_call(call_record(f"paid-{i}", slide_id="s1"))
+    print(f"paid-{i}", flush=True)
+    time.sleep(0.01)
+"""
+
+
+def test_kill_9_loses_no_recorded_call(tmp_path: Path) -> None:
+    """Every call row recorded before a kill -9 is in the store afterwards (the call journal)."""
+    path = tmp_path / "audit.duckdb"
+    args = [sys.executable, "-c", RECORDER, str(path), str(Path(__file__).parent)]
+    recorded: list[str] = []
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            while len(recorded) < 30:
+                line = child.stdout.readline().strip()
+                assert line, f"recorder exited early with {child.poll()}"
+                recorded.append(line)
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+    with AuditStore.open(path) as store:
+        stored = {r[0] for r in store.query(lambda c: c.execute("SELECT request_hash FROM calls").fetchall())}
+        assert set(recorded) <= stored
+        assert store.cached_call(recorded[-1]) is not None  # a resumed run would not pay for it again
+    with AuditStore.open(path) as store:  # replayed once: a second open adds nothing
+        count = store.query(lambda c: c.execute("SELECT count(*) FROM calls").fetchall())[0][0]
+    assert count == len(stored)
