@@ -40,7 +40,12 @@ from tissue_oracle.agent.summary import (
     StageTally,
     labelled_as,
 )
-from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, DenseClassifyOutput, classify_dense
+from tissue_oracle.oracles.classical_dense import (
+    ClassifyDenseInput,
+    DenseClassifyOutput,
+    classify_dense,
+    cut_to_patches,
+)
 from tissue_oracle.oracles.routing import route_questions
 from tissue_oracle.policies.decide import (
     judge_slide,
@@ -140,6 +145,13 @@ class SlideRun:
         self.recorder.record_patches(patch_records(self.run_id, self.slide_id, labels))
         summary = self.summary(coarse, regions, final, cleaned)
         summary.planner = plan
+        contour = None
+        if isinstance(coarse.zero_shot, DenseClassifyOutput):
+            pixels = cut_to_patches(coarse.zero_shot, np.asarray(cleaned.tissue, dtype=bool))
+            contour = (pixels, coarse.zero_shot.map_downsample)
+            if self.slide.mpp:
+                px_mm = coarse.zero_shot.map_downsample * self.slide.mpp / 1000.0
+                summary.tissue_area_mm2 = round(float(pixels.sum()) * px_mm * px_mm, 4)
         summary.seconds = time.perf_counter() - started
         out_dir = self.folder.path
         summary.outputs = output_paths(out_dir)
@@ -158,6 +170,7 @@ class SlideRun:
                 magnification=self.slide.magnification,
                 picture=readable_picture(self.slide, coarse.thumbnail),
                 zero_shot_tissue=np.asarray(zero_clean.tissue, dtype=bool),
+                contour=contour,
             )
             for record in write_slide_outputs(out_dir, outputs):
                 self.recorder.record_output(record)

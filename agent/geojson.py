@@ -44,7 +44,35 @@ def mask_polygons(tissue: np.ndarray, grid: PatchGrid) -> list[Polygon]:
     return sorted(polygons, key=lambda p: p.area, reverse=True)
 
 
+def contour_polygons(
+    mask: np.ndarray, downsample: float, slide_width: int, slide_height: int
+) -> list[Polygon]:
+    """Pixel-accurate level-0 polygons of a ``thumb_xy`` mask at ``downsample``, largest first.
+
+    Pixel ``(i, j)`` covers level-0 ``[j*ds, (j+1)*ds) x [i*ds, (i+1)*ds)``; each row's runs of
+    tissue pixels become boxes, unioned (runs of adjacent rows share only parts of edges, so the
+    union is a full one, not a coverage union). Clipped to the slide.
+    """
+    m = np.asarray(mask, dtype=bool)
+    step = np.diff(np.pad(m, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, starts = np.nonzero(step == 1)
+    _, ends = np.nonzero(step == -1)
+    if rows.size == 0:
+        return []
+    runs = shapely.box(starts * downsample, rows * downsample, ends * downsample, (rows + 1) * downsample)
+    merged = shapely.unary_union(runs).intersection(box(0, 0, slide_width, slide_height))
+    polygons = [
+        orient(p, sign=1.0) for p in shapely.get_parts(merged) if isinstance(p, Polygon) and not p.is_empty
+    ]
+    return sorted(polygons, key=lambda p: p.area, reverse=True)
+
+
 def mask_to_geojson(tissue: np.ndarray, grid: PatchGrid) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection (level-0 px) with one Tissue annotation per patch-grid polygon."""
+    return polygons_to_geojson(mask_polygons(tissue, grid))
+
+
+def polygons_to_geojson(polygons: list[Polygon]) -> dict[str, Any]:
     """A GeoJSON FeatureCollection (level-0 px) with one Tissue annotation per polygon."""
     features = [
         {
@@ -55,7 +83,7 @@ def mask_to_geojson(tissue: np.ndarray, grid: PatchGrid) -> dict[str, Any]:
                 "classification": {"name": TISSUE_CLASS, "color": list(TISSUE_COLOUR)},
             },
         }
-        for polygon in mask_polygons(tissue, grid)
+        for polygon in polygons
     ]
     return {"type": "FeatureCollection", "features": features}
 

@@ -3,7 +3,8 @@
     mask.png          patch-grid mask, one pixel per patch (255 tissue, 0 background)
     mask.npy          the same, bool of grid.shape
     mask_thumb.png    the mask at thumbnail resolution (thumb_xy frame, 255 tissue)
-    tissue.geojson    level-0 polygons, one QuPath "Tissue" annotation per piece (agent.geojson)
+    tissue.geojson    level-0 polygons, one QuPath "Tissue" annotation per piece (agent.geojson);
+                      traced on the pixel-accurate contour when the run has one (classical map)
     patches.h5        CLAM/TRIDENT coords: int64 (N, 2) level-0 top-left corners of tissue patches
     patches.parquet   one row per PatchLabel: x, y, size, label, focus, confidence, stage
     focus.png         one pixel per patch, coloured by focus class (FOCUS_COLOURS)
@@ -37,7 +38,7 @@ from PIL import Image
 from pydantic import BaseModel
 from scipy import ndimage
 
-from tissue_oracle.agent.geojson import mask_to_geojson
+from tissue_oracle.agent.geojson import contour_polygons, mask_to_geojson, polygons_to_geojson
 from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS, focus_code
 from tissue_oracle.tools.hashing import sha256_file
 from tissue_oracle.tools.schemas import OutputRecord, PatchGrid, PatchLabel
@@ -130,8 +131,16 @@ def mask_at_thumbnail(
     return np.asarray(picked & inside, dtype=bool)
 
 
-def write_geojson(path: Path, tissue: np.ndarray, grid: PatchGrid) -> None:
-    _text(path, json.dumps(mask_to_geojson(tissue, grid), separators=(",", ":")))
+def write_geojson(
+    path: Path, tissue: np.ndarray, grid: PatchGrid, contour: tuple[np.ndarray, float] | None = None
+) -> None:
+    """Tissue polygons: the pixel-accurate ``contour`` (mask, downsample) when given, else patch edges."""
+    if contour is None:
+        doc = mask_to_geojson(tissue, grid)
+    else:
+        pixels, downsample = contour
+        doc = polygons_to_geojson(contour_polygons(pixels, downsample, grid.slide_width, grid.slide_height))
+    _text(path, json.dumps(doc, separators=(",", ":")))
 
 
 def write_patches_h5(
@@ -326,6 +335,9 @@ class SlideOutputs:
     zero_shot_tissue: np.ndarray | None = None
     """The cleaned zero-shot mask (``mask_zero_shot.npy``), so what Auto-context changed stays
     visible; None writes no such file."""
+    contour: tuple[np.ndarray, float] | None = None
+    """(bool ``thumb_xy`` mask, downsample): the pixel-accurate tissue, already cut to the accepted
+    patches; ``tissue.geojson`` traces it instead of the patch edges when given."""
 
 
 def write_slide_outputs(out_dir: Path, outputs: SlideOutputs) -> list[OutputRecord]:
@@ -343,7 +355,7 @@ def write_slide_outputs(out_dir: Path, outputs: SlideOutputs) -> list[OutputReco
         "mask_png": lambda p: write_mask_png(p, tissue),
         "mask_npy": lambda p: write_mask_npy(p, tissue),
         "mask_thumb": lambda p: write_mask_png(p, mask_thumb),
-        "geojson": lambda p: write_geojson(p, tissue, grid),
+        "geojson": lambda p: write_geojson(p, tissue, grid, o.contour),
         "patches_h5": lambda p: write_patches_h5(
             p, tissue, grid, level_dim=o.level_dim, name=o.slide_id, magnification=o.magnification
         ),

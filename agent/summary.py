@@ -164,6 +164,9 @@ class SlideSummary(BaseModel):
     boxes_fallback: bool = False
     regions: list[RegionSummary] = Field(default_factory=list)
     patches: PatchCounts
+    tissue_area_mm2: float | None = None
+    """Area of the pixel-accurate tissue contour (``tissue.geojson``) in mm²; None without a
+    contour (patch-grid runs) or without microns per pixel."""
     stages: dict[str, StageStats] = Field(default_factory=dict)
     totals: StageStats = Field(default_factory=StageStats)
     budget_left: dict[str, float | int | None] = Field(default_factory=dict)

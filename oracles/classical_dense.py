@@ -115,6 +115,18 @@ def dense_labels(inp: ClassifyDenseInput, slide: Slide) -> DenseClassifyOutput:
     )
 
 
+def cut_to_patches(out: DenseClassifyOutput, tissue: np.ndarray) -> np.ndarray:
+    """The map's pixels inside the accepted patches ``tissue`` (bool, grid shape): the contour mask.
+
+    A map pixel belongs to the patch holding its centre; the result is in the map's frame.
+    """
+    height, width = out.solid.shape
+    size, ds = out.grid.patch_size, out.map_downsample
+    rows = np.minimum(((np.arange(height) + 0.5) * ds // size).astype(np.int64), out.grid.rows - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * ds // size).astype(np.int64), out.grid.cols - 1)
+    return np.asarray(out.solid & tissue[np.ix_(rows, cols)], dtype=bool)
+
+
 async def classify_dense(inp: ClassifyDenseInput, deps: StageDeps) -> DenseClassifyOutput:
     """Label every patch of ``deps.slide`` from the classical tissue map (no oracle is asked)."""
     return await deps.in_thread(dense_labels, inp, deps.slide)

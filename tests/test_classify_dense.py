@@ -8,10 +8,13 @@ default policy labels every patch from the map without one per-patch oracle call
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import shapely
+from shapely.geometry import shape
 from stage_support import core_slide_pixels, dice
 
 from tissue_oracle.agent.controller import segment_slide
@@ -104,7 +107,21 @@ def test_default_policy_labels_from_one_map_and_asks_no_patch_question(tmp_path:
     assert summary.stages["classify_patches"].calls == 0
     assert all(r.final_action == "accept" for r in summary.regions)
     assert not any(f.startswith("out_of_scope") for f in summary.flags)
-    assert dice(np.load(tmp_path / "two-cores" / "mask.npy"), patch_truth(truth)) >= 0.95
+    mask = np.load(tmp_path / "two-cores" / "mask.npy")
+    assert dice(mask, patch_truth(truth)) >= 0.95
+    # tissue.geojson traces the map cut to the accepted patches: close to the true area, and
+    # never outside an accepted patch (the patch grid itself overshoots the round cores)
+    doc = json.loads((tmp_path / "two-cores" / "tissue.geojson").read_text())
+    shapes = shapely.unary_union([shape(f["geometry"]) for f in doc["features"]])
+    assert len(doc["features"]) == 2
+    assert abs(shapes.area - truth.sum()) / truth.sum() < 0.05
+    assert abs(mask.sum() * PATCH * PATCH - truth.sum()) / truth.sum() > 0.05
+    rows, cols = np.nonzero(mask)
+    patches = shapely.unary_union(
+        shapely.box(cols * PATCH, rows * PATCH, (cols + 1) * PATCH, (rows + 1) * PATCH)
+    )
+    assert shapes.difference(patches).area < 1e-6
+    assert summary.tissue_area_mm2 is None  # the virtual slide records no mpp
 
 
 def test_the_fluorescence_slide_is_flagged_not_silently_empty(real_data: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ REAL_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 
 
 def bench(
-    suite: str = typer.Option("quick", help="quick | synthetic | real | folder"),
+    suite: str = typer.Option("quick", help="quick | synthetic | real | folder | peers (vs CLAM etc.)"),
     out: Path = typer.Option(..., help="Folder for report.md, results.json and the PNG plots."),
     data: Path | None = typer.Option(
         None, help="suite 'folder': the labelled folder. Synthetic suites: where slides are generated."
@@ -35,6 +35,13 @@ def bench(
     from tissue_oracle.bench.evaluation.suites import get_suite
     from tissue_oracle.tools.errors import TissueOracleError
 
+    if suite == "peers":
+        from tissue_oracle.bench.evaluation.peer_bench import SYNTH_SIZE, run_peer_bench
+
+        real = Path(os.environ.get("TISSUE_ORACLE_REAL_DATA", REAL_DEFAULT))
+        run_peer_bench(out, data=data, real=real, size=SYNTH_SIZE, echo=typer.echo)
+        typer.echo(f"wrote {out / 'peers.md'} and {out / 'peers.json'}")
+        return
     spec = get_suite(suite)
     try:
         if report_only:

