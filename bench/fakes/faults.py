@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tissue_oracle.bench.fakes import fixtures
-from tissue_oracle.bench.fakes.server import Fault
+from tissue_oracle.bench.fakes.server_base import Fault
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.errors import OracleError
 from tissue_oracle.tools.oracle_protocol import CallContext

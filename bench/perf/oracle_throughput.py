@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tissue_oracle.bench.fakes.faults import run_faulted
-from tissue_oracle.bench.fakes.server import FAULTS, Fault
+from tissue_oracle.bench.fakes.server_base import FAULTS, Fault
 from tissue_oracle.oracles.registry import build_oracle
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.oracle_protocol import CallContext
