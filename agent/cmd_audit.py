@@ -167,7 +167,9 @@ def plan_cmd(
     runs = sorted({r["run_id"] for r in records})
     planners = sorted({r["planner"] for r in records})
     shown = [c for c in table.columns if c not in ("run_id", "planner")]
-    trace = Table(columns=shown, rows=[tuple(r[c] for c in shown) for r in records])
+    # A planner with no known price records its cost as unknown (None), not as $0.
+    rows = [tuple("unknown" if c == "cost_usd" and r[c] is None else r[c] for c in shown) for r in records]
+    trace = Table(columns=shown, rows=rows)
     _show(trace, False, f"planner trace for {slide}: run {', '.join(runs)}, planner {', '.join(planners)}")
     last = records[-1]
     ended = "the planner (finish_slide)" if last["guard"] == "ok" else f"the policy ({last['guard']})"

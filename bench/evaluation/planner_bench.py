@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="tiny", help="synthetic preset to generate slides from")
     parser.add_argument("--count", type=int, default=3)
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--size", type=int, default=None, help="square slides of this side (px)")
+    parser.add_argument(
+        "--slides", type=Path, default=None, help="use these slide files instead of generating"
+    )
     parser.add_argument("--threshold", type=int, default=None, help="override review.threshold")
     parser.add_argument(
         "--server", action="store_true", help="plan over the loopback OpenAI tool-calling wire"
@@ -166,7 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     policy = load_policy(args.policy).with_updates({"classify.classical_map": False})
     if args.threshold is not None:
         policy = policy.with_updates({"review.threshold": args.threshold})
-    paths = generate_set(args.out / "slides", preset=args.preset, count=args.count, seed=args.seed)
+    if args.slides is not None:
+        paths = sorted(p for p in args.slides.iterdir() if p.suffix in (".tif", ".tiff", ".png", ".svs"))
+    else:
+        paths = generate_set(
+            args.out / "slides", preset=args.preset, count=args.count, seed=args.seed, size=args.size
+        )
     server = None
     if args.server:
         from tissue_oracle.bench.fakes.tool_server import FakeToolCallingServer
