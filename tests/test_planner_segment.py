@@ -50,6 +50,7 @@ def slide_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "cores.png"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threshold", [2, 1], ids=["accepts-at-once", "auto-context"])
 def test_the_scripted_planner_gives_the_controllers_masks(tmp_path: Path, threshold: int):
     policy = small_policy(**{"review.threshold": threshold})
@@ -61,6 +62,7 @@ def test_the_scripted_planner_gives_the_controllers_masks(tmp_path: Path, thresh
     assert row.planner_turns >= 6 and row.planner_input_tokens > 0
 
 
+@pytest.mark.slow
 def test_when_the_guard_takes_over_the_policy_finishes_with_the_same_mask(tmp_path: Path):
     policy = small_policy(**{"review.threshold": 1, "planner.max_turns": 5})  # out of turns mid-review
     image, _ = core_slide_pixels()
@@ -86,6 +88,7 @@ def audit_plan(db: Path, slide: str) -> Any:
     return runner.invoke(app, ["audit", "plan", "--slide", slide, "--db", str(db)])
 
 
+@pytest.mark.slow
 def test_segment_with_a_planner_over_the_wire_and_its_audit_trace(slide_file: Path, tmp_path: Path):
     policy = load_policy(str(slide_file.parent / "strict.yaml"))
     out = tmp_path / "out"
@@ -120,6 +123,7 @@ def test_segment_with_a_planner_over_the_wire_and_its_audit_trace(slide_file: Pa
     assert "finished by the planner (finish_slide)" in trace.output
 
 
+@pytest.mark.slow
 def test_segment_with_a_planner_that_answers_text_is_finished_by_the_policy(slide_file: Path, tmp_path: Path):
     out = tmp_path / "out"
     with FakeToolCallingServer(script=[{"text": "Looks like tissue to me."}]) as server:

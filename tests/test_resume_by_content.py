@@ -59,6 +59,7 @@ def call_count(db: Path) -> int:
         return int(store.query(lambda c: c.execute("SELECT count(*) FROM calls").fetchall())[0][0])
 
 
+@pytest.mark.slow
 def test_a_changed_file_under_a_finished_name_is_reported_and_segmented_again(
     tmp_path: Path, policy_file: Path
 ) -> None:
@@ -122,6 +123,7 @@ def test_resuming_with_another_oracle_override_is_refused(tmp_path: Path, policy
     assert code == 2 and "roles.reviewer" in output
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_out_never_overwrites_the_first(tmp_path: Path, policy_file: Path) -> None:
     slide, out = write_slide(tmp_path / "in" / "a.png"), tmp_path / "out"
     assert segment(str(slide), "--out", str(out), "--run-id", "r1", policy=policy_file)[0] == 0
