@@ -179,7 +179,9 @@ def tissue_map(
 
     seeds = (od_floor > params.seed_od_min) & (chroma_mean > params.seed_chroma) & ~ink
     seeds = _drop_small(seeds, params.seed_min_area * patch_area)
-    weak = ((od_mean > params.grow_od) & (chroma_mean > params.grow_chroma)) | (od_mean > params.dense_od)
+    # Growth reads a 3x3 mean: the seeds' wider mean would smear tissue a few pixels into glass.
+    od_near, chroma_near = ndi.uniform_filter(od, 3), ndi.uniform_filter(chroma, 3)
+    weak = ((od_near > params.grow_od) & (chroma_near > params.grow_chroma)) | (od_near > params.dense_od)
     weak &= ~ink
     evidence = ndi.binary_propagation(seeds, mask=weak | seeds) if seeds.any() else seeds
     closed = ndi.binary_closing(evidence, iterations=max(1, p // 16), border_value=0) | evidence

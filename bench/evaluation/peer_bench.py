@@ -36,7 +36,7 @@ import numpy as np
 from tissue_oracle.bench.evaluation.clam_segment import ClamParams, clam_mask
 from tissue_oracle.bench.evaluation.labelled import mask_to_patches
 
-PRESETS = ("leica-like", "stress", "zoo")
+PRESETS = ("leica-like", "stress", "hard", "zoo")
 TUNING_SEEDS = (0, 1)
 """Seeds the classical map's thresholds were tuned on."""
 HELD_OUT_SEEDS = (9001, 9002)

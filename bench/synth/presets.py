@@ -64,6 +64,9 @@ class Preset:
     """Guarantee one piece of each kind, a fold and a faint piece (zoo)."""
     speckle_size: float = 1.0
     """Scale of precipitate zones (stress has larger ones)."""
+    pen_width_px: tuple[float, float] | None = None
+    """Marker stroke width range in level-0 px, not scaled with the slide (a real marker is
+    0.1-1 mm: 400-4000 px at 0.25 mpp); None: 90-220 px scaled with the slide."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -105,6 +108,28 @@ PRESETS: dict[str, Preset] = {
         gradient=0.12,
         seam_gain=0.03,
         speckle_size=1.4,
+    ),
+    # Stress at real scale: marker strokes several patches wide, more precipitate and faint tissue.
+    "hard": Preset(
+        size=(12288, 12288),
+        stains={"jones": 0.3, "evg": 0.3, "he": 0.2, "ihc": 0.2},
+        pieces={"core": 0.6, "fragment": 0.4},
+        n_pieces=(2, 4),
+        speckle=(3, 5),
+        pens=(2, 3),
+        bubbles=(1, 3),
+        dust=(15, 40),
+        debris=(3, 8),
+        crystals=(1, 5),
+        focus=(1, 2),
+        p_coverslip=0.7,
+        p_border=0.8,
+        p_fold=0.6,
+        p_faint=0.6,
+        gradient=0.12,
+        seam_gain=0.03,
+        speckle_size=1.4,
+        pen_width_px=(400.0, 1600.0),
     ),
     "zoo": Preset(
         size=(12288, 9216),
@@ -369,7 +394,7 @@ def _pens(
         out.append(
             Pen(
                 path=tuple(path),
-                width=rng.uniform(90, 220) * scale,
+                width=rng.uniform(*cfg.pen_width_px) if cfg.pen_width_px else rng.uniform(90, 220) * scale,
                 colour=cast(PenColour, colour),
                 seed=int(rng.integers(2**62)),
             )
