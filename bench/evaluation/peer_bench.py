@@ -164,9 +164,10 @@ def _ours(path: Path) -> tuple[np.ndarray, float, str]:
 
 def _peer(name: str, path: Path) -> tuple[np.ndarray, float] | str:
     """A subprocess peer's patch labels and seconds, or why it did not run."""
-    python = ROOT / ".peers" / PEER_ENVS[name] / "bin" / "python"
-    if not python.is_file():
-        return f"skipped: {python.parent.parent} is missing (bash bench/peers/install.sh)"
+    env = ROOT / ".peers" / PEER_ENVS[name]
+    python = env / "bin" / "python"
+    if not (env / ".ok").is_file() or not python.is_file():  # install.sh writes .ok when done
+        return f"skipped: {env} is missing or incomplete (bash bench/peers/install.sh)"
     runner = ROOT / "bench" / "peers" / "peer_runner.py"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "mask.npz"
