@@ -147,6 +147,28 @@ class StoreReads:
         n, tin, tout, usd = self.query(lambda con: con.execute(sql, [run_id, slide_id]).fetchone())
         return {"calls": int(n), "input_tokens": int(tin), "output_tokens": int(tout), "usd": float(usd)}
 
+    def role_calls(self, role: str) -> dict[str, float]:
+        """Paid rows of ``role`` (ok, all, USD, unpriced) and its distinct questions (asked, answered)."""
+        sql_rows = (
+            "SELECT count(*) FILTER (WHERE ok), count(*), coalesce(sum(cost_usd), 0),"
+            " count(*) FILTER (WHERE cost_usd IS NULL) FROM calls WHERE role = ? AND NOT cache_hit"
+        )
+        sql_questions = (
+            "SELECT count(DISTINCT request_hash), count(DISTINCT request_hash) FILTER (WHERE ok)"
+            " FROM calls WHERE role = ?"
+        )
+
+        def fn(con: Any) -> dict[str, float]:
+            ok, rows, usd, unpriced = con.execute(sql_rows, [role]).fetchone()
+            asked, answered = con.execute(sql_questions, [role]).fetchone()
+            return {
+                "rows_ok": int(ok), "rows": int(rows), "usd": float(usd), "unpriced_rows": int(unpriced),
+                "asked": int(asked), "answered": int(answered),
+            }  # fmt: skip
+
+        result: dict[str, float] = self.query(fn)
+        return result
+
     def classify_calls_by_slide(self, run_id: str) -> list[tuple[str, str, int, int]]:
         """``(slide_id, backend, calls, patches)`` of the run's paid ``classify_patches`` calls."""
         sql = (

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 
 from tissue_oracle.bench.fakes import fixtures
 from tissue_oracle.bench.fakes.server import FakeGeminiServer, FakeOpenAIServer, FakeServer
 from tissue_oracle.oracles.profiles import PROFILES
+from tissue_oracle.store.reads import StoreReads
 
 LABEL = "LOOPBACK FAKE SERVERS (pixel analysis, not a VLM)"
 QWEN3 = "openai:Qwen/Qwen3-VL-8B-Instruct"
@@ -55,23 +55,14 @@ def _env(out: Path, gemini: FakeServer | None) -> dict[str, str]:
 
 
 def _reviews(db: Path) -> dict[str, Any]:
-    with duckdb.connect(str(db), read_only=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE ok), count(*), coalesce(sum(cost_usd), 0),"
-            " count(*) FILTER (WHERE cost_usd IS NULL) FROM calls WHERE role = 'reviewer' AND NOT cache_hit"
-        ).fetchone()
-        questions = conn.execute(
-            "SELECT count(DISTINCT request_hash), count(DISTINCT request_hash) FILTER (WHERE ok)"
-            " FROM calls WHERE role = 'reviewer'"
-        ).fetchone()
-    assert row is not None and questions is not None
+    calls = StoreReads.open_read_only(db).role_calls("reviewer")
     return {
-        "review_rows_ok": row[0],
-        "review_rows": row[1],
-        "reviews_asked": questions[0],
-        "reviews_usable": questions[1],
-        "gemini_usd": round(float(row[2]), 6),
-        "unpriced_rows": row[3],
+        "review_rows_ok": calls["rows_ok"],
+        "review_rows": calls["rows"],
+        "reviews_asked": calls["asked"],
+        "reviews_usable": calls["answered"],
+        "gemini_usd": round(calls["usd"], 6),
+        "unpriced_rows": calls["unpriced_rows"],
     }
 
 
