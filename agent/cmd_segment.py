@@ -74,6 +74,7 @@ def run_segment(
         oracles = build_oracles(settings.policy, overrides=overrides, base_urls=urls)  # type: ignore[arg-type]
         for note in oracles.notes:
             typer.secho(f"note: {note}", err=True, fg="yellow")
+        typer.secho(f"caps in force: {settings.policy.budgets.describe()}", err=True)
         planner = _planner(settings, urls)
         deps = RunDeps.for_run(settings, oracles=oracles, store=store, planner=planner)
 

@@ -12,6 +12,7 @@ means no cap.
 from __future__ import annotations
 
 import hashlib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -36,10 +37,31 @@ from tissue_oracle.tools.stage_settings import (
 BUILTIN_POLICIES: tuple[str, ...] = ("paper", "default")
 
 
+#: The largest magnitude any number in a policy may have: DuckDB's BIGINT holds 9.2e18, and no
+#: real cap, size or count comes near 1e15. ``tokens: 1e23`` used to pass validation and then fail
+#: the store's commit.
+MAX_POLICY_NUMBER = 10**15
+
+
+def _numbers_in_range(value: Any, path: str = "") -> None:
+    """Raise ``ValueError`` naming the first number that is not finite or exceeds the bound."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _numbers_in_range(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _numbers_in_range(item, f"{path}[{i}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{path}: {value!r} is not a finite number")
+        if abs(value) > MAX_POLICY_NUMBER:
+            raise ValueError(f"{path}: {value!r} is out of range (at most 1e15 in magnitude)")
+
+
 class _Section(BaseModel):
     """Every policy section rejects unknown keys, so a typo is an error, not a silent default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Roles(_Section):
@@ -60,7 +82,7 @@ class Roles(_Section):
 
 
 class ThumbnailParams(_Section):
-    downsample: float = Field(default=64.0, gt=1.0)
+    downsample: float = Field(default=64.0, gt=1.0, le=4096.0)
     """Thumbnail downsample from level 0 (the paper: 64x)."""
 
 
@@ -87,7 +109,7 @@ class ClassifyParams(ClassifyPatchesSettings, _Section):
     """Output-token cap of one patch-labels call."""
     retries: int = Field(default=3, ge=0, le=10)
     """Transport retries per question (so at most ``retries + 1`` attempts)."""
-    timeout_s: float = Field(default=120.0, gt=0.0)
+    timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0)
     classical_map: bool = True
     """When the classical oracle classifies (and reviews), label every patch from one whole-slide
     tissue map (``tools.classify_dense``) instead of asking it patch by patch: coarse-to-fine
@@ -159,14 +181,30 @@ class PlannerParams(_Section):
 class Budget(_Section):
     """A hard cap; ``None`` means no cap on that quantity."""
 
-    calls: int | None = Field(default=None, ge=0)
-    tokens: int | None = Field(default=None, ge=0)
-    usd: float | None = Field(default=None, ge=0.0)
+    calls: int | None = Field(default=None, ge=0, le=MAX_POLICY_NUMBER)
+    tokens: int | None = Field(default=None, ge=0, le=MAX_POLICY_NUMBER)
+    usd: float | None = Field(default=None, ge=0.0, le=MAX_POLICY_NUMBER)
+
+
+#: Caps in force when a policy file has no ``budgets`` (or leaves out ``slide`` or ``run``). A
+#: policy that writes ``null`` for a cap means no cap on purpose; leaving the section out is not
+#: a decision, so it gets these: 20,000 calls and 10 USD per slide, 100 USD per run.
+DEFAULT_SLIDE_BUDGET = Budget(calls=20_000, usd=10.0)
+DEFAULT_RUN_BUDGET = Budget(usd=100.0)
 
 
 class Budgets(_Section):
-    slide: Budget = Field(default_factory=Budget)
-    run: Budget = Field(default_factory=Budget)
+    slide: Budget = Field(default_factory=lambda: DEFAULT_SLIDE_BUDGET)
+    run: Budget = Field(default_factory=lambda: DEFAULT_RUN_BUDGET)
+
+    def describe(self) -> str:
+        """The caps in force, in words: ``per slide: 20000 calls, 10 USD; per run: 100 USD``."""
+
+        def caps(b: Budget) -> str:
+            named = ((b.calls, "calls"), (b.tokens, "tokens"), (b.usd, "USD"))
+            return ", ".join(f"{value:g} {unit}" for value, unit in named if value is not None) or "no cap"
+
+        return f"per slide: {caps(self.slide)}; per run: {caps(self.run)}"
 
 
 class CascadeParams(_Section):
@@ -203,6 +241,12 @@ class Policy(_Section):
     """Call settings per model: spec glob (``gemini:gemini-3*``) -> temperature, thinking, cap, price."""
     role_settings: dict[Role, ModelSettings] = Field(default_factory=dict)
     """Call settings per role, over ``models`` (e.g. the reviewer's temperature)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_numbers(cls, data: Any) -> Any:
+        _numbers_in_range(data)
+        return data
 
     def to_yaml(self) -> str:
         """Canonical YAML: sorted keys, every field written, so equal policies hash equal."""

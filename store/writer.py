@@ -207,7 +207,7 @@ class Writer:
 
     def _run_finish(self, payload: tuple[str, str, datetime]) -> None:
         run_id, status, finished_at = payload
-        self._flush_calls()
+        self._guarded(self._flush_calls)  # a failed flush must not leave the run 'running'
         self._conn.execute(
             "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", [status, finished_at, run_id]
         )
@@ -223,6 +223,31 @@ class Writer:
             self._append("slides", [row])
 
     def _slide_finish(self, fin: SlideFinish) -> None:
+        """Commit the slide; if that fails, keep its calls and record the slide as failed, then raise."""
+        calls = list(self._calls)
+        try:
+            self._commit_slide(fin)
+        except Exception as exc:
+            log.exception("slide %r could not be committed", fin.slide_id)
+            self._reset_appenders()
+            self._calls = calls
+            self._guarded(self._flush_calls)  # the paid calls are kept (and the journal has them)
+            why = f"its records could not be stored ({type(exc).__name__}: {exc}); they were dropped"
+            error = f"{fin.error}; {why}" if fin.error else why
+            failed = SlideFinish(
+                run_id=fin.run_id, slide_id=fin.slide_id, status="failed",
+                error=error, flags=fin.flags, finished_at=fin.finished_at,
+            )  # fmt: skip
+            self._guarded(self._commit_slide, failed)
+            raise
+
+    def _reset_appenders(self) -> None:
+        for appender in self._appenders.values():
+            with contextlib.suppress(Exception):
+                appender.close()
+        self._appenders.clear()
+
+    def _commit_slide(self, fin: SlideFinish) -> None:
         pending = self._slides.pop((fin.run_id, fin.slide_id), _Pending())
         with self._transaction():
             self._flush_calls()

@@ -115,3 +115,33 @@ def test_kill_9_loses_no_recorded_call(tmp_path: Path) -> None:
     with AuditStore.open(path) as store:  # replayed once: a second open adds nothing
         count = store.query(lambda c: c.execute("SELECT count(*) FROM calls").fetchall())[0][0]
     assert count == len(stored)
+
+
+def test_a_slide_whose_records_cant_be_stored_is_a_recorded_failure(tmp_path: Path) -> None:
+    """A commit that fails (a number too big for BIGINT) keeps the slide's paid calls, records the
+    slide as failed with the reason, and leaves the run finishable."""
+    import pytest
+    from store_support import call_record, decision_record, run_record, slide_record
+
+    from tissue_oracle.tools.errors import StoreError
+
+    path = tmp_path / "audit.duckdb"
+    with AuditStore.open(path) as store:
+        store.begin_run(run_record())
+        store.begin_slide(slide_record("s1"))
+        store.record_call(call_record("paid-1", slide_id="s1"))
+        store.record_decision(decision_record("s1").model_copy(update={"budget_left_tokens": 10**23}))
+        with pytest.raises(StoreError, match="s1"):
+            store.finish_slide("run-1", "s1", status="done")
+        store.begin_slide(slide_record("s2"))
+        store.finish_slide("run-1", "s2", status="done")
+        store.finish_run("run-1", "finished")
+    with AuditStore.open(path, read_only=True) as store:
+        slides = dict(store.query(lambda c: c.execute("SELECT slide_id, status FROM slides").fetchall()))
+        error = store.query(lambda c: c.execute("SELECT error FROM slides WHERE slide_id = 's1'").fetchall())[
+            0
+        ][0]
+        calls = store.query(lambda c: c.execute("SELECT request_hash FROM calls").fetchall())
+        run = store.query(lambda c: c.execute("SELECT status FROM runs").fetchall())
+    assert slides == {"s1": "failed", "s2": "done"} and "could not be stored" in error
+    assert calls == [("paid-1",)] and run == [("finished",)]
