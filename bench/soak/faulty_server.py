@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tissue_oracle.bench.fakes.server import FakeOpenAIServer, Fault
+from tissue_oracle.bench.fakes.server import FakeOpenAIServer
+from tissue_oracle.bench.fakes.server_base import Fault
 
 DEFAULT_MIX: dict[Fault, float] = {
     "server_error": 0.10,

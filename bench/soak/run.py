@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from tissue_oracle.bench.fakes.server import Fault
+from tissue_oracle.bench.fakes.server_base import Fault
 from tissue_oracle.bench.soak.faulty_server import DEFAULT_MIX, FaultyOpenAIServer, Served
 
 MODEL = "Qwen/Qwen3-VL-8B-Instruct"
