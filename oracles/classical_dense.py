@@ -39,7 +39,7 @@ class ClassifyDenseInput(BaseModel):
     """A patch is tissue when the map covers at least this share of it."""
     patch_px: int = Field(default=PATCH_PX, ge=8, le=256)
     """Map pixels per patch side (sets the downsample read: ``patch_size / patch_px``)."""
-    focus_crop: int = Field(default=256, ge=0, le=4096)
+    focus_crop: int = Field(default=128, ge=0, le=4096)
     """Side of the centred level-0 crop each tissue patch's focus is graded on (0: no grading)."""
 
 

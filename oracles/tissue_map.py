@@ -97,14 +97,27 @@ class TissueMap:
     scope: SlideScope
 
 
+def _channel_max(rgb: np.ndarray) -> np.ndarray:
+    # element-wise over the three planes: numpy's reduction over a length-3 last axis is slow
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+def _channel_min(rgb: np.ndarray) -> np.ndarray:
+    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+def _channel_sum(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] + rgb[..., 1] + rgb[..., 2]
+
+
 def _saturation(rgb: np.ndarray) -> np.ndarray:
-    high, low = rgb.max(axis=2), rgb.min(axis=2)
+    high, low = _channel_max(rgb), _channel_min(rgb)
     return (high - low) / np.maximum(high, 1.0)
 
 
 def is_fluorescence(rgb: np.ndarray, params: MapParams = DEFAULT_MAP_PARAMS) -> bool:
     """A dark background: most of the image is near black (DAPI, FITC...)."""
-    lum = rgb.astype(np.float32).mean(axis=2)
+    lum = _channel_sum(rgb.astype(np.float32)) / 3
     return float(np.median(lum)) < params.fluorescence_luminance
 
 
@@ -120,7 +133,7 @@ def glass_reference(rgb: np.ndarray, block: int) -> np.ndarray:
     padded = np.pad(rgb.astype(np.float32), ((0, bh * block - h), (0, bw * block - w), (0, 0)), mode="edge")
     blocks = padded.reshape(bh, block, bw, block, 3).transpose(0, 2, 1, 3, 4).reshape(bh, bw, -1, 3)
     level = np.percentile(blocks, 90, axis=2).astype(np.float32)  # (bh, bw, 3)
-    lum = level.mean(axis=2)
+    lum = _channel_sum(level) / 3
     sat = _saturation(level)
     brightest = float(np.percentile(lum, 95))
     # Glass is the brightest and the most neutral level among its neighbours; a pale stain is
@@ -147,12 +160,13 @@ def ink_mask(rgb: np.ndarray, patch_px: int) -> np.ndarray:
     sat = _saturation(arr)
     blue = (b > r + 40) & (g >= r - 10) & (sat > 0.35)
     green = (g > r + 15) & (g > b - 5) & (sat > 0.25)
-    neutral_dark = (arr.max(axis=2) < 150) & (sat < 0.15)
+    brightest = _channel_max(arr)
+    neutral_dark = (brightest < 150) & (sat < 0.15)
     radius = max(1, patch_px // 16)
     wide_dark = ndi.binary_opening(neutral_dark, iterations=radius)
     # Near-black neutral pixels at this scale are slide borders, label shadows and black ink;
     # dark stain (silver, elastic, dense nuclei) is thin and averages with its coloured substrate.
-    black = (arr.max(axis=2) < 110) & (sat < 0.12)
+    black = (brightest < 110) & (sat < 0.12)
     return np.asarray(ndi.binary_dilation(blue | green | wide_dark | black, iterations=max(1, radius)))
 
 
@@ -169,7 +183,7 @@ def tissue_map(
     img = arr.astype(np.float32)
     glass = glass_reference(arr, p)
     od_rgb = np.log10((glass + 1.0) / (img + 1.0)).clip(0.0)
-    od = od_rgb.sum(axis=2).astype(np.float32)
+    od = _channel_sum(od_rgb).astype(np.float32)
     chroma = np.clip(_saturation(img) - _saturation(glass), 0.0, None)
     k = max(3, p // 8) | 1
     od_mean = ndi.uniform_filter(od, k)
@@ -221,7 +235,7 @@ def slide_scope(
             kind="all_glass",
             message="no tissue found: the slide looks like clean glass; check it is the right file",
         )
-    if share > params.nearly_all_tissue or float(glass.mean(axis=2).mean()) < 180:
+    if share > params.nearly_all_tissue or float(glass.mean()) < 180:
         return SlideScope(
             kind="nearly_all_tissue",
             message=(
