@@ -31,8 +31,8 @@ wanted=("$@"); [ ${#wanted[@]} -eq 0 ] && wanted=(histolab tiatoolbox lazyslide)
 for peer in "${wanted[@]}"; do
   case "$peer" in
     histolab) make_env histolab "$(pick_python 3.10 3.11)" histolab==0.7.0 openslide-bin "openslide-python>=1.4" ;;
-    tiatoolbox) make_env tiatoolbox "$(pick_python 3.11 3.12)" "${torch[@]}" tiatoolbox ;;
-    lazyslide) make_env lazyslide "$(pick_python 3.11 3.12)" "${torch[@]}" lazyslide ;;
+    tiatoolbox) make_env tiatoolbox "$(pick_python 3.11 3.12)" "${torch[@]}" tiatoolbox==2.1.3 ;;
+    lazyslide) make_env lazyslide "$(pick_python 3.11 3.12)" "${torch[@]}" lazyslide==0.13.0 ;;
     *) echo "unknown peer $peer (histolab | tiatoolbox | lazyslide)" >&2; exit 2 ;;
   esac
 done
