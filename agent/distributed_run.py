@@ -1,9 +1,9 @@
 """Many slides at once on Dask distributed: ``segment --workers N`` or ``--scheduler tcp://host:8786``.
 
 The coordinator (this module, in the ``segment`` process) owns the run: the audit store (the
-single DuckDB writer), the run budget and the queue of slides. Workers (Dask worker processes, on
-this machine with a ``LocalCluster`` or anywhere with a shared filesystem) each run one slide at a
-time (``agent.slide_task``): they read the slide, call the oracles and write their records as
+single DuckDB writer), the run budget and the queue of slides. Worker threads (of a local Dask
+worker for ``--workers N``, or of ``dask worker`` processes anywhere with a shared filesystem for
+``--scheduler``) each run one slide at a time (``agent.slide_task``): they read the slide, call the oracles and write their records as
 Parquet shards into ``OUT/shards/<run>/``. The coordinator merges the shards into ``audit.duckdb``
 as they arrive (about once a second) and once at the end.
 
@@ -45,7 +45,7 @@ from tissue_oracle.agent.runs import RunResult, SlideOutcome, run_record
 from tissue_oracle.agent.slide_ids import check_run_id
 from tissue_oracle.agent.slide_task import SlideTask, SlideTaskResult, run_slide_task, shard_dir_of
 from tissue_oracle.policies.ledger import Amount, Reservation
-from tissue_oracle.store.rows import CALL_COLUMNS, call_from_row
+from tissue_oracle.store import run_reports
 from tissue_oracle.store.shards import merge_shards
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import CallRecord, Role
@@ -56,7 +56,14 @@ MERGE_INTERVAL_S = 1.0
 
 @contextlib.contextmanager
 def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
-    """A client on ``scheduler``, or on a new ``LocalCluster`` of ``workers`` single-threaded processes."""
+    """A client on ``scheduler``, or on a new ``LocalCluster``: one in-process worker with ``workers`` threads.
+
+    A slide's work is mostly waiting for the endpoint, so on one machine threads keep it busy
+    without starting a process per worker and importing the pipeline in each (measured on the
+    2-core build machine under load: 38 s to start 4 worker processes, against about 1 s for
+    threads). For CPU-heavy slides or many machines, start ``dask worker`` processes and pass
+    ``--scheduler`` (docs/scale.md).
+    """
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -74,9 +81,9 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     n = max(1, workers or 1)
     with (
         LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
+            n_workers=1,
+            threads_per_worker=n,
+            processes=False,
             dashboard_address=None,
             silence_logs=logging.ERROR,
         ) as cluster,
@@ -99,20 +106,14 @@ def merge_and_clear(store: Any, shard_dir: Path) -> int:
 
 def spent_in_store(store: Any, run_id: str) -> Amount:
     """What the run's calls already cost (an earlier attempt, on resume); cache hits cost nothing."""
-    sql = (
-        "SELECT count(*), coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost_usd), 0) "
-        "FROM calls WHERE run_id = ? AND NOT cache_hit"
-    )
-    calls, tokens, usd = store.query(lambda c: c.execute(sql, [run_id]).fetchall()[0])
-    return Amount(calls=int(calls), tokens=int(tokens), usd=float(usd))
+    calls, tokens, usd = store.query(lambda conn: run_reports.run_spend(conn, run_id))
+    return Amount(calls=calls, tokens=tokens, usd=usd)
 
 
 def earlier_calls(store: Any, slide_id: str) -> list[CallRecord]:
     """The ok calls recorded for this slide id (one per request hash), to seed a worker's cache."""
-    cols = ", ".join(CALL_COLUMNS)
-    sql = f"SELECT {cols} FROM calls WHERE slide_id = ? AND ok"
-    rows = store.query(lambda c: c.execute(sql, [slide_id]).fetchall())
-    return list({r.request_hash: r for r in map(call_from_row, rows)}.values())
+    found: list[CallRecord] = store.query(lambda conn: run_reports.slide_ok_calls(conn, slide_id))
+    return found
 
 
 def run_distributed(

@@ -21,6 +21,7 @@ from typing import Any
 
 from tissue_oracle.agent.escalations import read_escalations, read_summaries
 from tissue_oracle.agent.summary import RegionSummary, SlideSummary
+from tissue_oracle.store.run_reports import report_tables
 
 REPORT_HTML = "report.html"
 THUMB_SIDE = 480
@@ -53,13 +54,6 @@ class RunData:
     escalations: list[dict[str, str]] = field(default_factory=list)
 
 
-_GROUPED = (
-    "SELECT {key}, count(*) FILTER (WHERE NOT cache_hit), count(*) FILTER (WHERE cache_hit), "
-    "count(*) FILTER (WHERE NOT ok), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
-    "coalesce(sum(cost_usd), 0) FROM calls WHERE run_id IN ({runs}) GROUP BY {key} ORDER BY {key}"
-)
-
-
 def gather(out_dir: Path, store: Any | None) -> RunData:
     """Summaries from ``out_dir``; calls from ``store`` (an open ``AuditStore``) for their runs."""
     summaries = read_summaries(out_dir)
@@ -67,30 +61,10 @@ def gather(out_dir: Path, store: Any | None) -> RunData:
     run_ids = sorted({s.run_id for s in summaries})
     if store is None or not run_ids:
         return data
-    marks = ", ".join("?" for _ in run_ids)
-
-    def read(conn: Any) -> None:
-        q = conn.execute
-        data.runs = q(
-            f"SELECT run_id, status, started_at, finished_at, policy_name FROM runs "
-            f"WHERE run_id IN ({marks})",
-            run_ids,
-        ).fetchall()
-        data.by_stage = q(_GROUPED.format(key="stage", runs=marks), run_ids).fetchall()
-        data.by_role = q(_GROUPED.format(key="role", runs=marks), run_ids).fetchall()
-        data.failures = q(
-            f"SELECT slide_id, stage, role, error, count(*) FROM calls WHERE run_id IN ({marks}) AND NOT ok "
-            "GROUP BY ALL ORDER BY count(*) DESC LIMIT 30",
-            run_ids,
-        ).fetchall()
-        rows = q(
-            f"SELECT started_at, cost_usd FROM calls WHERE run_id IN ({marks}) AND NOT cache_hit "
-            "AND started_at IS NOT NULL ORDER BY started_at",
-            run_ids,
-        ).fetchall()
-        data.timeline = _cumulative(rows)
-
-    store.query(read)
+    tables = store.query(lambda conn: report_tables(conn, run_ids))
+    data.runs, data.failures = tables["runs"], tables["failures"]
+    data.by_stage, data.by_role = tables["calls_by_stage"], tables["calls_by_role"]
+    data.timeline = _cumulative(tables["paid_calls"])
     return data
 
 

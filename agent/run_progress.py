@@ -11,29 +11,9 @@ import threading
 from typing import Any
 
 from tissue_oracle.store.audit_store import FINISHED_STATUSES
+from tissue_oracle.store.run_reports import run_state
 
 _POLL_S = 1.0
-
-
-def run_state(store: Any, run_id: str) -> dict[str, float]:
-    """Slides per status and the calls, failed calls and USD recorded for ``run_id``."""
-
-    def read(conn: Any) -> dict[str, float]:
-        state: dict[str, float] = {"done": 0, "degraded": 0, "failed": 0}
-        for status, n in conn.execute(
-            "SELECT status, count(*) FROM slides WHERE run_id = ? GROUP BY status", [run_id]
-        ).fetchall():
-            state[str(status)] = n
-        calls, failed, usd = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE NOT ok), coalesce(sum(cost_usd), 0) "
-            "FROM calls WHERE run_id = ? AND NOT cache_hit",
-            [run_id],
-        ).fetchall()[0]
-        state.update(calls=calls, failed_calls=failed, usd=float(usd))
-        return state
-
-    result: dict[str, float] = store.query(read)
-    return result
 
 
 class RunProgress:
@@ -87,7 +67,7 @@ class RunProgress:
         if self.bar is None:
             return
         try:
-            state = run_state(self.store, self.run_id)
+            state = self.store.query(lambda conn: run_state(conn, self.run_id))
         except Exception:  # the store closing under us at the end of the run: keep the last line
             return
         finished = sum(int(state.get(s, 0)) for s in (*FINISHED_STATUSES, "failed"))
