@@ -3,9 +3,9 @@
 The coordinator (this module, in the ``segment`` process) owns the run: the audit store (the
 single DuckDB writer), the run budget and the queue of slides. Worker threads (of a local Dask
 worker for ``--workers N``, or of ``dask worker`` processes anywhere with a shared filesystem for
-``--scheduler``) each run one slide at a time (``agent.slide_task``): they read the slide, call the oracles and write their records as
-Parquet shards into ``OUT/shards/<run>/``. The coordinator merges the shards into ``audit.duckdb``
-as they arrive (about once a second) and once at the end.
+``--scheduler``) each run one slide at a time (``agent.slide_task``): they read the slide, call the
+oracles and write their records as Parquet shards into ``OUT/shards/<run>/``. The coordinator
+merges the shards into ``audit.duckdb`` as they arrive (about once a second) and once at the end.
 
 Why shards rather than records returned to the coordinator: a call must be durable the moment it
 is answered, on disk, independent of the coordinator and of Dask, so that a ``kill -9`` of the
@@ -56,7 +56,7 @@ MERGE_INTERVAL_S = 1.0
 
 @contextlib.contextmanager
 def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
-    """A client on ``scheduler``, or on a new ``LocalCluster``: one in-process worker with ``workers`` threads.
+    """A client on ``scheduler``, or on a new ``LocalCluster`` (one in-process worker, ``workers`` threads).
 
     A slide's work is mostly waiting for the endpoint, so on one machine threads keep it busy
     without starting a process per worker and importing the pipeline in each (measured on the
