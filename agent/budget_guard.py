@@ -155,6 +155,11 @@ class TallyRecorder:
     def cached_call(self, request_hash: str) -> CallRecord | None:
         return self.inner.cached_call(request_hash)
 
+    def resumed_call(self, request_hash: str) -> CallRecord | None:
+        """An interrupted attempt's answer to a no-cache question, where the recorder keeps them."""
+        resumed = getattr(self.inner, "resumed_call", None)
+        return resumed(request_hash) if resumed is not None else None
+
     @property
     def amount(self) -> Amount:
         with self._lock:

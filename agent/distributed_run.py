@@ -111,7 +111,8 @@ def spent_in_store(store: Any, run_id: str) -> Amount:
 
 
 def earlier_calls(store: Any, slide_id: str) -> list[CallRecord]:
-    """The ok calls recorded for this slide id (one per request hash), to seed a worker's cache."""
+    """The ok calls recorded for this slide id, in order, to seed a worker's cache (and, for this
+    run's own paid calls, to hand back an interrupted attempt's answers one by one)."""
     found: list[CallRecord] = store.query(lambda conn: run_reports.slide_ok_calls(conn, slide_id))
     return found
 

@@ -69,6 +69,11 @@ class StageTally:
     def cached_call(self, request_hash: str) -> CallRecord | None:
         return self.inner.cached_call(request_hash)
 
+    def resumed_call(self, request_hash: str) -> CallRecord | None:
+        """An interrupted attempt's answer to a no-cache question, where the recorder keeps them."""
+        resumed = getattr(self.inner, "resumed_call", None)
+        return resumed(request_hash) if resumed is not None else None
+
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
         """Add the block's wall time to ``stage``'s busy seconds."""

@@ -323,7 +323,13 @@ async def answer_with_cache(
     cache hit writes one row here with ``cache_hit=True`` and returns zero usage.
     """
     started = time.perf_counter()
-    cached = ctx.recorder.cached_call(spec.request_hash) if (ctx.use_cache or ctx.replay_only) else None
+    if ctx.use_cache or ctx.replay_only:
+        cached = ctx.recorder.cached_call(spec.request_hash)
+    else:
+        # A resumed slide asking again what its interrupted attempt already paid for without the
+        # cache (a stage's retry): a recorder that kept that attempt's answers hands them back.
+        resumed = getattr(ctx.recorder, "resumed_call", None)
+        cached = resumed(spec.request_hash) if resumed is not None else None
     if cached is not None and cached.ok and cached.parsed_json is not None:
         try:
             answer = codec.load(cached.parsed_json)

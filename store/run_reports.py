@@ -39,10 +39,10 @@ def run_spend(conn: Any, run_id: str) -> tuple[int, int, float]:
 
 
 def slide_ok_calls(conn: Any, slide_id: str) -> list[CallRecord]:
-    """The ok calls recorded under this slide id, one per request hash (the newest)."""
+    """The ok calls recorded under this slide id (every run), in the order they were recorded."""
     cols = ", ".join(CALL_COLUMNS)
     rows = conn.execute(f"SELECT {cols} FROM calls WHERE slide_id = ? AND ok ORDER BY call_id", [slide_id])
-    return list({r.request_hash: r for r in map(call_from_row, rows.fetchall())}.values())
+    return [call_from_row(r) for r in rows.fetchall()]
 
 
 _GROUPED = (

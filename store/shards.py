@@ -23,6 +23,7 @@ import itertools
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -64,6 +65,7 @@ class ShardWriter:
         self._slides: dict[tuple[str, str], dict[str, list[R.Row]]] = {}
         self._started: dict[tuple[str, str], R.Row] = {}
         self._cache: dict[str, CallRecord] = {}
+        self._resumed: dict[str, deque[CallRecord]] = {}
         self._last_flush = time.monotonic()
         self._conn = duckdb.connect(":memory:")
         migrate(self._conn)
@@ -84,12 +86,31 @@ class ShardWriter:
 
     def cached_call(self, request_hash: str) -> CallRecord | None:
         with self._lock:
-            return self._cache.get(request_hash)
+            return self._take_resumed(request_hash) or self._cache.get(request_hash)
 
-    def seed_cache(self, records: Iterable[CallRecord]) -> None:
-        """Answer these earlier ok calls from the cache (e.g. the coordinator's, on resume)."""
+    def resumed_call(self, request_hash: str) -> CallRecord | None:
+        """The next answer the interrupted attempt paid for with this hash, even for a question
+        asked without the cache (a retry): so a resumed slide pays again only what was in flight."""
         with self._lock:
-            self._cache.update((r.request_hash, r) for r in records if r.ok)
+            return self._take_resumed(request_hash)
+
+    def _take_resumed(self, request_hash: str) -> CallRecord | None:
+        queue = self._resumed.get(request_hash)
+        return queue.popleft() if queue else None
+
+    def seed_cache(self, records: Iterable[CallRecord], *, resume_run: str | None = None) -> None:
+        """Answer these earlier ok calls from the cache (the coordinator's, on resume).
+
+        The paid calls of ``resume_run`` (in call order) are also handed back one by one, the
+        k-th ask of a request hash getting the k-th earlier answer, with or without the cache.
+        """
+        with self._lock:
+            for r in records:
+                if not r.ok:
+                    continue
+                self._cache[r.request_hash] = r
+                if resume_run is not None and r.run_id == resume_run and not r.cache_hit:
+                    self._resumed.setdefault(r.request_hash, deque()).append(r)
 
     def begin_slide(self, slide: SlideRecord) -> None:
         with self._lock:

@@ -78,9 +78,9 @@ def speedup(out: Path, latency: float, count: int, workers: list[int], analyse: 
                 }
             )
             print(f"workers={n}: {wall:.1f} s, {server.requests - before} requests", flush=True)
-    base = rows[0]["wall_s"]
+    base = float(rows[0]["wall_s"])  # type: ignore[arg-type]
     for row in rows:
-        row["speedup_vs_1"] = round(base / row["wall_s"], 2)
+        row["speedup_vs_1"] = round(base / float(row["wall_s"]), 2)  # type: ignore[arg-type]
     mode = "pixel analysis" if analyse else "canned answers"
     return {"source": f"{LABEL}; {mode}", "latency_s": latency, "slides": count, "rows": rows}
 
@@ -128,11 +128,12 @@ def crash(
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
         killed_after = time.perf_counter() - started
-        answered_at_kill = sum(server.answered().values())
+        before = server.answered()
         resumed = subprocess.run(command, capture_output=True, text=True, check=False)
         if resumed.returncode != 0:
             raise SystemExit(f"resume failed:\n{resumed.stderr[-3000:]}")
         answered = server.answered()
+        after = answered - before
         log_faults = sum(1 for e in server.log if e["fault"] == "server_error")
     twice = {h: n for h, n in answered.items() if n > 1}
     result = {
@@ -145,11 +146,13 @@ def crash(
         "killed_after_s": round(killed_after, 1),
         "summaries_on_disk_at_kill": finished_at_kill,
         "fake_in_flight_at_kill": in_flight_at_kill,
-        "answered_before_kill": answered_at_kill,
+        "answered_before_kill": sum(before.values()),
         "answered_total": sum(answered.values()),
         "server_errors_injected": log_faults,
         "bodies_answered_twice": len(twice),
         "extra_answers": sum(n - 1 for n in twice.values()),
+        # a body answered before the kill and again after it: what the crash made us pay twice
+        "answered_before_and_after_kill": sum(min(n, after[h]) for h, n in before.items()),
         "store": _store_counts(run / "audit.duckdb", "crash-demo"),
     }
     if shot is not None and headless_browser.chromium_path():
