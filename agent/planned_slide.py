@@ -91,10 +91,12 @@ def _adopt(run: SlideRun, outcome: PlanOutcome) -> tuple[list[RegionSummary], Cl
     for index, box in enumerate(ws.boxes):
         result = RegionResult(summary=RegionSummary(index=index, box=box))
         grades = progress.grades.get(index, [])
+        sent = progress.few_shot_sent.get(index, [])
         for round_, earlier in enumerate(grades[:-1]):
-            note_decision(
+            record = note_decision(
                 run, result, round_, earlier, Decision(action="refine", reason="planner: Auto-context")
             )
+            record.patches_sent = sent[round_] if round_ < len(sent) else None
         final = by_region[index]
         reason = f"planner: {final.reason or final.action}"
         last = grades[-1] if grades else None

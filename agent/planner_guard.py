@@ -123,6 +123,8 @@ class PlanProgress:
     """Region index -> grades of each review, in order (None: the review failed)."""
     refinements: dict[int, int] = field(default_factory=dict)
     """Region index -> few-shot classify_patches calls on it."""
+    few_shot_sent: dict[int, list[int]] = field(default_factory=dict)
+    """Region index -> patches sent by each of its few-shot classify_patches calls, in order."""
     cleaned_after_labels: bool = False
     """``clean`` ran after the last classify_patches call."""
 
@@ -132,12 +134,14 @@ class PlanProgress:
         ws = ctx.deps.workspace
         if name == "ground_boxes":
             self.ground, self.zero_shot, self.grades, self.refinements = result, None, {}, {}
+            self.few_shot_sent = {}
             self.cleaned_after_labels = False
         elif name == "classify_patches":
             if getattr(args, "region", None) is None:
                 self.zero_shot = ws.labels
             elif getattr(args, "few_shot", False):
                 self.refinements[args.region] = self.refinements.get(args.region, 0) + 1
+                self.few_shot_sent.setdefault(args.region, []).append(result.sent)
             self.cleaned_after_labels = False
         elif name == "clean":
             self.cleaned_after_labels = True

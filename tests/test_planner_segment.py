@@ -107,6 +107,7 @@ def test_segment_with_a_planner_over_the_wire_and_its_audit_trace(slide_file: Pa
         1,
     ]
     assert all(r["reason"].startswith("planner:") for r in summary["regions"])
+    assert summary["patches"]["sent_few_shot"] > 0  # region 1's two Auto-context rounds
     with AuditStore.open(out / "audit.duckdb", read_only=True) as store:
         planner_rows, policy_yaml = store.query(
             lambda c: (
