@@ -84,7 +84,9 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             n_workers=1,
             threads_per_worker=n,
             processes=False,
-            dashboard_address=None,
+            # ":0", not None: with None the scheduler still binds its HTTP server to 8787 (distributed
+            # scheduler.py start_http_server default_port), which clashes with any other cluster.
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
