@@ -238,6 +238,18 @@ class SlideRun:
             return await classify_patches(inp, self.deps)
 
     async def cleaned(self, tissue: np.ndarray) -> CleanOutput:
+        if self.classical_only:
+            # The map was cleaned at pixel scale (crumbs dropped, small holes filled); the patch
+            # rule "drop pieces under N patches" would erase small biopsies and faint pieces.
+            none = np.zeros_like(tissue, dtype=bool)
+            return CleanOutput(
+                tissue=tissue,
+                changed=none,
+                removed_components=0,
+                removed_cells=0,
+                filled_holes=0,
+                filled_cells=0,
+            )
         inp = CleanInput(**stage_settings(self.policy.clean, CleanSettings), tissue=tissue)
         with self.tally.timed("clean"):
             return await self.deps.in_thread(clean, inp)
