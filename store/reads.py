@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,30 @@ class StoreReads:
 
         result: dict[str, float] = self.query(fn)
         return result
+
+    # ------------------------------------------------------------------ per-run figures (benches)
+
+    def slide_statuses(self, run_id: str | None = None) -> dict[str, str]:
+        """Slide id -> status, in ``run_id`` or in every run."""
+        sql, params = "SELECT slide_id, status FROM slides", []
+        if run_id is not None:
+            sql, params = sql + " WHERE run_id = ?", [run_id]
+        rows = self.query(lambda con: con.execute(sql, params).fetchall())
+        return {str(slide): str(status) for slide, status in rows}
+
+    def run_calls(self, run_id: str) -> dict[str, int]:
+        """The run's paid calls, paid calls that were answered, and cache hits."""
+        sql = (
+            "SELECT count(*) FILTER (WHERE NOT cache_hit), count(*) FILTER (WHERE ok AND NOT cache_hit), "
+            "count(*) FILTER (WHERE cache_hit) FROM calls WHERE run_id = ?"
+        )
+        paid, ok, hits = self.query(lambda con: con.execute(sql, [run_id]).fetchone())
+        return {"calls_paid": int(paid), "calls_ok_paid": int(ok), "cache_hits": int(hits)}
+
+    def paid_call_starts(self, run_id: str) -> list[datetime]:
+        """When each of the run's paid calls started (store time, naive local)."""
+        sql = "SELECT started_at FROM calls WHERE run_id = ? AND NOT cache_hit"
+        return [row[0] for row in self.query(lambda con: con.execute(sql, [run_id]).fetchall())]
 
     def classify_calls_by_slide(self, run_id: str) -> list[tuple[str, str, int, int]]:
         """``(slide_id, backend, calls, patches)`` of the run's paid ``classify_patches`` calls."""

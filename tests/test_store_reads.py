@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,11 @@ def test_figures_per_slide_and_role(audit: Path) -> None:
     reviewer = reads.role_calls("reviewer")
     assert (reviewer["rows"], reviewer["rows_ok"], reviewer["asked"], reviewer["answered"]) == (2, 2, 1, 1)
     assert reviewer["usd"] == pytest.approx(0.75) and reviewer["unpriced_rows"] == 0
+    assert reads.slide_statuses() == reads.slide_statuses("run-1") == {"s1": "done", "s2": "done"}
+    assert reads.slide_statuses("run-2") == {}
+    assert reads.run_calls("run-1") == {"calls_paid": 5, "calls_ok_paid": 4, "cache_hits": 0}
+    starts = reads.paid_call_starts("run-1")
+    assert len(starts) == 5 and all(isinstance(t, datetime) for t in starts)
 
 
 def test_distillation_and_replay_reads(audit: Path) -> None:

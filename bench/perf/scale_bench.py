@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from tissue_oracle.bench.perf import headless_browser
 from tissue_oracle.bench.synth.generate import generate_set
 from tissue_oracle.oracles.profiles import PROFILES
 from tissue_oracle.store.audit_store import AuditStore
+from tissue_oracle.store.reads import StoreReads
 
 MODEL = "openai:gpt-4.1-mini"
 LABEL = "loopback fake OpenAI server (pixel analysis, no VLM), priced as gpt-4.1-mini"
@@ -86,22 +88,10 @@ def speedup(out: Path, latency: float, count: int, workers: list[int], analyse: 
 
 
 def _store_counts(db: Path, run_id: str) -> dict[str, Any]:
-    def read(conn: Any) -> dict[str, Any]:
-        statuses = dict(
-            conn.execute(
-                "SELECT status, count(*) FROM slides WHERE run_id = ? GROUP BY status", [run_id]
-            ).fetchall()
-        )
-        paid, ok, hits = conn.execute(
-            "SELECT count(*) FILTER (WHERE NOT cache_hit), count(*) FILTER (WHERE ok AND NOT cache_hit), "
-            "count(*) FILTER (WHERE cache_hit) FROM calls WHERE run_id = ?",
-            [run_id],
-        ).fetchall()[0]
-        return {"slides": statuses, "calls_paid": paid, "calls_ok_paid": ok, "cache_hits": hits}
-
     with AuditStore.open(db, read_only=True) as store:
-        counts: dict[str, Any] = store.query(read)
-    return counts
+        reads = StoreReads(store.query, str(db))
+        statuses = Counter(reads.slide_statuses(run_id).values())
+        return {"slides": dict(statuses), **reads.run_calls(run_id)}
 
 
 def crash(

@@ -227,16 +227,14 @@ def analyse(
     killed: float,
 ) -> SoakReport:
     from tissue_oracle.store.audit_store import AuditStore
+    from tissue_oracle.store.reads import StoreReads
 
     with AuditStore.open(soak_out / "audit.duckdb", read_only=True) as store:
-        statuses = dict(store.query(lambda c: c.execute("SELECT slide_id, status FROM slides").fetchall()))
-        rows = store.query(
-            lambda c: c.execute(
-                "SELECT started_at FROM calls WHERE run_id = 'soak' AND NOT cache_hit"
-            ).fetchall()
-        )
+        reads = StoreReads(store.query, str(soak_out / "audit.duckdb"))
+        statuses = reads.slide_statuses()
+        starts = reads.paid_call_starts("soak")
     kill_local = datetime.fromtimestamp(killed)
-    rows_before = sum(r[0] < kill_local for r in rows)
+    rows_before = sum(started < kill_local for started in starts)
     in_flight = [s for s in before if s.began < killed and (s.ended is None or s.ended >= killed)]
     usable_before = {
         s.body_sha256: s for s in before if s.status == 200 and s.fault != "invalid_json" and s.began < killed
@@ -286,14 +284,14 @@ def analyse(
         killed_after_slides=0,
         server_requests=len(before) + len(after),
         faults_injected=faults,
-        attempt_rows_in_store=len(rows),
+        attempt_rows_in_store=len(starts),
         attempts_before_kill_server=before_count,
         attempt_rows_before_kill=rows_before,
         in_flight_at_kill=len(in_flight),
         attempts_after_resume_server=len(after),
-        attempt_rows_after_resume=len(rows) - rows_before,
+        attempt_rows_after_resume=len(starts) - rows_before,
         every_attempt_in_store=(
-            len(rows) - rows_before == len(after) and 0 <= before_count - rows_before <= len(in_flight)
+            len(starts) - rows_before == len(after) and 0 <= before_count - rows_before <= len(in_flight)
         ),
         masks_identical=len(names) - len(different),
         masks_different=different,
