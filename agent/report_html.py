@@ -100,19 +100,21 @@ def _fmt(value: Any) -> Any:
     return value
 
 
-def thumbnail_uri(png: Path, side: int = THUMB_SIDE) -> str | None:
-    """The image at ``png`` scaled to ``side`` px on its long side, as a ``data:image/png`` URI."""
+def thumbnail_uri(picture: Path, side: int = THUMB_SIDE) -> str | None:
+    """The image at ``picture`` scaled to ``side`` px on its long side, as a ``data:image/jpeg`` URI
+    (JPEG: a tenth of the PNG's size and encoding time, for a picture that is only looked at)."""
     from PIL import Image
 
     try:
-        with Image.open(png) as opened:
+        with Image.open(picture) as opened:
+            opened.draft("RGB", (side, side))
             img = opened.convert("RGB")
         img.thumbnail((side, side))
         buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=True)
+        img.save(buf, format="JPEG", quality=85)
     except (OSError, ValueError):
         return None
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _grades(region: RegionSummary) -> list[list[Any]]:

@@ -39,7 +39,7 @@ def test_segment_writes_a_self_contained_report(run_dir: Path) -> None:
     assert "<script" not in page
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # nothing fetched from a network
     assert all(
-        src.startswith("data:image/png;base64,") for src in re.findall(r'<img[^>]* src="([^"]+)"', page)
+        src.startswith("data:image/jpeg;base64,") for src in re.findall(r'<img[^>]* src="([^"]+)"', page)
     )
     assert 'id="cost-plot"' in page
     assert "classical (no VLM)" in page
