@@ -20,19 +20,25 @@ make_env() {  # name python packages...
   local name="$1" py="$2"; shift 2
   if [ -x "$envs/$name/bin/python" ] && [ -f "$envs/$name/.ok" ]; then echo "$name: present"; return; fi
   rm -rf "$envs/$name"
-  "$py" -m venv "$envs/$name"
-  "$envs/$name/bin/pip" install -q --upgrade pip wheel
-  "$envs/$name/bin/pip" install -q "$@"
+  # explicit returns: under `make_env ... || echo`, set -e does not apply inside the function
+  "$py" -m venv "$envs/$name" || return 1
+  "$envs/$name/bin/pip" install -q --upgrade pip wheel || return 1
+  "$envs/$name/bin/pip" install -q "$@" || return 1
   touch "$envs/$name/.ok"
   echo "$name: installed in $envs/$name"
 }
 torch=(torch==2.14.1 torchvision==0.29.1)
 wanted=("$@"); [ ${#wanted[@]} -eq 0 ] && wanted=(histolab tiatoolbox lazyslide)
 for peer in "${wanted[@]}"; do
+  # One peer failing to install (tiatoolbox 2.1.3 requires torch<2.13, this machine ships 2.14.1)
+  # must not stop the others: the bench skips a peer whose env has no .ok marker.
   case "$peer" in
-    histolab) make_env histolab "$(pick_python 3.10 3.11)" histolab==0.7.0 openslide-bin "openslide-python>=1.4" ;;
-    tiatoolbox) make_env tiatoolbox "$(pick_python 3.11 3.12)" "${torch[@]}" tiatoolbox==2.1.3 ;;
-    lazyslide) make_env lazyslide "$(pick_python 3.11 3.12)" "${torch[@]}" lazyslide==0.13.0 ;;
+    histolab) make_env histolab "$(pick_python 3.10 3.11)" histolab==0.7.0 openslide-bin "openslide-python>=1.4" \
+      || echo "histolab: install failed; the bench will skip it" >&2 ;;
+    tiatoolbox) make_env tiatoolbox "$(pick_python 3.11 3.12)" "${torch[@]}" tiatoolbox==2.1.3 \
+      || echo "tiatoolbox: install failed (2.1.3 pins torch<2.13); the bench will skip it" >&2 ;;
+    lazyslide) make_env lazyslide "$(pick_python 3.11 3.12)" "${torch[@]}" lazyslide==0.13.0 \
+      || echo "lazyslide: install failed; the bench will skip it" >&2 ;;
     *) echo "unknown peer $peer (histolab | tiatoolbox | lazyslide)" >&2; exit 2 ;;
   esac
 done
