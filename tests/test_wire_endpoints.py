@@ -9,10 +9,12 @@ whose wait is in ``google.rpc.RetryInfo``, per-day quotas, Qwen2.5-VL's absolute
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tissue_oracle.agent.oracle_setup import build_oracles, parse_base_urls
@@ -180,3 +182,37 @@ def test_a_bare_base_url_leaves_gemini_traffic_to_gemini(monkeypatch: pytest.Mon
     assert error is None, error
     assert gemini.requests == 1 and vllm.requests == 0
     assert rows[0].cost_usd is not None and rows[0].cost_usd > 0  # Gemini 2.5 Pro is priced
+
+
+def test_role_settings_set_the_temperature_sent() -> None:
+    with FakeOpenAIServer() as vllm:
+        policy = load_policy("default").with_updates(
+            {
+                "roles.oracle": "openai:Qwen/Qwen3-VL-8B-Instruct",
+                "roles.reviewer": "openai:Qwen/Qwen3-VL-8B-Instruct",
+                "models": {"openai:*": {"price": "self-hosted", "temperature": 0.2}},
+                "role_settings": {"reviewer": {"temperature": 0.7}},
+            }
+        )
+        oracles = build_oracles(policy, base_urls={"*": vllm.base_url})
+        _ask(oracles.by_role["oracle"], "boxes", fixtures.boxes_request())
+        _ask(oracles.by_role["reviewer"], "review", fixtures.review_request(), "reviewer")
+    assert [e["temperature"] for e in vllm.log] == [0.2, 0.7]
+
+
+def test_each_stage_sends_images_at_its_own_size() -> None:
+    with FakeOpenAIServer() as vllm:
+        policy = load_policy("default").with_updates(
+            {
+                "roles.oracle": "openai:Qwen/Qwen3-VL-8B-Instruct",
+                "models": {"openai:*": {"price": "self-hosted"}},
+            }
+        )
+        oracle = build_oracles(policy, base_urls={"*": vllm.base_url}).by_role["oracle"]
+        big = fixtures.boxes_request()
+        thumb = np.repeat(np.repeat(big.thumbnail, 8, axis=0), 8, axis=1)  # 1600 x 960
+        request = big.model_copy(update={"thumbnail": thumb, "downsample": 8.0})
+        _, error, rows = _ask(oracle, "boxes", request)
+    assert error is None, error
+    sent = json.loads(rows[0].request_json)["images"][0]
+    assert max(sent["width"], sent["height"]) == policy.ground.send_size == 1024  # not classify's 512
