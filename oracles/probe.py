@@ -262,6 +262,14 @@ async def run_probe(
 
 
 def _read_box(report: ProbeReport, response: TransportResponse) -> None:
+    if response.hit_output_cap:
+        detail = (
+            f"no answer: the output cap cut it off (finish reason {response.finish_reason!r}, "
+            f"{response.thought_tokens} thinking tokens); see 'thinking and output cap'"
+        )
+        report.checks.append(Check(name="structured output", ok=False, detail=detail))
+        report.checks.append(Check(name="coordinates", ok=None, detail="not run"))
+        return
     try:
         value = parse_json_text(response.text)
         numbers = value["boxes"][0]["box"]
