@@ -45,6 +45,7 @@ from tissue_oracle.oracles.classical_dense import (
     DenseClassifyOutput,
     classify_dense,
     cut_to_patches,
+    map_boxes,
 )
 from tissue_oracle.oracles.routing import route_questions
 from tissue_oracle.policies.decide import (
@@ -63,7 +64,7 @@ from tissue_oracle.tools.classify_patches import (
 )
 from tissue_oracle.tools.clean import CleanInput, CleanOutput, clean
 from tissue_oracle.tools.cluster_colours import ClusterColoursInput, ClusterColoursOutput, cluster_colours
-from tissue_oracle.tools.ground_boxes import GroundBoxesInput, ground_boxes
+from tissue_oracle.tools.ground_boxes import GroundBoxesInput, GroundBoxesOutput, ground_boxes
 from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
 from tissue_oracle.tools.schemas import Box, Exemplar, Role, SlideRecord, Stage
 from tissue_oracle.tools.slide_base import Slide
@@ -202,6 +203,11 @@ class SlideRun:
         ds = p.thumbnail.downsample
         with self.tally.timed("thumbnail"):
             thumb = await self.deps.in_thread(self.slide.thumbnail, ds)
+        if self.classical_only:  # regions come from the map: no grounding, no fallback box
+            with self.tally.timed("classify_patches"):
+                dense = await classify_dense(ClassifyDenseInput(patch_size=p.classify.patch_size), self.deps)
+            pieces = GroundBoxesOutput(boxes=map_boxes(dense))
+            return CoarseResult(thumbnail=thumb, boxes=pieces, coarse=None, zero_shot=dense)
         with self.tally.timed("ground_boxes"):
             boxes = await ground_boxes(
                 GroundBoxesInput(
@@ -209,10 +215,6 @@ class SlideRun:
                 ),
                 self.deps,
             )
-        if self.classical_only:
-            with self.tally.timed("classify_patches"):
-                dense = await classify_dense(ClassifyDenseInput(patch_size=p.classify.patch_size), self.deps)
-            return CoarseResult(thumbnail=thumb, boxes=boxes, coarse=None, zero_shot=dense)
         inp = ClusterColoursInput(
             **stage_settings(p.cluster, ClusterColoursSettings),
             downsample=ds,

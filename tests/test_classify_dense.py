@@ -106,6 +106,9 @@ def test_default_policy_labels_from_one_map_and_asks_no_patch_question(tmp_path:
     assert summary.labelled_as == "classical (no VLM)"
     assert summary.stages["classify_patches"].calls == 0
     assert all(r.final_action == "accept" for r in summary.regions)
+    # regions are the map's pieces: one box per core, no grounding fallback
+    assert len(summary.boxes) == 2 and not summary.boxes_fallback
+    assert "ground_boxes" not in summary.stages
     assert not any(f.startswith("out_of_scope") for f in summary.flags)
     mask = np.load(tmp_path / "two-cores" / "mask.npy")
     assert dice(mask, patch_truth(truth)) >= 0.95
