@@ -117,11 +117,15 @@ def policy_yaml(config: SoakConfig) -> str:
 
 def prepare(config: SoakConfig) -> tuple[Path, Path]:
     """The slides folder (generated once per size/seed/count) and the policy file."""
-    from tissue_oracle.bench.synth.generate import generate_set
+    from tissue_oracle.bench.synth.generate import generate_slide, plan_set
 
     slides = config.work / f"slides-{config.slides}-{config.size}-{config.seed}"
-    if len(list(slides.glob("*.tif*"))) != config.slides:
-        generate_set(slides, preset="tiny", count=config.slides, seed=config.seed, size=config.size)
+    for name, seed, stain in plan_set("tiny", config.slides, config.seed):
+        target = slides / name
+        if not (target.is_file() and target.with_suffix(".truth").exists()):  # resumable generation
+            generate_slide(
+                target, preset="tiny", seed=seed, width=config.size, height=config.size, stain=stain
+            )
     policy = config.work / "soak-policy.yaml"
     policy.write_text(policy_yaml(config))
     return slides, policy
@@ -186,15 +190,18 @@ def run_soak(config: SoakConfig) -> SoakReport:
             import shutil
 
             shutil.rmtree(stale)
-    log = config.work / "segment.log"
+    log, reference_log = config.work / "segment.log", config.work / "reference.log"
     log.write_bytes(b"")
+    reference_log.write_bytes(b"")
 
-    with FaultyOpenAIServer(mix={}, hang_s=config.hang_s) as clean:
-        seconds_reference = _run(
-            segment_command(slides, reference_out, policy, "reference", clean.base_url), log
-        )
-        reference_requests = len(clean.served)
-
+    # The reference runs beside the soak: most of the soak's time is waiting (backoff, timeouts).
+    clean = FaultyOpenAIServer(mix={}, hang_s=config.hang_s).start()
+    reference_started = time.monotonic()
+    with reference_log.open("ab") as sink:
+        reference = subprocess.Popen(
+            segment_command(slides, reference_out, policy, "reference", clean.base_url),
+            stdout=sink, stderr=subprocess.STDOUT, env=_env(),
+        )  # fmt: skip
     server = FaultyOpenAIServer(mix=dict(config.mix), hang_s=config.hang_s, seed=config.seed)
     with server:
         command = segment_command(slides, soak_out, policy, "soak", server.base_url)
@@ -208,6 +215,11 @@ def run_soak(config: SoakConfig) -> SoakReport:
         seconds_resumed = _run(command, log)
         with server._lock:
             after = [s for s in server.served if s.began >= resume_started]
+    if reference.wait() not in (0, 1):
+        raise RuntimeError(f"the reference run failed; see {reference_log}")
+    seconds_reference = time.monotonic() - reference_started
+    reference_requests = len(clean.served)
+    clean.stop()
     report = analyse(config, slides, reference_out, soak_out, before, after, killed)
     report.killed_after_slides = done_at_kill
     report.seconds_reference = seconds_reference
