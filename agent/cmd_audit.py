@@ -49,6 +49,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _plain(text: object) -> str:
+    from tissue_oracle.agent.safe_text import plain
+
+    return plain(text)
+
+
 def _show(table: Table, as_json: bool, title: str) -> None:
     if as_json:
         records = [{k: _jsonable(v) for k, v in r.items()} for r in table.records()]
@@ -57,12 +63,13 @@ def _show(table: Table, as_json: bool, title: str) -> None:
     from rich.table import Table as RichTable
 
     from tissue_oracle.agent.console import make_console
+    from tissue_oracle.agent.safe_text import cell
 
-    out = RichTable(title=title)
+    out = RichTable(title=cell(title))
     for column in table.columns:
-        out.add_column(column, overflow="fold")
+        out.add_column(cell(column), overflow="fold")
     for row in table.rows:
-        out.add_row(*(_cell(v) for v in row))
+        out.add_row(*(cell(_cell(v)) for v in row))
     make_console().print(out)
 
 
@@ -75,7 +82,7 @@ def _query(db: Path, fn: Callable[[duckdb.DuckDBPyConnection], Table]) -> Table:
         with AuditStore.open(db, read_only=True) as store:
             return store.query(fn)
     except TissueOracleError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_plain(exc)}", err=True)
         raise typer.Exit(1) from exc
 
 
@@ -216,7 +223,7 @@ def sql_cmd(
     try:
         table = run_user_sql(db, query, list(param or []), timeout_s=timeout_s)
     except TissueOracleError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_plain(exc)}", err=True)
         raise typer.Exit(1) from exc
     _show(table, as_json, "sql")
 

@@ -62,9 +62,13 @@ def run_segment(
     from tissue_oracle.agent.run_progress import RunProgress
     from tissue_oracle.agent.run_settings import RunDeps
     from tissue_oracle.agent.runs import expand_paths, run_slides
+    from tissue_oracle.agent.safe_text import plain
     from tissue_oracle.store.audit_store import AuditStore
 
-    slides = expand_paths(paths)
+    def skipped(problem: object) -> None:
+        typer.secho(f"skipped input {plain(problem)}", err=True, fg="yellow")
+
+    slides = expand_paths(paths, on_problem=skipped)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     urls = parse_base_urls(base_urls)
     cap = settings.policy.budgets.run.usd
@@ -73,7 +77,7 @@ def run_segment(
         # Built here in both modes, so a bad spec or a missing price fails before any slide.
         oracles = build_oracles(settings.policy, overrides=overrides, base_urls=urls)  # type: ignore[arg-type]
         for note in oracles.notes:
-            typer.secho(f"note: {note}", err=True, fg="yellow")
+            typer.secho(f"note: {plain(note)}", err=True, fg="yellow")
         typer.secho(f"caps in force: {settings.policy.budgets.describe()}", err=True)
         planner = _planner(settings, urls)
         deps = RunDeps.for_run(settings, oracles=oracles, store=store, planner=planner)
@@ -130,6 +134,7 @@ def print_result(result: RunResult) -> None:
     from rich.table import Table
 
     from tissue_oracle.agent.console import make_console
+    from tissue_oracle.agent.safe_text import cell
 
     table = Table(title=f"run {result.run_id}")
     for column in (
@@ -149,19 +154,20 @@ def print_result(result: RunResult) -> None:
         s = o.summary
         if s is None:
             notes = "; ".join(filter(None, [o.error, o.note]))
-            table.add_row(o.slide_id, o.status, "", "", "", "", "", "", "", notes)
+            table.add_row(*map(cell, (o.slide_id, o.status, "", "", "", "", "", "", "", notes)))
             continue
-        table.add_row(
+        table.add_row(*map(cell, (
             o.slide_id, o.status, s.labelled_as, str(len(s.regions)), str(s.refinements), str(s.totals.calls),
             str(s.patches.naive_calls), f"{s.totals.usd:.4f}", f"{s.seconds:.1f}",
             "; ".join(filter(None, [", ".join(s.flags), o.note])),
-        )  # fmt: skip
+        )))  # fmt: skip
     console = make_console()
     console.print(table)
     for o in result.outcomes:  # out-of-scope slides say why, never a silent 0%
         if o.summary is not None and any(f.startswith("out_of_scope_") for f in o.summary.flags):
-            console.print(f"{o.slide_id}: {o.summary.reasons[-1]}")
-    console.print(f"outputs in {str(result.out_dir)!r}; audit store {str(result.out_dir / 'audit.duckdb')!r}")
+            console.print(cell(f"{o.slide_id}: {o.summary.reasons[-1]}"))
+    store_path = result.out_dir / "audit.duckdb"
+    console.print(cell(f"outputs in {str(result.out_dir)!r}; audit store {str(store_path)!r}"))
 
 
 def segment(
@@ -229,9 +235,18 @@ def segment(
             base_urls=base_url,
         )
     except TissueOracleError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
+        from tissue_oracle.agent.safe_text import plain
+
+        typer.secho(f"error: {plain(exc)}", err=True, fg="red")
         raise typer.Exit(2) from exc
     print_result(result)
     if result.all_failed:
         typer.secho("every slide failed; see the notes above.", err=True, fg="red")
+        raise typer.Exit(1)
+    if result.none_as_asked:
+        typer.secho(
+            "no slide got VLM labels: every VLM patch question failed or was not allowed, so only the "
+            "coarse colour mask labelled them ('labelled as' above). Check the key, endpoint and caps.",
+            err=True, fg="red",
+        )  # fmt: skip
         raise typer.Exit(1)

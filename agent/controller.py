@@ -38,6 +38,7 @@ from tissue_oracle.agent.summary import (
     RegionSummary,
     SlideSummary,
     StageTally,
+    decided_by,
     labelled_as,
 )
 from tissue_oracle.oracles.classical_dense import (
@@ -145,6 +146,8 @@ class SlideRun:
         labels = final_labels(final, cleaned)
         self.recorder.record_patches(patch_records(self.run_id, self.slide_id, labels))
         summary = self.summary(coarse, regions, final, cleaned)
+        summary.patches.decided_by = decided_by(labels)
+        summary.labelled_as = labelled_as(self.oracles.by_role, summary.patches.decided_by)
         summary.planner = plan
         contour = None
         if isinstance(coarse.zero_shot, DenseClassifyOutput):

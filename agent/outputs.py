@@ -39,6 +39,7 @@ from pydantic import BaseModel
 from scipy import ndimage
 
 from tissue_oracle.agent.geojson import contour_polygons, mask_to_geojson, polygons_to_geojson
+from tissue_oracle.agent.safe_text import scrubbed_tree
 from tissue_oracle.tools.focus import FOCUS_CODES, NO_FOCUS, focus_code
 from tissue_oracle.tools.hashing import sha256_file
 from tissue_oracle.tools.schemas import OutputRecord, PatchGrid, PatchLabel
@@ -238,7 +239,9 @@ def _overlay(
 
 def write_summary_json(path: Path, summary: dict[str, Any]) -> None:
     """``summary`` as JSON with sorted keys; numpy values, paths, models and dates converted."""
-    _text(path, json.dumps(_jsonable(summary), sort_keys=True, indent=2, allow_nan=False) + "\n")
+    # Scrubbed: an error text in it can echo a key (a 401 body), and control characters are made visible.
+    data = scrubbed_tree(_jsonable(summary))
+    _text(path, json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n")
 
 
 def _text(path: Path, text: str) -> None:

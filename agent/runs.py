@@ -9,7 +9,6 @@ skipped, matched by content hash, and a policy other than the run's is refused.
 
 from __future__ import annotations
 
-import glob
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from typing import Any, Literal
 from tissue_oracle.agent.controller import segment_file
 from tissue_oracle.agent.resume import prepare_resume
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
-from tissue_oracle.agent.summary import SlideSummary
+from tissue_oracle.agent.slide_inputs import expand_inputs
+from tissue_oracle.agent.summary import NO_VLM_ANSWER, SlideSummary
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.tools.errors import ConfigError, TissueOracleError
@@ -73,30 +73,36 @@ class RunResult:
         return sum(o.status == status for o in self.outcomes)
 
     @property
+    def none_as_asked(self) -> bool:
+        """True when no slide got what was asked: each failed, or its VLM classifier answered no
+        patch (every call failed, or none was allowed) so only the coarse mask labelled it."""
+        return bool(self.outcomes) and all(
+            o.status == "failed"
+            or (o.summary is not None and o.summary.labelled_as.startswith(NO_VLM_ANSWER))
+            for o in self.outcomes
+        )
+
+    @property
     def all_failed(self) -> bool:
         """True when every slide failed (the CLI's non-zero exit); a slide skipped on resume had
         finished in an earlier attempt, so it counts as a success."""
         return bool(self.outcomes) and all(o.status == "failed" for o in self.outcomes)
 
 
-def expand_paths(items: list[str]) -> list[Path]:
-    """Files as given, folders' slide files (not recursive), and globs; sorted within each item,
-    first occurrence kept. An item that matches nothing raises ``ConfigError``."""
-    found: dict[Path, None] = {}
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
-        elif path.exists():
-            matches = [path]
-        elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
-        else:
-            matches = [path]  # a missing file fails as that slide, with the slide error's advice
-        if not matches:
-            raise ConfigError(f"{item!r} matches no slide files. Give files, folders or globs of slides.")
-        found.update(dict.fromkeys(matches))
-    return list(found)
+def expand_paths(items: list[str], on_problem: Any = None) -> list[Path]:
+    """Files as given, folders' slide files (not recursive), and globs (``agent.slide_inputs``).
+
+    An argument that gives no slide (empty folder, unmatched glob, symlink loop) is passed to
+    ``on_problem`` and the others go on; ``ConfigError`` only when no argument gives a slide.
+    """
+    paths, problems = expand_inputs(items, SLIDE_SUFFIXES)
+    if not paths:
+        listed = "; ".join(map(str, problems))
+        raise ConfigError(f"{listed}: no slide files. Give files, folders or globs of slides.")
+    for problem in problems:
+        if on_problem is not None:
+            on_problem(problem)
+    return paths
 
 
 def new_run_id() -> str:

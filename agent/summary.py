@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,14 +21,45 @@ from pydantic import BaseModel, Field
 
 from tissue_oracle.agent.planner_report import PlannerReport
 from tissue_oracle.tools.oracle_protocol import Oracle
-from tissue_oracle.tools.schemas import Action, Box, CallRecord, CallRecorder, Grades, Role
+from tissue_oracle.tools.schemas import Action, Box, CallRecord, CallRecorder, Grades, PatchLabel, Role
+
+#: Patch label sources that are an oracle's answer (the rest: coarse fallback, clean, student).
+ANSWERED_SOURCES = ("zero_shot", "few_shot")
+#: How ``labelled_as`` starts when a VLM was asked for patch labels and answered none.
+NO_VLM_ANSWER = "coarse mask only"
 
 
-def labelled_as(by_role: dict[Role, Oracle]) -> str:
-    """How the slide's labels must be described: which VLMs produced them, or that none did."""
+def decided_by(labels: Iterable[PatchLabel]) -> dict[str, int]:
+    """Final patches per label source (``zero_shot``, ``few_shot``, ``coarse``, ``clean``...)."""
+    return dict(Counter(lab.source for lab in labels))
+
+
+def labelled_as(by_role: dict[Role, Oracle], decided: dict[str, int] | None = None) -> str:
+    """How the slide's labels must be described: what decided its patches.
+
+    Without ``decided``: the VLMs among the roles, or that none is one. With it (the final
+    patches per source): a VLM classifier that answered no patch (every call failed, or no call
+    was allowed) gives ``coarse mask only (...)``, never ``VLM``; a classical classifier beside a
+    VLM reviewer says the patch labels are classical.
+    """
     vlms = sorted({f"{o.backend}:{o.model}" for o in by_role.values() if o.is_vlm})
+    if decided is None:
+        if vlms:
+            return "VLM: " + ", ".join(vlms)
+        return ", ".join(sorted({o.backend for o in by_role.values()})) + " (no VLM)"
+    classifier = by_role.get("classifier") or by_role.get("oracle")
+    answered = sum(decided.get(source, 0) for source in ANSWERED_SOURCES)
+    kept_coarse = decided.get("coarse", 0)
+    if classifier is not None and classifier.is_vlm:
+        name = f"{classifier.backend}:{classifier.model}"
+        if answered == 0:
+            return f"{NO_VLM_ANSWER} ({name} answered no patch; no VLM label)"
+        return f"VLM: {name}" + (
+            f" ({answered} patches; {kept_coarse} kept the coarse label)" if kept_coarse else ""
+        )
+    backend = classifier.backend if classifier is not None else "unknown"
     if vlms:
-        return "VLM: " + ", ".join(vlms)
+        return f"{backend} patch labels (no VLM label); VLM in other roles: {', '.join(vlms)}"
     return ", ".join(sorted({o.backend for o in by_role.values()})) + " (no VLM)"
 
 
@@ -126,6 +158,10 @@ class RegionSummary(BaseModel):
 
 class PatchCounts(BaseModel):
     """The patch grid and how its patches were decided."""
+
+    decided_by: dict[str, int] = Field(default_factory=dict)
+    """Final patches per label source: ``zero_shot``/``few_shot`` (an oracle's answer), ``coarse``
+    (its question failed or wasn't allowed), ``clean``, ``student``, ``cascade``."""
 
     patch_size: int
     rows: int

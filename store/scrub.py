@@ -35,9 +35,11 @@ _HEADER_LINE = re.compile(rf"^(\s*(?:{_CREDENTIAL_NAMES})\s*:\s*)\S.*$", re.IGNO
 _TOKEN_SHAPES = re.compile(
     r"(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}|sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,}|hf_[A-Za-z0-9]{20,}"
 )
-# One pass over clean text decides whether any of the four substitutions is needed.
+# user:password@ in a URL (``--base-url http://user:pass@host``), kept out of runs.command_line.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
+# One pass over clean text decides whether any of the substitutions is needed.
 _ANY = re.compile(
-    "|".join(f"(?:{p.pattern})" for p in (_QUERY, _JSON_FIELD, _HEADER_LINE, _TOKEN_SHAPES)),
+    "|".join(f"(?:{p.pattern})" for p in (_QUERY, _JSON_FIELD, _HEADER_LINE, _TOKEN_SHAPES, _USERINFO)),
     re.IGNORECASE | re.MULTILINE,
 )
 
@@ -66,4 +68,5 @@ class Scrubber:
         text = _QUERY.sub(rf"\1{REDACTED}", text)
         text = _JSON_FIELD.sub(rf'\1"{REDACTED}"', text)
         text = _HEADER_LINE.sub(rf"\1{REDACTED}", text)
+        text = _USERINFO.sub(rf"\1{REDACTED}@", text)
         return _TOKEN_SHAPES.sub(REDACTED, text)
