@@ -177,6 +177,9 @@ class BudgetedOracle:
         self.model = inner.model
         self.questions = inner.questions
         self.is_vlm = inner.is_vlm
+        self.image_px: int | None = getattr(inner, "image_px", None)
+        self.request_batch: int | None = getattr(inner, "request_batch", None)
+        """The inner backend's own image size and patches per question (``tools.classify_patches``)."""
         self.spent = Amount()
         """What this wrapper's questions spent (from the audit rows), for the slide summary."""
         self._spent_lock = threading.Lock()

@@ -41,6 +41,7 @@ from tissue_oracle.agent.summary import (
     decided_by,
     labelled_as,
 )
+from tissue_oracle.oracles.cascade import with_cascade
 from tissue_oracle.oracles.classical_dense import (
     ClassifyDenseInput,
     DenseClassifyOutput,
@@ -54,6 +55,7 @@ from tissue_oracle.policies.decide import (
 )
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy, stage_settings
+from tissue_oracle.policies.prices import FREE
 from tissue_oracle.store.recorder import AuditRecorder
 from tissue_oracle.store.records import patch_records, slide_record
 from tissue_oracle.tools.classify_patches import (
@@ -99,6 +101,14 @@ def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[R
         )
         for role, oracle in oracles.by_role.items()
     }
+    if oracles.cascade_student is not None:  # the student first; each oracle question budgets itself
+        free = CallEstimator.from_policy(policy, FREE, attempts=1)
+        by_role = with_cascade(
+            by_role,
+            student=BudgetedOracle(oracles.cascade_student, ledger, free),
+            threshold=oracles.cascade_threshold,
+            oracle_batch=policy.classify.batch_size,
+        )
     return route_questions(by_role, oracles.routes)
 
 

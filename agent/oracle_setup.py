@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from tissue_oracle.agent.call_settings import ResolvedSettings, resolve_settings
-from tissue_oracle.oracles.cascade import with_cascade
 from tissue_oracle.oracles.routing import Routes, resolve_routes
 from tissue_oracle.policies.policy import Policy
 from tissue_oracle.policies.prices import FREE, FREE_BACKENDS, price_for, split_spec, unknown_price_advice
@@ -47,14 +46,28 @@ class OracleSet:
     """Questions a role's backend can't answer and the role that answers them (``oracles.routing``)."""
     notes: list[str] = field(default_factory=list)
     """Warnings for the user (e.g. a model whose price is unknown)."""
+    cascade_student: Oracle | None = None
+    """``policy.cascade.student`` when the cascade is on: the controller puts it in front of the
+    classifier, behind the slide's budget (``oracles.cascade.with_cascade``)."""
+    cascade_threshold: float = 0.9
     _owned: list[Oracle] = field(default_factory=list, repr=False)
 
     def identities(self) -> dict[str, dict[str, Any]]:
         """Per role: spec, backend, model and ``is_vlm``, so classical output is labelled classical."""
-        return {
+        out: dict[str, dict[str, Any]] = {
             role: {"spec": self.specs[role], "backend": o.backend, "model": o.model, "is_vlm": o.is_vlm}
             for role, o in self.by_role.items()
         }
+        if self.cascade_student is not None:
+            s = self.cascade_student
+            out["cascade_student"] = {
+                "spec": f"{s.backend}:{s.model}",
+                "backend": s.backend,
+                "model": s.model,
+                "is_vlm": s.is_vlm,
+                "threshold": self.cascade_threshold,
+            }
+        return out
 
     @property
     def any_vlm(self) -> bool:
@@ -231,10 +244,13 @@ def build_oracles(
         if probed is not None:
             notes.append(f"{spec}: coordinate profile {probed!r} from its cached probe (tissue-oracle probe)")
     owned = [oracle for oracle, _ in built.values()]
+    student = None
     if policy.cascade.enabled and policy.cascade.student:
-        # Student first, the classifier only for unsure patches (oracles.cascade); built once per run.
+        # Student first, the classifier only for unsure patches (oracles.cascade); built once per run,
+        # put in front of the budgeted classifier per slide by the controller.
         student, _ = build_one(policy.cascade.student, policy, role="classifier")
-        by_role = with_cascade(by_role, student=student, threshold=policy.cascade.confidence)
+        if "patch_labels" not in student.questions:
+            raise ConfigError(f"cascade.student {policy.cascade.student!r} does not answer 'patch_labels'")
         owned.append(student)
     routes = resolve_routes(by_role, questions_asked(policy), specs)
     return OracleSet(
@@ -247,6 +263,8 @@ def build_oracles(
             for role, spec in specs.items()
         },
         notes=notes,
+        cascade_student=student,
+        cascade_threshold=policy.cascade.confidence,
         _owned=owned,
     )
 

@@ -5,8 +5,15 @@
 request through both backends and merges the answers back into request order.
 
 The controller's hook is ``with_cascade(by_role, student=..., threshold=...)``: it wraps the backend
-that answers ``classify_patches`` in a ``CascadeOracle``, so the stage tools need no change. Wrap
-the budgeted oracle (not the raw one), so only the oracle's share of the patches reserves budget.
+that answers ``classify_patches`` in a ``CascadeOracle``, so the stage tools need no change. The
+controller wraps the budgeted backends (``agent.controller.budgeted``), so each oracle question
+the cascade asks reserves its own budget, and only the oracle's share of the patches costs any.
+
+Batching: the stage sends the cascade ``request_batch`` patches per question (64), the student
+labels them all, and the unsure ones go to the oracle ``oracle_batch`` per question (the policy's
+``classify.batch_size``), concurrently. So a few unsure patches don't each fill a partial oracle
+batch of their own: oracle calls fall with the number of unsure patches, not with the number of
+stage batches that hold one.
 
 Label sources: a patch the student kept is marked ``cascade`` (so distillation never learns from
 it, and reports can count what the cascade saved); a patch the oracle answered keeps the oracle's
@@ -112,19 +119,22 @@ async def cascade_patch_labels(
     threshold: float,
     student_ctx: CallContext,
     oracle_ctx: CallContext,
+    oracle_batch: int = 8,
 ) -> tuple[PatchLabelsAnswer, CascadeStats]:
-    """Label ``req`` with the student first, then ask ``oracle`` only about the unsure patches.
+    """Label ``req`` with the student first, then ask ``oracle`` only about the unsure patches,
+    ``oracle_batch`` patches per question.
 
     Both backends record their own call rows through their contexts (give the student's context
     ``role="classifier"``). The returned usage is the oracle's plus the student's (zero cost).
     """
     first = await student.patch_labels(req, student_ctx)
     plan = route([label.confidence for label in first.labels], threshold)
-    if plan.ask:
-        second = await oracle.patch_labels(subset(req, plan.ask), oracle_ctx)
-        oracle_labels, oracle_usage = second.labels, second.usage
-    else:
-        oracle_labels, oracle_usage = [], None
+    chunks = [plan.ask[i : i + oracle_batch] for i in range(0, len(plan.ask), oracle_batch)]
+    answers = await asyncio.gather(*(oracle.patch_labels(subset(req, c), oracle_ctx) for c in chunks))
+    oracle_labels = [label for a in answers for label in a.labels]
+    oracle_usage = None
+    for a in answers:
+        oracle_usage = a.usage if oracle_usage is None else oracle_usage + a.usage
     labels = merge(first.labels, oracle_labels, plan)
     usage = first.usage if oracle_usage is None else first.usage + oracle_usage
     stats = CascadeStats(
@@ -144,10 +154,21 @@ class CascadeOracle:
 
     backend = "cascade"
 
-    def __init__(self, *, student: Oracle, oracle: Oracle, threshold: float) -> None:
+    def __init__(
+        self,
+        *,
+        student: Oracle,
+        oracle: Oracle,
+        threshold: float,
+        oracle_batch: int = 8,
+        request_batch: int = 64,
+    ) -> None:
         self.student = student
         self.oracle = oracle
         self.threshold = threshold
+        self.oracle_batch = max(1, oracle_batch)
+        self.request_batch = max(request_batch, self.oracle_batch)
+        """Patches the stage should send per cascade question (``tools.classify_patches`` reads it)."""
         self.model = f"{student.model}>{oracle.model}"
         self.questions: frozenset[Question] = oracle.questions | {"patch_labels"}
         self.is_vlm = oracle.is_vlm
@@ -162,6 +183,7 @@ class CascadeOracle:
             threshold=self.threshold,
             student_ctx=dataclasses.replace(ctx, role="classifier"),
             oracle_ctx=ctx,
+            oracle_batch=self.oracle_batch,
         )
         async with self._lock:
             self.stats = self.stats + stats
@@ -180,10 +202,12 @@ class CascadeOracle:
         return await self.oracle.review(req, ctx)
 
     async def aclose(self) -> None:
-        await self.student.aclose()  # the wrapped oracle belongs to the caller, who closes it
+        return None  # both backends belong to the caller's role table, which closes them
 
 
-def with_cascade(by_role: Mapping[Role, Oracle], *, student: Oracle, threshold: float) -> dict[Role, Oracle]:
+def with_cascade(
+    by_role: Mapping[Role, Oracle], *, student: Oracle, threshold: float, oracle_batch: int = 8
+) -> dict[Role, Oracle]:
     """``by_role`` with the patch classifier wrapped in a ``CascadeOracle`` (the controller's hook).
 
     The classifier is the ``classifier`` role, or ``oracle`` when no classifier is set (the stage
@@ -195,5 +219,7 @@ def with_cascade(by_role: Mapping[Role, Oracle], *, student: Oracle, threshold: 
     inner = roles.get("classifier") or roles.get("oracle")
     if inner is None:
         raise ConfigError(f"cascade needs a 'classifier' or 'oracle' backend; roles set: {sorted(roles)}")
-    roles["classifier"] = CascadeOracle(student=student, oracle=inner, threshold=threshold)
+    roles["classifier"] = CascadeOracle(
+        student=student, oracle=inner, threshold=threshold, oracle_batch=oracle_batch
+    )
     return roles

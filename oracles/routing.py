@@ -102,6 +102,8 @@ class RoutedOracle:
         self.model = primary.model
         self.is_vlm = primary.is_vlm
         self.questions: frozenset[Question] = primary.questions | frozenset(self.routed)
+        self.image_px: int | None = getattr(primary, "image_px", None)
+        self.request_batch: int | None = getattr(primary, "request_batch", None)
 
     def _target(self, question: Question, ctx: CallContext) -> tuple[Oracle, CallContext]:
         if question not in self.routed:

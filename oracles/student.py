@@ -3,8 +3,10 @@
 ``build(path)`` (what the registry's ``student:PATH`` calls) loads a ``student.pt`` written by
 ``tissue-oracle distil``. Patches are resized to the student's ``patch_px`` and classified in batches
 on CPU or GPU; each batch is one call and writes one ``calls`` row (zero tokens, zero cost), through
-the same cache rules as every backend. Confidence is the softmax maximum. The student is not a VLM
-and grades no focus (``focus`` is None).
+the same cache rules as every backend. Confidence is the softmax maximum of the temperature-scaled
+logits (``StudentSpec.temperature``, fitted on the validation split by distil). The student is not a
+VLM and grades no focus (``focus`` is None). It asks the stage for patches at its own ``patch_px``
+(``image_px``: read from a low pyramid level) and ``batch_size`` per question (``request_batch``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class StudentOracle:
         self.spec = spec
         self.device = device
         self.batch_size = batch_size
+        self.image_px = spec.patch_px
+        """Read patches at this side: the stage then reads from a low pyramid level."""
+        self.request_batch = batch_size
+        """Patches per question the stage should send: one forward pass, one call row."""
         digest = sha256_file(path)
         self.model = f"{spec.arch}@{digest[:12]}"
         """Names the exact weights, so cached answers never cross between students."""
@@ -100,7 +106,7 @@ class StudentOracle:
         x = np.stack([self._fit(im) for im in req.images])
         with self._torch.no_grad():
             logits = self._net(self._torch.from_numpy(self.spec.to_input(x)).to(self.device))
-            probs = self._torch.softmax(logits.float(), dim=1).cpu().numpy()
+            probs = self._torch.softmax(logits.float() / self.spec.temperature, dim=1).cpu().numpy()
         cls = probs.argmax(1)
         return PatchLabelsAnswer(
             labels=[

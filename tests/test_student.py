@@ -217,17 +217,39 @@ def test_with_cascade_wraps_the_classifier_and_the_stage_keeps_cascade_sources(c
 
 
 @pytest.mark.slow
-def test_policy_cascade_makes_the_run_classifier_a_cascade(checkpoint: Path) -> None:
+def test_policy_cascade_puts_the_student_before_the_budgeted_classifier(checkpoint: Path) -> None:
+    from tissue_oracle.agent.budget_guard import BudgetedOracle
+    from tissue_oracle.agent.controller import budgeted
     from tissue_oracle.agent.oracle_setup import build_oracles
+    from tissue_oracle.policies.ledger import BudgetLedger
     from tissue_oracle.policies.policy import load_policy
 
     policy = load_policy("default").with_updates(
         {"cascade.enabled": True, "cascade.student": f"student:{checkpoint}", "cascade.confidence": 0.8}
     )
     oracles = build_oracles(policy)
-    classifier = oracles.by_role["classifier"]
+    assert oracles.cascade_student is not None and oracles.cascade_threshold == 0.8
+    assert oracles.identities()["cascade_student"]["backend"] == "student"
+    roles = budgeted(oracles, BudgetLedger(), policy)
+    classifier = roles["classifier"]
     assert isinstance(classifier, cascade.CascadeOracle) and classifier.threshold == 0.8
-    assert classifier.student.backend == "student" and classifier.oracle is oracles.by_role["oracle"]
-    assert oracles.identities()["classifier"]["backend"] == "cascade"
-    assert not isinstance(build_oracles(load_policy("default")).by_role["classifier"], cascade.CascadeOracle)
+    assert classifier.oracle_batch == policy.classify.batch_size and classifier.request_batch == 64
+    # Both sides are budgeted: each oracle question the cascade asks reserves its own budget.
+    assert isinstance(classifier.student, BudgetedOracle) and isinstance(classifier.oracle, BudgetedOracle)
+    assert classifier.oracle.inner is oracles.by_role["classifier"]
+    plain = load_policy("default")
+    assert not isinstance(
+        budgeted(build_oracles(plain), BudgetLedger(), plain)["classifier"], cascade.CascadeOracle
+    )
     asyncio.run(oracles.aclose())
+
+
+def test_the_cascade_batches_unsure_patches_for_the_oracle(checkpoint: Path) -> None:
+    student = build(str(checkpoint), device="cpu")
+    plain = build_oracle("classical")
+    req = request(40)
+    wrapped = cascade.CascadeOracle(student=student, oracle=plain, threshold=1.01, oracle_batch=8)
+    rec = MemoryRecorder()
+    answer = asyncio.run(wrapped.patch_labels(req, ctx(rec)))
+    assert [a.ref for a in answer.labels] == req.patches and wrapped.stats.sent_to_oracle == 40
+    assert sum(c.backend == "classical" for c in rec.calls) == 5 == wrapped.stats.oracle_calls  # 40 / 8

@@ -245,6 +245,22 @@ class _Run:
             self.errors.append(message)
 
 
+def read_size(inp: ClassifyPatchesParams, oracle: object) -> int:
+    """Side of the patch images read: ``send_size`` (at most ``patch_size``), or less when the backend
+    says it sees patches smaller (a student's ``image_px``): the slide is then read at a lower
+    pyramid level, which is most of what a student saves."""
+    size = min(inp.send_size, inp.patch_size)
+    wanted = getattr(oracle, "image_px", None)
+    return min(size, int(wanted)) if wanted else size
+
+
+def request_size(inp: ClassifyPatchesParams, oracle: object) -> int:
+    """Patches per question: ``batch_size``, or the backend's own ``request_batch`` when larger (a
+    student labels 64 patches in one forward pass; a cascade re-batches its unsure ones itself)."""
+    wanted = getattr(oracle, "request_batch", None)
+    return max(inp.batch_size, int(wanted)) if wanted else inp.batch_size
+
+
 def _read_batch(deps: StageDeps, refs: list[PatchRef], send_size: int) -> list[np.ndarray]:
     return [deps.slide.read_patch(ref, send_size) for ref in refs]
 
@@ -259,7 +275,7 @@ async def _ask(
             run.failed += len(batch)
             return
         try:
-            images = await deps.in_thread(_read_batch, deps, refs, min(inp.send_size, inp.patch_size))
+            images = await deps.in_thread(_read_batch, deps, refs, read_size(inp, deps.oracle(inp.role)))
             request = PatchLabelsRequest(patches=refs, images=images, exemplars=inp.exemplars)
             answer = await deps.oracle(inp.role).patch_labels(
                 request, deps.context("classify_patches", inp.role)
@@ -290,7 +306,8 @@ async def classify_patches(inp: ClassifyPatchesInput, deps: StageDeps) -> Classi
     scope = region_cells(grid, inp.region) & ((coverage > 0) | (inp.gate_fraction <= 0))
     send = gate(coverage, scope, inp.gate_fraction)
     cells = [(int(r), int(c)) for r, c in zip(*np.nonzero(send), strict=True)]
-    batches = [cells[i : i + inp.batch_size] for i in range(0, len(cells), inp.batch_size)]
+    size = request_size(inp, deps.oracle(inp.role))
+    batches = [cells[i : i + size] for i in range(0, len(cells), size)]
     run = _Run()
     await asyncio.gather(*(_ask(batch, grid, inp, deps, run) for batch in batches))
     source: LabelSource = "few_shot" if inp.exemplars else "zero_shot"

@@ -476,8 +476,10 @@ class StudentSpec(BaseModel):
 
     arch: str = "mobilenetv3_large_100"
     num_classes: int = 2
-    patch_px: int = 128
+    patch_px: int = 64
     patch_size: int = 512
+    temperature: float = Field(default=1.0, gt=0.0)
+    """Logits are divided by this before the softmax (temperature scaling, fitted on validation)."""
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
