@@ -22,19 +22,31 @@ def distil(
     init: Path | None = typer.Option(None, "--init", help="Start from this local checkpoint's weights."),
     epochs: int = typer.Option(10, "--epochs", min=1, help="Most passes over the training patches."),
     patch_px: int = typer.Option(
-        128, "--patch-px", min=16, help="Side in pixels the student sees a patch at."
+        64, "--patch-px", min=16, help="Side in pixels the student sees a patch at (read from a low level)."
     ),
-    max_per_class: int = typer.Option(
-        5000, "--max-per-class", min=1, help="Cap on patches per class per split."
+    arch: str = typer.Option(
+        "mobilenetv3_large_100", "--arch", help="timm architecture (random init unless --init)."
+    ),
+    max_patches: int = typer.Option(
+        20000, "--max-patches", min=1, help="Cap on patches per split, sampled in the data's class ratio."
+    ),
+    min_patches: int = typer.Option(
+        300, "--min-patches", min=2, help="Refuse to train on fewer training patches than this."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=2),
     patience: int = typer.Option(
         3, "--patience", min=1, help="Early stopping: epochs without val improvement."
     ),
+    time_limit: float | None = typer.Option(
+        None, "--time-limit", min=1, help="Stop after the epoch that passes this many seconds."
+    ),
     seed: int = typer.Option(
         0, "--seed", help="Seeds the split, the sampling, the weights and augmentation."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: int = typer.Option(
+        1, "--threads", min=1, help="torch CPU threads (more than free cores is slower)."
+    ),
 ) -> None:
     """Distil the run's pseudo-labels into a MobileNetV3 student, and write its model card."""
     from rich.markup import escape
@@ -47,9 +59,21 @@ def distil(
         console.print(f"[red]error:[/red] --device {device!r} is not one of ['cpu', 'cuda']")
         raise typer.Exit(2)
     try:
-        card = _run(
-            audit, out, run, init, epochs, patch_px, max_per_class, batch_size, patience, seed, device
+        from tissue_oracle.tools.distil_data import DataFloor
+        from tissue_oracle.tools.distil_train import TrainConfig
+        from tissue_oracle.tools.schemas import StudentSpec
+
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            patience=patience,
+            seed=seed,
+            device=device,
+            time_limit_s=time_limit,
+            threads=threads,
         )
+        floor = DataFloor(train_patches=min_patches, per_class=min(30, max(1, min_patches // 10)))
+        card = _run(audit, out, run, init, StudentSpec(arch=arch, patch_px=patch_px), cfg, max_patches, floor)
     except TissueOracleError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
@@ -61,26 +85,20 @@ def _run(
     out: Path,
     run: str | None,
     init: Path | None,
-    epochs: int,
-    patch_px: int,
-    max_per_class: int,
-    batch_size: int,
-    patience: int,
-    seed: int,
-    device: str,
+    spec: Any,
+    cfg: Any,
+    max_patches: int,
+    floor: Any,
 ) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tissue_oracle.store.audit_store import AuditStore
     from tissue_oracle.store.reads import StoreReads
     from tissue_oracle.tools.distil import distil as run_distil
-    from tissue_oracle.tools.distil_train import TrainConfig
     from tissue_oracle.tools.errors import StoreError
-    from tissue_oracle.tools.schemas import StudentSpec
 
     if not audit.is_file():
         raise StoreError(f"audit store {str(audit)!r} does not exist; pass the audit.duckdb a run wrote")
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, device=device)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with AuditStore.open(audit, read_only=True) as store, Progress(*columns, transient=True) as bar:
         tasks: dict[str, Any] = {}
@@ -95,9 +113,10 @@ def _run(
             audit,
             out,
             run_id=run,
-            spec=StudentSpec(patch_px=patch_px),
+            spec=spec,
             cfg=cfg,
-            max_per_class=max_per_class,
+            max_patches=max_patches,
+            floor=floor,
             init=init,
             truth=truth_lookup(),
             progress=progress,
@@ -151,4 +170,12 @@ def _print_card(card: Any) -> None:
         if m is not None:
             table.add_row(name, *(f"{m[k]:.3f}" for k in ("f1", "iou", "precision", "recall")), str(m["n"]))
     console.print(table)
+    cal = card.calibration
+    if cal:
+        console.print(
+            f"calibration: temperature {cal['temperature']}, ECE val {cal['ece_val_before']} -> "
+            f"{cal['ece_val_after']}, test {cal['ece_test_before']} -> {cal['ece_test_after']}"
+        )
+    for warning in card.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     console.print(f"model card: {Path(card.checkpoint).with_name('model_card.json')}")

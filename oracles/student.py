@@ -180,16 +180,26 @@ def load_checkpoint(path: Path) -> tuple[StudentSpec, dict[str, Any]]:
     return StudentSpec.model_validate(obj["spec"]), dict(obj["state_dict"])
 
 
-def build(path: str | Path, *, device: str = "auto", batch_size: int = 64, **options: Any) -> StudentOracle:
-    """The ``student:PATH`` factory. ``device`` is ``cpu``, ``cuda`` or ``auto`` (GPU when present)."""
+def build(
+    path: str | Path, *, device: str = "auto", batch_size: int = 64, threads: int = 1, **options: Any
+) -> StudentOracle:
+    """The ``student:PATH`` factory. ``device`` is ``cpu``, ``cuda`` or ``auto`` (GPU when present).
+
+    On CPU, torch uses at most ``threads`` threads (process-wide): the stage's patch reads run in
+    other threads, and more torch threads than free cores is several times slower on a shared machine.
+    """
     import torch
 
     if options:
-        raise ConfigError(f"unknown student options {sorted(options)}; valid: ['batch_size', 'device']")
+        raise ConfigError(
+            f"unknown student options {sorted(options)}; valid: ['batch_size', 'device', 'threads']"
+        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"student device {device!r} is not one of ['auto', 'cpu', 'cuda']")
+    if device == "cpu":
+        torch.set_num_threads(max(1, min(int(threads), torch.get_num_threads())))
     spec, state = load_checkpoint(Path(path))
     return StudentOracle(
         path=Path(path), spec=spec, state_dict=state, device=device, batch_size=int(batch_size)

@@ -1,8 +1,10 @@
 """Stage 8, distil: turn one run's pseudo-labels into a small, fast student (MobileNetV3-Large-100).
 
-``distil(audit, out, ...)`` reads the labels (``distil_data``), trains (``distil_train``), scores
-the student on the held-out test slides against the teacher's labels (and against ground truth when
-a ``truth`` lookup is given), and writes two files into ``out``:
+``distil(audit, out, ...)`` reads the labels (``distil_data``), refuses when there are too few
+(``DataFloor``), trains (``distil_train``), fits a temperature on the validation split (the card
+gives the calibration error before and after), scores the student on the held-out test slides
+against the teacher's labels (and against ground truth when a ``truth`` lookup is given), times
+its forward pass, and writes two files into ``out``:
 
 - ``student.pt``: ``{"format", "spec" (StudentSpec), "state_dict"}``, loadable by ``student:PATH``;
 - ``model_card.json``: a ``ModelCard`` (data seen, hyper-parameters, teacher identity, metrics).
@@ -73,7 +75,14 @@ class ModelCard(BaseModel):
     best_epoch: int
     epochs_run: int
     history: list[dict[str, float]]
+    stopped_by: str = "epochs"
     train_seconds: float
+    calibration: dict[str, float | int | None] = Field(default_factory=dict)
+    """``temperature`` fitted on val; ``ece_val``/``ece_test`` ``_before`` and ``_after`` (10 bins)."""
+    speed: dict[str, float | int | str] = Field(default_factory=dict)
+    """Forward-pass patches/s on this machine (the end-to-end figure is ``bench.perf.student_bench``'s)."""
+    warnings: list[str] = Field(default_factory=list)
+    """Small splits and anything else a reader of the figures should know."""
     metrics_vs_teacher: dict[str, float | int] | None
     """Test-slide precision/recall/F1/IoU against the teacher's labels (None without test slides)."""
     metrics_vs_truth: dict[str, float | int] | None
@@ -121,7 +130,8 @@ def distil(
     run_id: str | None = None,
     spec: StudentSpec | None = None,
     cfg: fit.TrainConfig | None = None,
-    max_per_class: int = 5000,
+    max_patches: int = 20000,
+    floor: data.DataFloor | None = None,
     init: Path | None = None,
     open_slide: data.SlideOpener | None = None,
     truth: TruthLookup | None = None,
@@ -142,7 +152,12 @@ def distil(
         )
     size = labels.slides[0].size
     spec = (spec or StudentSpec()).model_copy(update={"patch_size": size})
-    split, samples, val_from_train = data.sample_splits(labels, cfg.seed, max_per_class)
+    split, samples, val_from_train = data.sample_splits(labels, cfg.seed, max_patches)
+    slides = by_slide(labels)
+    planned: dict[str, dict[str, int]] = {
+        k: {c: samples[k].count(slides, i) for i, c in enumerate(data.CLASSES)} for k in data.SPLITS
+    }
+    warnings = data.check_enough(planned, floor or data.DataFloor(), labels.run_id)
     opener = open_slide or _default_opener()
     cache = cache_dir or out / "cache"
     arrays = {}
@@ -150,8 +165,6 @@ def distil(
     for name in data.SPLITS:
         tick = None if progress is None else (lambda n: progress("read", n, total))
         arrays[name] = data.gather(labels, samples[name], spec.patch_px, cache, opener, tick)
-    if len(arrays["train"][1]) < 2:
-        raise StoreError(f"run {labels.run_id!r} has fewer than 2 training patches; label more slides first")
     steps = cfg.epochs * len(arrays["train"][1])
     on_step = None if progress is None else (lambda _e, n, _loss: progress("train", n, steps))
     started = time.perf_counter()
@@ -164,7 +177,12 @@ def distil(
         on_step=on_step,
     )
     seconds = time.perf_counter() - started
-    metrics = _score(spec, cfg, result, labels, samples["test"], arrays["test"], truth)
+    model = fit.build_model(spec, result.state_dict).to(cfg.device)
+    calibration, spec = _calibrate(model, spec, cfg.device, arrays["val"][:2], arrays["test"][:2])
+    metrics = _score(model, spec, cfg.device, labels, samples["test"], arrays["test"], truth)
+    speed = _forward_speed(
+        model, spec, cfg.device, arrays["test"][0] if len(arrays["test"][0]) else arrays["val"][0]
+    )
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_NAME
     save_checkpoint(checkpoint, spec, result.state_dict)
@@ -179,12 +197,16 @@ def distil(
         slides={k: list(v) for k, v in split.items()},
         counts={k: _counts(arrays[k][1]) for k in data.SPLITS},
         val_from_train=val_from_train,
-        hyper={**asdict(cfg), "max_per_class": max_per_class, "optimiser": "AdamW", "schedule": "cosine"},
+        hyper={**asdict(cfg), "max_patches": max_patches, "optimiser": "AdamW", "schedule": "cosine"},
         init=None if init is None else str(init),
         best_epoch=result.best_epoch,
         epochs_run=result.epochs_run,
         history=result.history,
+        stopped_by=result.stopped_by,
         train_seconds=round(seconds, 2),
+        calibration=calibration,
+        speed=speed,
+        warnings=warnings,
         **metrics,
     )
     card_path = out / CARD_NAME
@@ -213,10 +235,57 @@ def save_checkpoint(path: Path, spec: StudentSpec, state_dict: dict[str, Any]) -
     )
 
 
-def _score(
+def by_slide(labels: data.PseudoLabels) -> dict[str, data.SlideLabels]:
+    return {s.slide_id: s for s in labels.slides}
+
+
+def _calibrate(
+    model: Any,
     spec: StudentSpec,
-    cfg: fit.TrainConfig,
-    result: fit.TrainResult,
+    device: str,
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+) -> tuple[dict[str, float | int | None], StudentSpec]:
+    """Temperature scaling on the validation split; ECE of val and test before and after."""
+    raw = spec.model_copy(update={"temperature": 1.0})
+    val_logits = fit.predict_logits(model, val[0], raw, device)
+    temperature = fit.fit_temperature(val_logits, val[1])
+    out: dict[str, float | int | None] = {"temperature": round(temperature, 4), "bins": 10}
+    for name, (images, y) in (("val", val), ("test", test)):
+        logits = val_logits if name == "val" else fit.predict_logits(model, images, raw, device)
+        for when, t in (("before", 1.0), ("after", temperature)):
+            ece = fit.expected_calibration_error(fit.softmax(logits, t), y) if len(y) else None
+            out[f"ece_{name}_{when}"] = None if ece is None else round(ece, 4)
+        out[f"n_{name}"] = len(y)
+    return out, spec.model_copy(update={"temperature": temperature})
+
+
+def _forward_speed(
+    model: Any, spec: StudentSpec, device: str, images: np.ndarray
+) -> dict[str, float | int | str]:
+    """Patches/s of the forward pass alone, batches of 64, on the images given (no reads)."""
+    import torch
+
+    if len(images) == 0:
+        return {}
+    batch = np.resize(images, (max(256, len(images[:512])), *images.shape[1:]))[:512]
+    fit.predict_logits(model, batch[:64], spec, device, batch_size=64)  # warm-up
+    started = time.perf_counter()
+    fit.predict_logits(model, batch, spec, device, batch_size=64)
+    pps = len(batch) / (time.perf_counter() - started)
+    return {
+        "forward_patches_per_s": round(pps, 1),
+        "patches": len(batch),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "what": "model forward only, batches of 64, at distil time; end to end: bench.perf.student_bench",
+    }
+
+
+def _score(
+    model: Any,
+    spec: StudentSpec,
+    device: str,
     labels: data.PseudoLabels,
     sample: data.Sample,
     test: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -231,15 +300,14 @@ def _score(
     }
     if len(teacher_y) == 0:
         return none
-    model = fit.build_model(spec, result.state_dict).to(cfg.device)
-    pred = fit.predict(model, images, spec, cfg.device).argmax(1)
+    pred = fit.predict_logits(model, images, spec, device).argmax(1)
     out = dict(none, metrics_vs_teacher=fit.binary_metrics(pred, teacher_y))
     if truth is None:
         return out
-    by_id = {s.slide_id: s for s in labels.slides}
+    slides = by_slide(labels)
     keep, truth_y = [], []
     for k, (slide_id, idx) in enumerate(sample.picks.items()):
-        s = by_id[slide_id]
+        s = slides[slide_id]
         t = truth(s.path, s.xy[idx], s.size)
         if t is not None:
             keep.append(np.flatnonzero(owner == k))

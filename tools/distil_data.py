@@ -16,14 +16,14 @@ slides.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from tissue_oracle.tools.errors import ConfigError, SlideError
+from tissue_oracle.tools.errors import ConfigError, SlideError, StoreError
 from tissue_oracle.tools.schemas import PatchRef
 
 Split = Literal["train", "val", "test"]
@@ -160,30 +160,37 @@ class Sample:
         return int(sum((slides[s].labels[i] == label).sum() for s, i in self.picks.items()))
 
 
-def cap_per_class(
-    slides: list[SlideLabels], max_per_class: int, rng: np.random.Generator, exclude: dict[str, np.ndarray]
+def sample_following_data(
+    slides: list[SlideLabels], max_patches: int, rng: np.random.Generator, exclude: dict[str, np.ndarray]
 ) -> Sample:
-    """Uniformly sample at most ``max_per_class`` patches of each class over ``slides``."""
+    """Uniformly sample at most ``max_patches`` patches over ``slides``, keeping the data's class ratio.
+
+    The classes are sampled in proportion to how often the teacher gave them (stratified, so the
+    ratio holds exactly up to rounding); forcing 50/50 would teach the student a prior the slides
+    don't have and move its decision boundary off the teacher's.
+    """
     pool: list[tuple[str, int, int]] = []
     for s in slides:
         skip = set(exclude.get(s.slide_id, np.empty(0, np.int64)).tolist())
         pool += [(s.slide_id, i, int(s.labels[i])) for i in range(len(s.labels)) if i not in skip]
     picks: dict[str, list[int]] = {}
+    total = len(pool)
     for label in (0, 1):
         members = [p for p in pool if p[2] == label]
-        chosen = rng.permutation(len(members))[:max_per_class]
-        for j in chosen:
+        quota = len(members) if total <= max_patches else round(max_patches * len(members) / total)
+        for j in rng.permutation(len(members))[:quota]:
             picks.setdefault(members[j][0], []).append(members[j][1])
     return Sample(picks={s: np.asarray(sorted(i), np.int64) for s, i in sorted(picks.items())})
 
 
 def sample_splits(
-    labels: PseudoLabels, seed: int, max_per_class: int, val_fraction: float = 0.1
+    labels: PseudoLabels, seed: int, max_patches: int, val_fraction: float = 0.1
 ) -> tuple[dict[Split, list[str]], dict[Split, Sample], bool]:
-    """Split by slide and cap each split per class; returns (slides per split, samples, val_from_train).
+    """Split by slide and cap each split at ``max_patches``; returns (slides per split, samples,
+    val_from_train).
 
     When no slide is left for validation, ``val_fraction`` of the train slides' patches are held
-    out for early stopping and ``val_from_train`` is True (the model card reports it).
+    out for early stopping and calibration, and ``val_from_train`` is True (the model card says so).
     """
     by_id = {s.slide_id: s for s in labels.slides}
     split = split_slides(list(by_id), seed)
@@ -193,14 +200,50 @@ def sample_splits(
     held: dict[str, np.ndarray] = {}
     if val_from_train:
         train_slides = [by_id[s] for s in split["train"]]
-        n_val = max(1, int(val_fraction * max_per_class))
-        samples["val"] = cap_per_class(train_slides, n_val, rng, exclude={})
+        available = sum(len(s.labels) for s in train_slides)
+        n_val = max(1, int(val_fraction * min(max_patches, available)))
+        samples["val"] = sample_following_data(train_slides, n_val, rng, exclude={})
         held = samples["val"].picks
     else:
-        samples["val"] = cap_per_class([by_id[s] for s in split["val"]], max_per_class, rng, exclude={})
-    samples["train"] = cap_per_class([by_id[s] for s in split["train"]], max_per_class, rng, exclude=held)
-    samples["test"] = cap_per_class([by_id[s] for s in split["test"]], max_per_class, rng, exclude={})
+        samples["val"] = sample_following_data([by_id[s] for s in split["val"]], max_patches, rng, exclude={})
+    samples["train"] = sample_following_data(
+        [by_id[s] for s in split["train"]], max_patches, rng, exclude=held
+    )
+    samples["test"] = sample_following_data([by_id[s] for s in split["test"]], max_patches, rng, exclude={})
     return split, samples, val_from_train
+
+
+@dataclass(kw_only=True, frozen=True)
+class DataFloor:
+    """The least data a student is trained on; below it ``check_enough`` refuses."""
+
+    train_patches: int = 300
+    """Training patches in all (the ``tiny`` preset gives about 40: F1 0.000 on its test set)."""
+    per_class: int = 30
+    """Training patches of each class."""
+
+
+#: Below these, a split's figures are reported with a warning (not refused).
+SMALL_VAL, SMALL_TEST = 50, 100
+
+
+def check_enough(counts: Mapping[str, Mapping[str, int]], floor: DataFloor, run_id: str) -> list[str]:
+    """Refuse (``StoreError``) when the train split is under ``floor``; warnings for small val/test."""
+    train = counts["train"]
+    n = sum(train.values())
+    if n < floor.train_patches or min(train.get(c, 0) for c in CLASSES) < floor.per_class:
+        raise StoreError(
+            f"too little data to train a student: run {run_id!r} gives {n} training patches "
+            f"({', '.join(f'{k} {v}' for k, v in train.items())}); at least {floor.train_patches} "
+            f"and {floor.per_class} of each class are needed. Segment more slides with the teacher "
+            "(or a larger patch grid), or lower the floor with --min-patches if you accept a weak student"
+        )
+    warnings = []
+    for name, small in (("val", SMALL_VAL), ("test", SMALL_TEST)):
+        k = sum(counts[name].values())
+        if k < small:
+            warnings.append(f"only {k} {name} patches: its figures are noisy (fewer than {small})")
+    return warnings
 
 
 # --------------------------------------------------------------------------- pixels, cached

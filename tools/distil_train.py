@@ -1,4 +1,5 @@
-"""Distillation training: MobileNetV3 on hard pseudo-labels, augmented with torch ops, early-stopped.
+"""Distillation training: MobileNetV3 on hard pseudo-labels, augmented with torch ops, early-stopped,
+then calibrated by temperature scaling on the validation split.
 
 Everything random draws from one seeded ``torch.Generator`` (weights, shuffling, augmentation), so
 two runs with the same seed, data and thread count give the same weights. Images arrive as RGB
@@ -8,6 +9,7 @@ uint8 ``(N, px, px, 3)``; labels as int64 with 1 = tissue.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,6 +38,14 @@ class TrainConfig:
     device: str = "cpu"
     jitter: float = 0.2
     """Colour jitter strength: brightness, contrast and saturation factors in ``1 ± jitter``."""
+    stain_jitter: float = 0.05
+    """HED stain jitter (Tellez et al. 2018): each stain channel's optical density is scaled by
+    ``1 ± stain_jitter`` and shifted by ``± stain_jitter``, covering stain strength and hue drift."""
+    threads: int = 1
+    """torch CPU threads. One by default: on a shared 2-core machine under load, two threads ran
+    mobilenetv3_large_100 at 4 patches/s forward against 32 with one (measured on this machine)."""
+    time_limit_s: float | None = None
+    """Stop after the epoch that passes this many seconds of training (None: no limit)."""
 
 
 @dataclass(kw_only=True)
@@ -45,7 +55,9 @@ class TrainResult:
     best_epoch: int
     epochs_run: int
     history: list[dict[str, float]]
-    """Per epoch: train_loss, val_loss, val_f1."""
+    """Per epoch: train_loss, val_loss, val_f1, seconds."""
+    stopped_by: str = "epochs"
+    """``epochs``, ``patience`` or ``time_limit``."""
 
 
 def build_model(spec: StudentSpec, init: dict[str, Any] | None = None) -> Any:
@@ -58,11 +70,37 @@ def build_model(spec: StudentSpec, init: dict[str, Any] | None = None) -> Any:
     return model
 
 
-def augment(x: Any, gen: Any, jitter: float) -> Any:
+#: Stain vectors of haematoxylin, eosin and DAB (Ruifrok & Johnston 2001, as in skimage.color).
+_RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+
+
+def hed_jitter(x: Any, gen: Any, sigma: float) -> Any:
+    """Stain augmentation of a float batch ``(N, 3, H, W)`` in [0, 1]: per image, each HED channel's
+    optical density becomes ``alpha * od + beta`` with ``alpha`` in ``1 ± sigma`` and ``beta`` in ``±sigma``.
+
+    Background (optical density near 0) stays near white, so a blank patch does not turn into stain.
+    """
+    import torch
+
+    if sigma <= 0:
+        return x
+    n = x.shape[0]
+    rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=x.dtype)
+    hed_from_rgb = torch.linalg.inv(rgb_from_hed)
+    od = -torch.log(x.clamp(min=1e-3)).permute(0, 2, 3, 1)  # (N, H, W, 3)
+    hed = od @ hed_from_rgb
+    alpha = 1.0 + (torch.rand(n, 1, 1, 3, generator=gen) * 2 - 1) * sigma
+    beta = (torch.rand(n, 1, 1, 3, generator=gen) * 2 - 1) * sigma
+    od2 = ((hed * alpha + beta * (hed.abs() > 0.02)) @ rgb_from_hed).clamp(min=0.0)
+    return torch.exp(-od2).permute(0, 3, 1, 2).contiguous()
+
+
+def augment(x: Any, gen: Any, jitter: float, stain_jitter: float = 0.0) -> Any:
     """Label-preserving augmentation of a float batch ``(N, 3, H, W)`` in [0, 1] (square patches).
 
-    Random 90° rotation, horizontal and vertical flips, and colour jitter (brightness, contrast,
-    saturation). Tissue stays tissue under all of them, so labels are untouched.
+    Random 90° rotation, horizontal and vertical flips, HED stain jitter (``hed_jitter``) and colour
+    jitter (brightness, contrast, saturation). Tissue stays tissue under all of them, so labels are
+    untouched.
     """
     import torch
 
@@ -78,6 +116,7 @@ def augment(x: Any, gen: Any, jitter: float) -> Any:
         if flip_v[i]:
             xi = xi.flip(1)
         out[i] = xi
+    out = hed_jitter(out, gen, stain_jitter)
     factors = 1.0 + (torch.rand(n, 3, 1, 1, 1, generator=gen) * 2 - 1) * jitter
     bright, contrast, sat = factors[:, 0], factors[:, 1], factors[:, 2]
     out = out * bright
@@ -96,19 +135,68 @@ def _normalise(x01: Any, spec: StudentSpec) -> Any:
     return (x01 - mean) / std
 
 
-def predict(
+def predict_logits(
     model: Any, images: np.ndarray, spec: StudentSpec, device: str, batch_size: int = 128
 ) -> np.ndarray:
-    """Softmax probabilities ``(N, 2)`` for RGB uint8 ``(N, px, px, 3)`` (model in eval mode)."""
+    """Raw logits ``(N, 2)`` for RGB uint8 ``(N, px, px, 3)`` (model in eval mode)."""
     import torch
 
     model.eval()
-    probs = []
+    out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             x = torch.from_numpy(spec.to_input(images[i : i + batch_size])).to(device)
-            probs.append(torch.softmax(model(x), dim=1).cpu().numpy())
-    return np.concatenate(probs) if probs else np.empty((0, spec.num_classes), np.float32)
+            out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.empty((0, spec.num_classes), np.float32)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def predict(
+    model: Any, images: np.ndarray, spec: StudentSpec, device: str, batch_size: int = 128
+) -> np.ndarray:
+    """Softmax probabilities ``(N, 2)`` at the spec's temperature (model in eval mode)."""
+    return softmax(predict_logits(model, images, spec, device, batch_size), spec.temperature)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    probs = softmax(logits, temperature)[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(probs, 1e-12, 1.0)).mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising validation NLL (Guo et al. 2017), by search over log T in [-3, 3].
+
+    1.0 (no change) when there is no validation data or only one class in it.
+    """
+    if len(labels) == 0 or len(np.unique(labels)) < 2:
+        return 1.0
+    grid = np.exp(np.linspace(-3.0, 3.0, 121))
+    best = float(grid[int(np.argmin([nll(logits, labels, t) for t in grid]))])
+    fine = best * np.exp(np.linspace(-0.05, 0.05, 21))
+    return float(fine[int(np.argmin([nll(logits, labels, t) for t in fine]))])
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """ECE: the patch-weighted mean gap between confidence and accuracy over ``bins`` equal-width bins."""
+    if len(labels) == 0:
+        return float("nan")
+    conf = probs.max(axis=1)
+    right = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.sum() * abs(float(right[members].mean()) - float(conf[members].mean()))
+    return total / len(labels)
 
 
 def binary_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
@@ -134,6 +222,8 @@ def train(
     import torch
 
     torch.manual_seed(cfg.seed)
+    if cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(spec, init).to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -142,17 +232,32 @@ def train(
     labels = torch.from_numpy(train_xy[1])
     best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = []
+    stopped_by = "epochs"
+    started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         report = partial(_call, on_step, epoch)
         loss = _epoch(model, opt, images, labels, spec, cfg, gen, report)
         sched.step()
         val_loss, val_f1 = _validate(model, val_xy, spec, cfg.device)
-        history.append({"epoch": epoch, "train_loss": loss, "val_loss": val_loss, "val_f1": val_f1})
+        seconds = round(time.perf_counter() - started, 1)
+        history.append(
+            {"epoch": epoch, "train_loss": loss, "val_loss": val_loss, "val_f1": val_f1, "seconds": seconds}
+        )
         if len(val_xy[1]) == 0 or val_loss < best[0]:  # no validation data: keep the latest
             best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
         elif epoch - best[1] >= cfg.patience:
+            stopped_by = "patience"
             break
-    return TrainResult(state_dict=best[2], best_epoch=best[1], epochs_run=len(history), history=history)
+        if cfg.time_limit_s is not None and seconds >= cfg.time_limit_s and epoch < cfg.epochs:
+            stopped_by = "time_limit"
+            break
+    return TrainResult(
+        state_dict=best[2],
+        best_epoch=best[1],
+        epochs_run=len(history),
+        history=history,
+        stopped_by=stopped_by,
+    )
 
 
 def _call(on_step: Callable[[int, int, float], None] | None, epoch: int, n: int, loss: float) -> None:
@@ -180,7 +285,7 @@ def _epoch(
         idx = order[i : i + cfg.batch_size]
         if len(idx) < max(2, cfg.batch_size // 2) < len(order):  # tiny tail batch: noisy BN statistics
             continue
-        x = augment(images[idx].float() / 255.0, gen, cfg.jitter)
+        x = augment(images[idx].float() / 255.0, gen, cfg.jitter, cfg.stain_jitter)
         x = _normalise(x, spec).to(cfg.device)
         loss = F.cross_entropy(model(x), labels[idx].to(cfg.device))
         opt.zero_grad()
@@ -200,6 +305,5 @@ def _validate(
     images, labels = val_xy
     if len(labels) == 0:
         return 0.0, float("nan")
-    probs = predict(model, images, spec, device)
-    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)).mean()
-    return float(nll), float(binary_metrics(probs.argmax(1), labels)["f1"])
+    logits = predict_logits(model, images, spec, device)
+    return nll(logits, labels), float(binary_metrics(logits.argmax(1), labels)["f1"])

@@ -1,296 +1,301 @@
-"""Student figures: distil a classical-oracle run on synthetic slides, time it, and cascade it.
+"""Student figures on held-out synthetic slides: agreement with the teacher, speed, and the cascade curve.
 
-    python -m tissue_oracle.bench.perf.student_bench --out bench-out/student
+    python -m tissue_oracle.bench.perf.student_bench --slides HELDOUT/ --student S/student.pt --out OUT
 
-1. ``leica-like`` synthetic slides (exact truth) are segmented by the default policy, whose every
-   role is the **classical** oracle (no VLM): that run's patch labels are the teacher's.
-2. A student is distilled from that run (``tools.distil``); its model card gives F1 against the
-   teacher and against truth on the held-out test slides, beside the teacher's own F1 against truth.
-3. Speed: the classical oracle and the student label the same in-memory patches (full resolution,
-   as the pipeline sends them) through the ``Oracle`` interface, cache off; patches/s of each and the ratio.
-4. Cascade: the held-out slides are segmented again with ``policy.cascade`` enabled (the student
-   answers first, the classical oracle only below the confidence threshold), and without; oracle
-   patch-label calls per slide and Dice against truth for both.
+The teacher is the **classical oracle** (no VLM) in the per-patch flow (``classify.classical_map``
+off, the flow its distillation labels came from). Every figure below comes from it and from the
+student; none is a VLM result.
 
-Every figure here comes from the classical oracle, never from a VLM, and says so.
+1. The held-out slides are segmented twice through the real CLI, in this process's run: the
+   teacher (default policy, classical in every role) and ``--classifier student:PATH`` (the student
+   labels patches; boxes, review and Auto-context stay classical, as the roles resolve).
+2. Per slide: the student run's final mask against the teacher run's (Dice), the patch labels
+   against the teacher's (F1 with tissue positive, over the patches both runs decided), and both
+   against the synthetic truth.
+3. Speed, end to end on this machine: grid patches per second of slide wall time (reads,
+   clustering, classification, review, clean-up, outputs), and the classify stage alone (reads
+   included), for the student run and for the teacher run measured in the same invocation.
+4. The cascade curve: for each threshold, the student's calibrated confidence on every patch the
+   teacher's oracle answered decides whether the oracle is asked (replayed from the teacher run's
+   answers, patch by patch, before clean-up); oracle calls at ``classify.batch_size`` per question
+   against the plain run, and Dice lost against the teacher's labels and against truth.
+5. Optionally (``--cascade-threshold``) one real cascade run through the CLI at that threshold.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
+import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import typer
 
-from tissue_oracle.agent.controller import segment_file
-from tissue_oracle.agent.oracle_setup import OracleSet, build_oracles
-from tissue_oracle.agent.run_settings import RunDeps, RunSettings
-from tissue_oracle.bench.synth.generate import generate_set
-from tissue_oracle.oracles.cascade import CascadeOracle
+from tissue_oracle.bench.synth.truth import find_truth
 from tissue_oracle.oracles.student import build as build_student
-from tissue_oracle.policies.policy import Policy, load_policy
-from tissue_oracle.store.audit_store import AuditStore
-from tissue_oracle.store.memory import MemoryRecorder
-from tissue_oracle.store.reads import StoreReads
-from tissue_oracle.tools import distil_data
-from tissue_oracle.tools.distil import CARD_NAME, CHECKPOINT_NAME, ModelCard, distil
-from tissue_oracle.tools.distil_train import TrainConfig
-from tissue_oracle.tools.oracle_protocol import CallContext, Oracle
-from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef, RunRecord, StudentSpec
+from tissue_oracle.policies.policy import load_policy
+from tissue_oracle.tools import distil_train as fit
+from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef
 from tissue_oracle.tools.slides import open_slide
 
-TEACHER_RUN = "teacher-classical"
+LABEL = "classical oracle teacher (no VLM) and its distilled student; synthetic held-out slides"
+ORACLE_SOURCES = ("zero_shot", "few_shot")
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
-def truth_grid(slide_path: str | Path, patch_size: int) -> np.ndarray:
-    """Boolean (rows, cols) tissue truth of a synthetic slide on its patch grid."""
-    from tissue_oracle.bench.synth.truth import load_truth
-
-    return np.asarray(load_truth(slide_path).patch_labels(patch_size)) > 0
-
-
-def truth_lookup(path: str, xy: np.ndarray, size: int) -> np.ndarray:
-    grid = truth_grid(path, size)
-    rows = np.clip(xy[:, 1] // size, 0, grid.shape[0] - 1)
-    cols = np.clip(xy[:, 0] // size, 0, grid.shape[1] - 1)
-    return grid[rows, cols].astype(np.int64)
+def teacher_policy(out: Path) -> Path:
+    """The default policy in the per-patch flow (the flow the distillation labels came from)."""
+    path = out / "teacher_policy.yaml"
+    path.write_text(load_policy("default").with_updates({"classify.classical_map": False}).to_yaml())
+    return path
 
 
-def _run_record(run_id: str, policy: Policy) -> RunRecord:
-    return RunRecord(
-        run_id=run_id,
-        policy_name=policy.name,
-        policy_yaml=policy.to_yaml(),
-        policy_hash=policy.policy_hash,
-        tool_version="bench",
-        command_line="tissue_oracle.bench.perf.student_bench",
-    )
-
-
-async def _segment_all(
-    slides: list[Path], store: Any, run_id: str, policy: Policy, oracles: OracleSet, out: Path
-) -> dict[str, Any]:
-    """Segment slides one by one; returns slide id -> (summary, seconds)."""
-    done = {}
-    for path in slides:
-        started = time.perf_counter()
-        settings = RunSettings(run_id=run_id, policy=policy, out_dir=out)
-        summary = await segment_file(path, settings, RunDeps.for_run(settings, oracles=oracles, store=store))
-        done[path.stem] = (summary, time.perf_counter() - started)
-    return done
-
-
-def bench_policy(patch_size: int, batch_size: int = 8) -> Policy:
-    """The default policy (classical oracle in every role) on a ``patch_size`` grid, sent at full res,
-    ``batch_size`` patches per patch-label question."""
-    return load_policy("default").with_updates(
-        {
-            "classify.patch_size": patch_size,
-            "classify.send_size": patch_size,
-            "classify.batch_size": batch_size,
-        }
-    )
-
-
-def teacher_run(slides: list[Path], audit: Path, out: Path, patch_size: int) -> dict[str, float]:
-    """Segment every slide with the classical-oracle policy into ``audit``; seconds per slide."""
-    policy = bench_policy(patch_size)
-    oracles = build_oracles(policy)
-    with AuditStore.open(audit) as store:
-        store.begin_run(_run_record(TEACHER_RUN, policy))
-        done = asyncio.run(_segment_all(slides, store, TEACHER_RUN, policy, oracles, out / "teacher"))
-        store.finish_run(TEACHER_RUN, "finished")
-    return {sid: round(sec, 2) for sid, (_, sec) in done.items()}
-
-
-# --------------------------------------------------------------------------- speed
-
-
-def _patches_for_speed(audit: Path, slide_ids: list[str], limit: int) -> list[tuple[str, PatchRef]]:
-    labels = distil_data.load_pseudo_labels(StoreReads.open_read_only(audit), TEACHER_RUN)
-    picked = []
-    for s in labels.slides:
-        if s.slide_id in slide_ids:
-            picked += [(s.path, PatchRef(x=int(x), y=int(y), size=s.size)) for x, y in s.xy.tolist()]
-    return picked[:limit]
-
-
-async def _throughput(oracle: Oracle, images: list[np.ndarray], refs: list[PatchRef], batch: int) -> float:
-    rec = MemoryRecorder()
-    ctx = CallContext(
-        run_id="speed",
-        slide_id="speed",
-        stage="classify_patches",
-        role="classifier",
-        recorder=rec,
-        use_cache=False,
-    )
+def segment(slides: list[Path], out: Path, policy: Path, extra: list[str]) -> float:
+    """``tissue-oracle segment`` in a subprocess; wall seconds of the whole command."""
+    cmd = [sys.executable, "-m", "tissue_oracle.agent.cli", "segment", *map(str, slides), "--out", str(out)]
+    cmd += ["--policy", str(policy), *extra]
     started = time.perf_counter()
-    for i in range(0, len(images), batch):
-        req = PatchLabelsRequest(patches=refs[i : i + batch], images=images[i : i + batch])
-        await oracle.patch_labels(req, ctx)
-    return len(images) / (time.perf_counter() - started)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
 
 
-def speed(audit: Path, checkpoint: Path, slide_ids: list[str], limit: int = 256) -> dict[str, float]:
-    """Patches/s of the classical oracle and of the student on the same patches at full res (this CPU)."""
-    picked = _patches_for_speed(audit, slide_ids, limit)
-    images: list[np.ndarray] = []
-    for path, ref in picked:
-        with open_slide(path) as slide:
-            images.append(slide.read_patch(ref, ref.size))
-    refs = [ref for _, ref in picked]
-    classical = build_oracles(load_policy("default")).by_role["oracle"]
-    student = build_student(checkpoint, device="cpu", batch_size=64)
-    asyncio.run(_throughput(student, images[:64], refs[:64], 64))  # warm-up: first torch call allocates
-    teacher_pps = asyncio.run(_throughput(classical, images, refs, 8))
-    student_pps = asyncio.run(_throughput(student, images, refs, 64))
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    denom = int(a.sum() + b.sum())
+    return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
+
+
+def _labels(folder: Path) -> dict[tuple[int, int], tuple[bool, str]]:
+    table = pq.read_table(folder / "patches.parquet").to_pydict()
     return {
-        "patches": len(images),
-        "classical_patches_per_s": round(teacher_pps, 1),
-        "student_patches_per_s": round(student_pps, 1),
-        "student_over_classical": round(student_pps / teacher_pps, 2),
+        (int(x), int(y)): (label == "tissue", stage)
+        for x, y, label, stage in zip(table["x"], table["y"], table["label"], table["stage"], strict=True)
     }
 
 
-# --------------------------------------------------------------------------- cascade
+def _truth_grid(slide: Path, patch_size: int) -> np.ndarray | None:
+    truth = find_truth(slide)
+    return None if truth is None else np.asarray(truth.patch_labels(patch_size)) > 0
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    denom = int(pred.sum() + truth.sum())
-    return 1.0 if denom == 0 else 2.0 * int((pred & truth).sum()) / denom
+def _speed(summary: dict[str, Any]) -> dict[str, float]:
+    p = summary["patches"]
+    grid = int(p["rows"]) * int(p["cols"])
+    classify = summary["stages"].get("classify_patches", {}).get("seconds", 0.0)
+    return {
+        "grid_patches": grid,
+        "in_scope": int(p["in_scope"]),
+        "slide_seconds": round(float(summary["seconds"]), 2),
+        "grid_patches_per_s": round(grid / float(summary["seconds"]), 1),
+        "classify_seconds": round(float(classify), 2),
+        "classify_patches_per_s": round(int(p["in_scope"]) / classify, 1) if classify else float("nan"),
+    }
 
 
-def _mask_from_store(
-    audit: Path, run_id: str, slide_id: str, shape: tuple[int, int], size: int
-) -> np.ndarray:
-    mask = np.zeros(shape, bool)
-    for x, y, label in StoreReads.open_read_only(audit).slide_patch_labels(run_id, slide_id):
-        mask[y // size, x // size] = label == "tissue"
-    return mask
+def compare(slide: Path, teacher: Path, student: Path, patch_size: int) -> dict[str, Any]:
+    """Masks and labels of the student run against the teacher run (and both against truth)."""
+    t_mask = np.load(teacher / "mask.npy") > 0
+    s_mask = np.load(student / "mask.npy") > 0
+    t_lab, s_lab = _labels(teacher), _labels(student)
+    both = sorted(set(t_lab) & set(s_lab))
+    t_y = np.array([t_lab[k][0] for k in both])
+    s_y = np.array([s_lab[k][0] for k in both])
+    row: dict[str, Any] = {
+        "mask_dice_vs_teacher": round(_dice(s_mask, t_mask), 4),
+        "label_f1_vs_teacher": round(float(fit.binary_metrics(s_y, t_y)["f1"]), 4),
+        "patches_compared": len(both),
+        "student_decided": sum(s_lab[k][1] == "student" for k in s_lab),
+    }
+    truth = _truth_grid(slide, patch_size)
+    if truth is not None:
+        row["teacher_dice_vs_truth"] = round(_dice(t_mask, truth[: t_mask.shape[0], : t_mask.shape[1]]), 4)
+        row["student_dice_vs_truth"] = round(_dice(s_mask, truth[: s_mask.shape[0], : s_mask.shape[1]]), 4)
+    for name, folder in (("teacher", teacher), ("student", student)):
+        row[f"{name}_speed"] = _speed(json.loads((folder / "summary.json").read_text()))
+    return row
 
 
-def _oracle_calls(audit: Path, run_id: str) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for slide_id, backend, calls, patches in StoreReads.open_read_only(audit).classify_calls_by_slide(run_id):
-        out.setdefault(slide_id, {})[f"{backend}_calls"] = calls
-        out[slide_id][f"{backend}_patches"] = patches
-    return out
+# --------------------------------------------------------------------------- the cascade curve
 
 
-def cascade_figures(
-    slides: list[Path],
-    checkpoint: Path,
-    out: Path,
-    threshold: float,
-    patch_size: int,
-    batch_size: int,
-) -> dict[str, Any]:
-    """Segment ``slides`` with and without the cascade; oracle calls and Dice per slide.
+def student_confidences(student: Any, slide: Path, cells: list[tuple[int, int]], size: int) -> np.ndarray:
+    """(N, 2): the student's tissue label and calibrated confidence for each level-0 cell corner."""
+    refs = [PatchRef(x=x, y=y, size=size) for x, y in cells]
+    with open_slide(slide) as wsi:
+        images = [wsi.read_patch(ref, student.spec.patch_px) for ref in refs]
+    answer = student.classify(PatchLabelsRequest(patches=refs, images=images))
+    return np.array([(lab.label == "tissue", lab.confidence) for lab in answer.labels], dtype=np.float64)
 
-    Each run gets its own audit file (``OUT/<run>.duckdb``): in one store the second run would be
-    answered from the first one's cache and its oracle calls would not count.
+
+def cascade_curve(
+    per_slide: dict[str, dict[str, Any]], thresholds: tuple[float, ...], batch: int, request: int = 64
+) -> list[dict[str, Any]]:
+    """Calls saved and Dice lost per threshold, over all slides (see the module docstring, step 4).
+
+    ``per_slide[slide]`` holds ``teacher`` (bool labels of the oracle-answered patches, raster order),
+    ``student`` ((N, 2) label, confidence), ``truth`` (bool or None), and ``rest`` (the teacher's
+    tissue count outside those patches, which the cascade leaves alone).
     """
-    plain = bench_policy(patch_size, batch_size)
-    cascaded = plain.with_updates(
-        {"cascade.enabled": True, "cascade.student": f"student:{checkpoint}", "cascade.confidence": threshold}
-    )
-    runs = {"plain": (plain, build_oracles(plain)), "cascade": (cascaded, build_oracles(cascaded))}
-    audits = {run_id: out / f"{run_id}.duckdb" for run_id in runs}
-    for run_id, (policy, oracles) in runs.items():
-        audits[run_id].unlink(missing_ok=True)
-        with AuditStore.open(audits[run_id]) as store:
-            store.begin_run(_run_record(run_id, policy))
-            asyncio.run(_segment_all(slides, store, run_id, policy, oracles, out / run_id))
-            store.finish_run(run_id, "finished")
-    wrapped = runs["cascade"][1].by_role["classifier"]
-    assert isinstance(wrapped, CascadeOracle)  # policy.cascade made the run's classifier a cascade
+    rows = []
+    plain_calls = sum(math.ceil(len(d["teacher"]) / batch) for d in per_slide.values())
+    for t in thresholds:
+        calls, dice_t, dice_truth_lost = 0, [], []
+        for d in per_slide.values():
+            teacher, s_label, conf = d["teacher"], d["student"][:, 0] > 0.5, d["student"][:, 1]
+            unsure = conf < t
+            for i in range(0, len(unsure), request):  # the stage sends 64 patches per cascade question
+                calls += math.ceil(int(unsure[i : i + request].sum()) / batch)
+            mixed = np.where(unsure, teacher, s_label)
+            dice_t.append(
+                _dice(mixed, teacher) if d["rest"] == 0 else _dice_with_rest(mixed, teacher, d["rest"])
+            )
+            if d["truth"] is not None:
+                dice_truth_lost.append(_dice(teacher, d["truth"]) - _dice(mixed, d["truth"]))
+        rows.append(
+            {
+                "threshold": t,
+                "oracle_calls": calls,
+                "plain_calls": plain_calls,
+                "calls_saved": round(1 - calls / plain_calls, 4) if plain_calls else 0.0,
+                "worst_slide_dice_vs_teacher": round(min(dice_t), 4),
+                "mean_dice_lost_vs_teacher": round(1 - float(np.mean(dice_t)), 4),
+                "worst_dice_lost_vs_truth": round(max(dice_truth_lost), 4) if dice_truth_lost else None,
+            }
+        )
+    return rows
+
+
+def _dice_with_rest(mixed: np.ndarray, teacher: np.ndarray, rest: int) -> float:
+    """Dice of two slide masks that agree on ``rest`` tissue patches outside the compared ones."""
+    inter = int((mixed & teacher).sum()) + rest
+    return 2.0 * inter / (int(mixed.sum()) + int(teacher.sum()) + 2 * rest)
+
+
+def curve_inputs(slides: list[Path], teacher_out: Path, student: Any, patch_size: int) -> dict[str, Any]:
     per_slide: dict[str, Any] = {}
-    calls = {run_id: _oracle_calls(audits[run_id], run_id) for run_id in runs}
-    for path in slides:
-        truth = truth_grid(path, patch_size)
-        row: dict[str, Any] = {}
-        for run_id in runs:
-            pred = _mask_from_store(audits[run_id], run_id, path.stem, truth.shape, patch_size)
-            row[run_id] = {**calls[run_id].get(path.stem, {}), "dice": round(_dice(pred, truth), 4)}
-        per_slide[path.stem] = row
-    stats = dataclasses.asdict(wrapped.stats)
-    return {"threshold": threshold, "batch_size": batch_size, "per_slide": per_slide, "stats": stats}
+    for slide in slides:
+        labels = _labels(teacher_out / slide.stem)
+        cells = sorted((k for k, v in labels.items() if v[1] in ORACLE_SOURCES), key=lambda k: (k[1], k[0]))
+        truth = _truth_grid(slide, patch_size)
+        per_slide[slide.stem] = {
+            "teacher": np.array([labels[k][0] for k in cells], bool),
+            "student": student_confidences(student, slide, cells, patch_size),
+            "truth": None
+            if truth is None
+            else np.array([truth[y // patch_size, x // patch_size] for x, y in cells]),
+            "rest": sum(v[0] for k, v in labels.items() if v[1] not in ORACLE_SOURCES),
+        }
+    return per_slide
 
 
-# --------------------------------------------------------------------------- the whole figure set
+def real_cascade(
+    slides: list[Path], out: Path, checkpoint: Path, threshold: float, teacher_out: Path
+) -> dict[str, Any]:
+    """One cascade run through the CLI: oracle calls against the teacher run's, Dice against its masks."""
+    import duckdb
 
+    policy = out / "cascade_policy.yaml"
+    cascaded = load_policy("default").with_updates(
+        {
+            "classify.classical_map": False,
+            "cascade.enabled": True,
+            "cascade.student": f"student:{checkpoint}",
+            "cascade.confidence": threshold,
+        }
+    )
+    policy.write_text(cascaded.to_yaml())
+    wall = segment(slides, out / "cascade", policy, [])
 
-def _slides(folder: Path, count: int, seed: int, size: int) -> list[Path]:
-    """The synthetic set, reused when a previous run already wrote it (same names, same seeds)."""
-    paths = [folder / f"leica-like_{seed}_{i:03d}.tiff" for i in range(count)]
-    if all(p.is_file() and (p.with_suffix(".truth") / "meta.json").is_file() for p in paths):
-        with open_slide(paths[0]) as first:
-            if first.dimensions == (size, size):
-                return paths
-    return generate_set(folder, preset="leica-like", count=count, seed=seed, size=size)
+    def oracle_calls(db: Path) -> int:
+        with duckdb.connect(str(db), read_only=True) as con:
+            sql = "SELECT count(*) FROM calls WHERE stage = 'classify_patches' AND backend = 'classical'"
+            return int(con.execute(sql).fetchone()[0])  # type: ignore[index]
+
+    plain, cascade = (
+        oracle_calls(teacher_out / "audit.duckdb"),
+        oracle_calls(out / "cascade" / "audit.duckdb"),
+    )
+    dice = {
+        s.stem: round(
+            _dice(
+                np.load(out / "cascade" / s.stem / "mask.npy") > 0,
+                np.load(teacher_out / s.stem / "mask.npy") > 0,
+            ),
+            4,
+        )
+        for s in slides
+    }
+    return {
+        "threshold": threshold,
+        "plain_oracle_calls": plain,
+        "cascade_oracle_calls": cascade,
+        "calls_saved": round(1 - cascade / plain, 4) if plain else 0.0,
+        "mask_dice_vs_teacher": dice,
+        "wall_s": round(wall, 1),
+    }
 
 
 def main(
+    slides: Path = typer.Option(..., "--slides", help="Folder of held-out synthetic slides (*.tiff)."),
+    student: Path = typer.Option(..., "--student", help="The student.pt to measure."),
     out: Path = typer.Option(Path("bench-out/student"), "--out"),
-    slides: int = typer.Option(10, "--slides", help="Synthetic leica-like slides (split 70/10/20)."),
-    size: int = typer.Option(6144, "--size", help="Square slide side, level-0 px."),
-    patch_size: int = typer.Option(
-        512, "--patch-size", help="Patch grid side, level-0 px (policy override)."
+    cascade_threshold: float | None = typer.Option(
+        None, "--cascade-threshold", help="Also run the real cascade at this threshold."
     ),
-    seed: int = typer.Option(0, "--seed"),
-    patch_px: int = typer.Option(64, "--patch-px"),
-    epochs: int = typer.Option(4, "--epochs"),
-    max_per_class: int = typer.Option(1500, "--max-per-class"),
-    threshold: float = typer.Option(0.9, "--threshold", help="Cascade confidence threshold."),
-    cascade_batch: int = typer.Option(8, "--cascade-batch", help="Patches per question in the cascade runs."),
-    reuse: bool = typer.Option(
-        False, "--reuse", help="Keep OUT's teacher run and student; redo speed and cascade."
-    ),
+    reuse: bool = typer.Option(False, "--reuse", help="Keep OUT's teacher and student runs where present."),
 ) -> None:
-    """Distil a student from a classical-oracle run and measure it (CPU, bounded to a few minutes)."""
+    """Held-out agreement, end-to-end speed and the cascade curve of a student (classical teacher)."""
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    paths = _slides(out / "slides", slides, seed, size)
-    audit = out / "audit.duckdb"
-    card_path, checkpoint = out / "student" / CARD_NAME, out / "student" / CHECKPOINT_NAME
-    teacher_seconds: dict[str, float] | str = "reused"
-    if not (reuse and card_path.is_file() and checkpoint.is_file()):
-        audit.unlink(missing_ok=True)
-        teacher_seconds = teacher_run(paths, audit, out, patch_size)
-        distil(
-            audit,
-            out / "student",
-            spec=StudentSpec(patch_px=patch_px),
-            cfg=TrainConfig(epochs=epochs, seed=seed),
-            max_per_class=max_per_class,
-            truth=truth_lookup,
-            source=StoreReads.open_read_only(audit),
+    paths = sorted(slides.glob("*.tiff"))
+    if not paths:
+        raise typer.BadParameter(
+            f"no *.tiff slides in {str(slides)!r}; write some with `tissue-oracle synth`"
         )
-    card = ModelCard.model_validate_json(card_path.read_text())
-    test_ids = card.slides["test"]
-    figures: dict[str, Any] = {
-        "teacher": card.teacher.model_dump(),
-        "note": "teacher = classical oracle (no VLM); all labels and timings come from it and the student",
-        "teacher_seconds_per_slide": teacher_seconds,
-        "card": {
-            k: getattr(card, k)
-            for k in ("slides", "counts", "metrics_vs_teacher", "metrics_vs_truth", "teacher_vs_truth")
-        },
-        "train_seconds": card.train_seconds,
-        "speed": speed(audit, checkpoint, test_ids),
+    policy = teacher_policy(out)
+    patch_size = load_policy("default").classify.patch_size
+    walls: dict[str, float | str] = {"teacher": "reused", "student": "reused"}
+    if not (reuse and (out / "teacher").is_dir()):
+        walls["teacher"] = round(segment(paths, out / "teacher", policy, []), 1)
+    if not (reuse and (out / "student").is_dir()):
+        student_role = ["--classifier", f"student:{student}"]
+        walls["student"] = round(segment(paths, out / "student", policy, student_role), 1)
+    per_slide = {
+        p.stem: compare(p, out / "teacher" / p.stem, out / "student" / p.stem, patch_size) for p in paths
     }
-    test_paths = [p for p in paths if p.stem in test_ids]
-    figures["cascade"] = cascade_figures(test_paths, checkpoint, out, threshold, patch_size, cascade_batch)
-    figures["total_seconds"] = round(time.perf_counter() - t0, 1)
-    (out / f"student_bench_batch{cascade_batch}.json").write_text(
-        json.dumps(figures, indent=2, default=str) + "\n"
-    )
+    oracle = build_student(student, device="cpu")
+    totals = {}
+    for name in ("teacher", "student"):
+        grid = sum(r[f"{name}_speed"]["grid_patches"] for r in per_slide.values())
+        seconds = sum(r[f"{name}_speed"]["slide_seconds"] for r in per_slide.values())
+        cls_n = sum(r[f"{name}_speed"]["in_scope"] for r in per_slide.values())
+        cls_s = sum(r[f"{name}_speed"]["classify_seconds"] for r in per_slide.values())
+        totals[name] = {
+            "grid_patches_per_s": round(grid / seconds, 1),
+            "classify_patches_per_s": round(cls_n / cls_s, 1) if cls_s else None,
+            "command_wall_s": walls[name],
+        }
+    ratios = {
+        k: round(totals["student"][k] / totals["teacher"][k], 2)
+        for k in ("grid_patches_per_s", "classify_patches_per_s")
+        if totals["student"][k] and totals["teacher"][k]
+    }
+    batch = load_policy("default").classify.batch_size
+    curve = cascade_curve(curve_inputs(paths, out / "teacher", oracle, patch_size), THRESHOLDS, batch)
+    figures: dict[str, Any] = {
+        "label": LABEL,
+        "student": str(student),
+        "spec": oracle.spec.model_dump(),
+        "per_slide": per_slide,
+        "speed": {**totals, "student_over_teacher": ratios},
+        "cascade_curve": curve,
+    }
+    if cascade_threshold is not None:
+        figures["real_cascade"] = real_cascade(paths, out, student, cascade_threshold, out / "teacher")
+    (out / "student_bench.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
     typer.echo(json.dumps(figures, indent=2, default=str))
 
 
