@@ -166,7 +166,11 @@ def slide_card(summary: SlideSummary, out_dir: Path) -> str:
 def cost_plot(timeline: list[tuple[float, float, int]], width: int = 720, height: int = 260) -> str:
     """Cumulative USD (or calls, when every call was free) against seconds, as inline SVG."""
     if not timeline:
-        return "<p class=note>no paid calls recorded</p>"
+        return (
+            f'<svg id="cost-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="40" '
+            'font-size="12" font-family="sans-serif" role="img" aria-label="no paid calls">'
+            '<text x="4" y="24">no paid calls recorded (cost stayed at 0)</text></svg>'
+        )
     use_usd = timeline[-1][1] > 0
     ys = [p[1] if use_usd else float(p[2]) for p in timeline]
     xs = [p[0] for p in timeline]

@@ -51,6 +51,7 @@ def test_workers_share_the_in_flight_limit_and_the_run_budget(slides: Path, tmp_
     assert list((out / "locks").glob("*.lock")) == []  # every lock released
     report = (out / "report.html").read_text()
     assert all(f'data-slide="tiny_0_00{i}"' in report for i in range(3))
+    assert "<polyline" in report  # the priced calls' cumulative cost is plotted
     assert (out / "escalations.csv").exists()
 
     again = runner.invoke(app, args)  # the same run id: resume
