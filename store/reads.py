@@ -194,6 +194,11 @@ class StoreReads:
         sql = "SELECT started_at FROM calls WHERE run_id = ? AND NOT cache_hit"
         return [row[0] for row in self.query(lambda con: con.execute(sql, [run_id]).fetchall())]
 
+    def stage_backend_calls(self, stage: str, backend: str) -> int:
+        """Rows of ``stage`` answered (or attempted) by ``backend``, over every run in the store."""
+        sql = "SELECT count(*) FROM calls WHERE stage = ? AND backend = ?"
+        return int(self.query(lambda con: con.execute(sql, [stage, backend]).fetchone())[0])
+
     def classify_calls_by_slide(self, run_id: str) -> list[tuple[str, str, int, int]]:
         """``(slide_id, backend, calls, patches)`` of the run's paid ``classify_patches`` calls."""
         sql = (

@@ -47,6 +47,8 @@ def test_figures_per_slide_and_role(audit: Path) -> None:
     assert reads.run_calls("run-1") == {"calls_paid": 5, "calls_ok_paid": 4, "cache_hits": 0}
     starts = reads.paid_call_starts("run-1")
     assert len(starts) == 5 and all(isinstance(t, datetime) for t in starts)
+    assert reads.stage_backend_calls("classify_patches", "openai") == 3
+    assert reads.stage_backend_calls("classify_patches", "classical") == 0
 
 
 def test_distillation_and_replay_reads(audit: Path) -> None:

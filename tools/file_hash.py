@@ -27,11 +27,12 @@ import hashlib
 import os
 from pathlib import Path
 
+from tissue_oracle.tools.hashing import file_digest
+
 FULL_HASH_MAX_BYTES = 64 << 20
 EDGE_BYTES = 2 << 20
 SAMPLE_BYTES = 64 << 10
 SAMPLES = 32
-_BLOCK = 1 << 20
 
 
 def content_hash(path: str | Path) -> str:
@@ -44,20 +45,12 @@ def content_hash(path: str | Path) -> str:
 @functools.lru_cache(maxsize=4096)
 def _cached(path: str, size: int, mtime_ns: int, inode: int) -> str:
     if size <= FULL_HASH_MAX_BYTES:
-        scheme, digest = "sha256", _full(path)
+        scheme, digest = "sha256", file_digest(path)
     else:
         scheme, digest = "sha256-sampled", _sampled(path, size)
     if path.lower().endswith(".mrxs"):
         _add_mirax_companions(digest, Path(path))
     return f"{scheme}:{digest.hexdigest()}"
-
-
-def _full(path: str) -> hashlib._Hash:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_BLOCK), b""):
-            digest.update(block)
-    return digest
 
 
 def _sampled(path: str, size: int) -> hashlib._Hash:

@@ -196,7 +196,7 @@ def real_cascade(
     slides: list[Path], out: Path, checkpoint: Path, threshold: float, teacher_out: Path
 ) -> dict[str, Any]:
     """One cascade run through the CLI: oracle calls against the teacher run's, Dice against its masks."""
-    import duckdb
+    from tissue_oracle.store.reads import StoreReads
 
     policy = out / "cascade_policy.yaml"
     cascaded = load_policy("default").with_updates(
@@ -211,9 +211,7 @@ def real_cascade(
     wall = segment(slides, out / "cascade", policy, [])
 
     def oracle_calls(db: Path) -> int:
-        with duckdb.connect(str(db), read_only=True) as con:
-            sql = "SELECT count(*) FROM calls WHERE stage = 'classify_patches' AND backend = 'classical'"
-            return int(con.execute(sql).fetchone()[0])  # type: ignore[index]
+        return StoreReads.open_read_only(db).stage_backend_calls("classify_patches", "classical")
 
     plain, cascade = (
         oracle_calls(teacher_out / "audit.duckdb"),
