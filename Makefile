@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint imports typecheck pytest pytest-fast bench clean links
+.PHONY: install demo test test-fast lint imports typecheck pytest pytest-fast bench peers clean links
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test-fast: lint imports pytest-fast
 
 bench: install
 	$(VENV)/bin/tissue-oracle bench --suite quick --out bench-out
+
+# Optional peer tissue detectors for `bench --suite peers`, each in its own env under .peers/ (not CI).
+peers:
+	bash bench/peers/install.sh
 
 clean:
 	rm -rf build demo-out bench-out .pytest_cache .mypy_cache .ruff_cache
