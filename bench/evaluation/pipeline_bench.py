@@ -51,6 +51,9 @@ def bench_policy(case: Case, *, send_size: int, updates: dict[str, Any] | None =
         "classify.patch_size": case.patch_size,
         "classify.send_size": max(32, min(send_size, case.patch_size)),
         "thumbnail.downsample": thumb_ds,
+        # these rows are the paper's stages (zero-shot, clean, auto-context): ask per patch even
+        # when the oracle is classical (the classical map is compared in `bench --suite peers`)
+        "classify.classical_map": False,
     }
     return load_policy("default").with_updates({**base, **(updates or {})})
 
