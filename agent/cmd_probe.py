@@ -61,7 +61,9 @@ def probe(
             db=db,
         )
     except TissueOracleError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from tissue_oracle.agent.safe_text import plain
+
+        typer.echo(f"error: {plain(exc)}", err=True)
         raise typer.Exit(2) from exc
     if as_json:
         typer.echo(json.dumps(report.as_json() | {"cache": str(cached), "audit": str(db)}, indent=2))
@@ -164,13 +166,14 @@ def print_report(report: ProbeReport, cached: Path, db: Path) -> None:
     from rich.table import Table
 
     from tissue_oracle.agent.console import make_console
+    from tissue_oracle.agent.safe_text import cell
 
-    table = Table(title=f"probe {report.spec} at {report.endpoint}")
+    table = Table(title=cell(f"probe {report.spec} at {report.endpoint}"))
     for column in ("check", "result", "detail"):
         table.add_column(column, overflow="fold")
     marks = {True: "[green]ok[/]", False: "[red]FAILED[/]", None: "[dim]skipped[/]"}
     for check in report.checks:
-        table.add_row(check.name, marks[check.ok], check.detail)
+        table.add_row(cell(check.name), marks[check.ok], cell(check.detail))  # details quote the endpoint
     console = make_console()
     console.print(table)
-    console.print(f"cached for segment: {cached}\naudited calls: {db} (slide 'probe')")
+    console.print(cell(f"cached for segment: {cached}\naudited calls: {db} (slide 'probe')"))
