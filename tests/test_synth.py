@@ -99,7 +99,7 @@ def test_every_stain_renders_distinct_colours() -> None:
 
 
 def test_unknown_preset_lists_the_presets() -> None:
-    with pytest.raises(ConfigError, match="leica-like, stress, zoo, tiny"):
+    with pytest.raises(ConfigError, match="leica-like, stress, hard, zoo, tiny"):
         build_spec("bogus", 0)
 
 
