@@ -19,15 +19,15 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# mypy and import-linter can't see setuptools' package-dir mapping, so they check a tree of links
+# mypy can't see setuptools' package-dir mapping, so they check a tree of links
 # that spells the real import names (tissue_oracle.<folder>).
 links:
 	rm -rf build/typecheck && mkdir -p build/typecheck/tissue_oracle
 	for d in agent tools oracles policies prompts store bench; do ln -s ../../../$$d build/typecheck/tissue_oracle/$$d; done
 
 # The layer table and the no-cycles rule: [tool.importlinter] in pyproject.toml.
-imports: install links
-	cd build/typecheck && PYTHONPATH=. ../../$(VENV)/bin/lint-imports --no-cache ../../pyproject.toml
+imports: install
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install links
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
