@@ -19,7 +19,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# mypy can't see setuptools' package-dir mapping, so they check a tree of links
+# mypy can't see setuptools' package-dir mapping, so it checks a tree of links
 # that spells the real import names (tissue_oracle.<folder>).
 links:
 	rm -rf build/typecheck && mkdir -p build/typecheck/tissue_oracle

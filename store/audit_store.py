@@ -25,7 +25,7 @@ import duckdb
 from tissue_oracle.store import rows as R
 from tissue_oracle.store.call_journal import CallJournal, replay
 from tissue_oracle.store.recorder import FINISHED_STATUSES
-from tissue_oracle.store.sandbox import READ_SANDBOX, refuse_crafted
+from tissue_oracle.store.sandbox import READ_SANDBOX, vetted
 from tissue_oracle.store.schema import SCHEMA_VERSION, migrate
 from tissue_oracle.store.scrub import Scrubber
 from tissue_oracle.store.writer import SlideFinish, Writer
@@ -122,12 +122,7 @@ class AuditStore:
 
     @staticmethod
     def _prepared(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-        conn = _connect(path, read_only)
-        try:
-            refuse_crafted(conn, path)
-        except BaseException:
-            conn.close()
-            raise
+        conn = vetted(_connect(path, read_only), path)
         try:
             if read_only:
                 row = next(iter(conn.execute("SELECT max(version) FROM schema_version").fetchall()), None)

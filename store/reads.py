@@ -13,9 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from tissue_oracle.store.sandbox import READ_SANDBOX, refuse_crafted
+from tissue_oracle.store.sandbox import open_read_only
 from tissue_oracle.tools.errors import ConfigError, StoreError
 
 Query = Callable[[Callable[[Any], Any]], Any]
@@ -37,30 +35,13 @@ def read_only(audit: Path) -> Query:
     """A ``Query`` that opens the audit file read-only for each call (no ``AuditStore`` needed)."""
 
     def query(fn: Callable[[Any], Any]) -> Any:
-        con = _connect(audit)
+        con = open_read_only(audit)
         try:
             return fn(con)
         finally:
             con.close()
 
     return query
-
-
-def _connect(audit: Path) -> duckdb.DuckDBPyConnection:
-    if not audit.is_file():
-        raise StoreError(f"audit store {str(audit)!r} does not exist; pass the audit.duckdb a run wrote")
-    try:
-        con = duckdb.connect(str(audit), read_only=True, config=READ_SANDBOX)
-    except duckdb.Error as exc:
-        raise StoreError(
-            f"cannot open audit store {str(audit)!r} read-only: {exc}. Is it a DuckDB file?"
-        ) from exc
-    try:
-        refuse_crafted(con, audit)
-    except BaseException:
-        con.close()
-        raise
-    return con
 
 
 def table_names(con: Any) -> set[str]:

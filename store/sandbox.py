@@ -79,16 +79,8 @@ def interrupt_after(conn: duckdb.DuckDBPyConnection, seconds: float) -> Iterator
         timer.cancel()
 
 
-def open_for_query(path: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only, sandboxed and bounded connection for ``audit sql``; ``StoreError`` if it can't be."""
-    if not path.is_file():
-        raise StoreError(f"audit store {str(path)!r} does not exist. Check the path (--db).")
-    try:
-        conn = duckdb.connect(str(path), read_only=True, config={**QUERY_LIMITS, **READ_SANDBOX})
-    except duckdb.Error as exc:
-        raise StoreError(
-            f"audit store {str(path)!r} can't be opened read-only: {exc}. Check the file."
-        ) from exc
+def vetted(conn: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyConnection:
+    """``conn`` once ``refuse_crafted`` has passed; closed (and the error raised) otherwise."""
     try:
         refuse_crafted(conn, path)
     except BaseException:
@@ -97,9 +89,26 @@ def open_for_query(path: Path) -> duckdb.DuckDBPyConnection:
     return conn
 
 
+def open_read_only(path: Path, *, bounded: bool = False) -> duckdb.DuckDBPyConnection:
+    """A read-only, sandboxed connection (``bounded``: plus ``QUERY_LIMITS``); ``StoreError`` if it fails."""
+    if not path.is_file():
+        raise StoreError(
+            f"audit store {str(path)!r} does not exist. Check the path (--db / --audit): pass the "
+            "audit.duckdb a run wrote."
+        )
+    config = {**(QUERY_LIMITS if bounded else {}), **READ_SANDBOX}
+    try:
+        conn = duckdb.connect(str(path), read_only=True, config=config)
+    except duckdb.Error as exc:
+        raise StoreError(
+            f"audit store {str(path)!r} can't be opened read-only: {exc}. Is it a DuckDB file a run wrote?"
+        ) from exc
+    return vetted(conn, path)
+
+
 def run_user_sql(path: Path, sql: str, params: list[Any], *, timeout_s: float) -> Table:
-    """``queries.run_sql`` on a connection from ``open_for_query``, stopped after ``timeout_s``."""
-    conn = open_for_query(path)
+    """``queries.run_sql`` on a bounded ``open_read_only`` connection, stopped after ``timeout_s``."""
+    conn = open_read_only(path, bounded=True)
     try:
         with interrupt_after(conn, timeout_s) as fired:
             try:
