@@ -95,10 +95,7 @@ def _run(
     from tissue_oracle.store.audit_store import AuditStore
     from tissue_oracle.store.reads import StoreReads
     from tissue_oracle.tools.distil import distil as run_distil
-    from tissue_oracle.tools.errors import StoreError
 
-    if not audit.is_file():
-        raise StoreError(f"audit store {str(audit)!r} does not exist; pass the audit.duckdb a run wrote")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with AuditStore.open(audit, read_only=True) as store, Progress(*columns, transient=True) as bar:
         tasks: dict[str, Any] = {}
