@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from stage_support import core_slide_pixels, dice
 
 from tissue_oracle.bench.evaluation import peer_bench
@@ -50,3 +51,32 @@ def test_markdown_groups_rows_and_marks_missing_peers() -> None:
     )
     assert "## held-out" in text and "0.900 / 0.4s" in text and "| - |" in text
     assert "lazyslide: skipped: missing" in text
+
+
+def test_markdown_marks_a_slide_where_ours_misses_the_best_threshold() -> None:
+    row = {
+        "slide": "s2",
+        "group": "tuning",
+        "reference": "truth",
+        "dice": {"clam_otsu": 1.0, "lazyslide": 0.5, "ours": 0.9},
+        "best_threshold": 1.0,
+        "ours_minus_best": -0.1,
+        "seconds": {"clam_otsu": 0.1, "tiatoolbox_otsu": 2.0, "ours": 0.4, "ours_segment": 5.0},
+        "ours_scope": "brightfield",
+        "notes": {},
+    }
+    text = peer_bench.markdown({"command": "c", "patch_size": 512, "rows": [row]})
+    assert "| 1.000 | -0.100 ✗ |" in text
+    assert "5.0s (2.5x tia)" in text
+    assert "1 of 1 missed" in text
+
+
+@pytest.mark.slow
+def test_run_case_scores_ours_against_the_best_threshold_and_times_a_segment_run(tmp_path: Path) -> None:
+    case = peer_bench._synthetic_case(tmp_path, "tuning", "tiny", 3, 2048)
+    row = peer_bench.run_case(case, echo=lambda _: None)
+    thresholds = [row["dice"][m] for m in peer_bench.THRESHOLDS if m in row["dice"]]
+    assert row["best_threshold"] == max(thresholds)
+    assert row["ours_minus_best"] == pytest.approx(row["dice"]["ours"] - max(thresholds))
+    # a real default-policy segment run of the slide, timed from its own summary.json
+    assert row["seconds"]["ours_segment"] > 0 and "ours_segment" not in row["notes"]
