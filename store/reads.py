@@ -80,6 +80,17 @@ class StoreReads:
 
         return [(str(b), str(m)) for b, m in self.query(fn)]
 
+    def run_policy_yaml(self, run_id: str) -> str | None:
+        """The policy YAML the run recorded (roles folded in), or None when the run has no row."""
+
+        def fn(con: Any) -> Any:
+            if "runs" not in table_names(con):
+                return None
+            return con.execute("SELECT policy_yaml FROM runs WHERE run_id = ?", [run_id]).fetchone()
+
+        row = self.query(fn)
+        return None if row is None or not row[0] else str(row[0])
+
     def patch_label_rows(self, run_id: str | None = None) -> tuple[str, list[tuple[Any, ...]]]:
         """The run (``run_id``, else the latest with labels) and its label rows, slide by slide.
 

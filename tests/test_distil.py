@@ -190,6 +190,32 @@ def test_labels_come_from_oracle_decided_rows_only(tmp_path: Path) -> None:
         data.load_pseudo_labels(StoreReads.open_read_only(tmp_path / "nope.duckdb"))
 
 
+@pytest.mark.slow
+def test_a_classical_map_run_labels_every_grid_patch_for_distillation(tmp_path: Path) -> None:
+    """The default policy's classical whole-slide map (no call rows) is a teacher distil learns from."""
+    from typer.testing import CliRunner
+
+    from tissue_oracle.agent.cli import app
+    from tissue_oracle.bench.synth.generate import generate_set
+    from tissue_oracle.tools.distil import teacher_identity
+
+    (slide,) = generate_set(tmp_path / "slides", preset="tiny", count=1, seed=3)
+    out = tmp_path / "teacher"
+    done = CliRunner().invoke(app, ["segment", str(slide), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    reads = StoreReads.open_read_only(out / "audit.duckdb")
+    labels = data.load_pseudo_labels(reads)
+    (got,) = labels.slides
+    rows, cols = -(-1536 // got.size), -(-2048 // got.size)
+    assert len(got.labels) == rows * cols  # every grid patch, not just the gated ones
+    assert labels.sources == data.ORACLE_SOURCES and labels.coarse_fill == []
+    assert 0 < got.labels.sum() < len(got.labels)
+    assert reads.labelling_calls(labels.run_id) == []  # the map makes no calls ...
+    teacher = teacher_identity(reads, labels.run_id)  # ... its policy names the labeller
+    assert (teacher.kind, teacher.backends, teacher.is_vlm) == ("classical", ["classical"], False)
+    assert teacher.models == ["classical-map"]
+
+
 def test_val_comes_from_train_patches_when_no_val_slide(tmp_path: Path) -> None:
     labels = data.load_pseudo_labels(StoreReads.open_read_only(write_audit(tmp_path, 2)))
     split, samples, val_from_train = data.sample_splits(labels, seed=0, max_patches=20)

@@ -99,9 +99,18 @@ class DistilResult:
     card: ModelCard
 
 
+#: The model name a card gives the classical whole-slide map (``classify.classical_map``), which
+#: labels every grid patch without a call row.
+CLASSICAL_MAP_MODEL = "classical-map"
+
+
 def teacher_identity(source: data.LabelSource, run_id: str) -> Teacher:
-    """The backends and models whose patch-label calls produced this run's labels."""
-    rows = source.labelling_calls(run_id)
+    """The backends and models whose patch-label calls produced this run's labels.
+
+    A run labelled by the classical whole-slide map (``classify.classical_map`` with the classical
+    oracle classifying) makes no patch-label calls; its policy says who labelled it.
+    """
+    rows = source.labelling_calls(run_id) or _map_labeller(source.run_policy_yaml(run_id))
     backends = sorted({str(r[0]) for r in rows})
     is_vlm = bool(backends) and all(b in VLM_BACKENDS for b in backends)
     if is_vlm:
@@ -111,6 +120,18 @@ def teacher_identity(source: data.LabelSource, run_id: str) -> Teacher:
     else:
         kind = "mixed" if backends else "unknown"
     return Teacher(backends=backends, models=sorted({str(r[1]) for r in rows}), is_vlm=is_vlm, kind=kind)
+
+
+def _map_labeller(policy_yaml: str | None) -> list[tuple[str, str]]:
+    """``[("classical", CLASSICAL_MAP_MODEL)]`` when the run's policy let the classical map label it."""
+    import yaml
+
+    policy = yaml.safe_load(policy_yaml or "") or {}
+    roles = policy.get("roles") or {}
+    classifier = roles.get("classifier") or roles.get("oracle")
+    if (policy.get("classify") or {}).get("classical_map", False) and classifier == "classical":
+        return [("classical", CLASSICAL_MAP_MODEL)]
+    return []
 
 
 def load_init(path: Path) -> dict[str, Any]:

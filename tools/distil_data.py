@@ -73,6 +73,10 @@ class LabelSource(Protocol):
         """Distinct (backend, model) of the run's successful patch-label calls."""
         ...
 
+    def run_policy_yaml(self, run_id: str) -> str | None:
+        """The policy YAML the run recorded (roles folded in), or None."""
+        ...
+
     def patch_label_rows(self, run_id: str | None = None) -> tuple[str, list[tuple[Any, ...]]]:
         """The run (``run_id``, else the latest with labels) and its
         ``(slide_id, path, file_hash, x, y, size, label, source)`` rows, by slide, y, x."""
