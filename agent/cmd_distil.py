@@ -34,6 +34,7 @@ def distil(
         300, "--min-patches", min=2, help="Refuse to train on fewer training patches than this."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=2),
+    lr: float = typer.Option(3e-4, "--lr", min=1e-6, help="AdamW learning rate (cosine-decayed to zero)."),
     patience: int = typer.Option(
         3, "--patience", min=1, help="Early stopping: epochs without val improvement."
     ),
@@ -66,6 +67,7 @@ def distil(
         cfg = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
+            lr=lr,
             patience=patience,
             seed=seed,
             device=device,

@@ -241,6 +241,16 @@ def test_augment_keeps_shape_range_and_pixels_without_jitter() -> None:
     assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.equal(jittered, out)
 
 
+@pytest.mark.parametrize(
+    ("epochs", "limit", "first", "planned"),
+    [(30, 600, 50, 12), (30, 600, 10, 30), (30, 600, 900, 1), (5, 100, 0.0, 5)],
+)
+def test_a_time_limit_plans_the_epochs_that_fit(
+    epochs: int, limit: float, first: float, planned: int
+) -> None:
+    assert fit.fitting_epochs(epochs, limit, first) == planned
+
+
 def test_binary_metrics_table() -> None:
     m = fit.binary_metrics(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
     assert (m["precision"], m["recall"], m["f1"], m["iou"]) == (2 / 3, 2 / 3, 2 / 3, 0.5)

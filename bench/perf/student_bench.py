@@ -2,24 +2,32 @@
 
     python -m tissue_oracle.bench.perf.student_bench --slides HELDOUT/ --student S/student.pt --out OUT
 
-The teacher is the **classical oracle** (no VLM) in the per-patch flow (``classify.classical_map``
-off, the flow its distillation labels came from). Every figure below comes from it and from the
-student; none is a VLM result.
+The teacher is the **classical oracle** (no VLM): the default policy's whole-slide map
+(``classify.classical_map``), which labelled every grid patch the student was distilled from. Every
+figure below comes from it and from the student; none is a VLM result.
 
-1. The held-out slides are segmented twice through the real CLI, in this process's run: the
-   teacher (default policy, classical in every role) and ``--classifier student:PATH`` (the student
-   labels patches; boxes, review and Auto-context stay classical, as the roles resolve).
-2. Per slide: the student run's final mask against the teacher run's (Dice), the patch labels
-   against the teacher's (F1 with tissue positive, over the patches both runs decided), and both
-   against the synthetic truth.
+1. The held-out slides are segmented through the real CLI, in this process's run: ``teacher`` (the
+   default policy: the classical map labels every patch), ``student`` (``--classifier
+   student:PATH``) and ``teacher_pp`` (the per-patch flow, ``classify.classical_map`` off: the flow
+   a paid oracle runs in, whose oracle-asked patches the cascade replays).
+2. Per slide: the student run's final mask against the teacher run's (Dice), its patch labels
+   against the teacher's (F1 with tissue positive, over the patches both runs decided), both
+   against the synthetic truth, and the student network alone on every grid patch (``direct``:
+   F1 of its labels against the teacher's, which is also the Dice of the two label masks).
 3. Speed, end to end on this machine: grid patches per second of slide wall time (reads,
    clustering, classification, review, clean-up, outputs), and the classify stage alone (reads
    included), for the student run and for the teacher run measured in the same invocation.
-4. The cascade curve: for each threshold, the student's calibrated confidence on every patch the
-   teacher's oracle answered decides whether the oracle is asked (replayed from the teacher run's
-   answers, patch by patch, before clean-up); oracle calls at ``classify.batch_size`` per question
-   against the plain run, and Dice lost against the teacher's labels and against truth.
-5. Optionally (``--cascade-threshold``) one real cascade run through the CLI at that threshold.
+4. The cascade curve, replayed: the patches the per-patch flow asked its oracle about
+   (``teacher_pp``'s ``zero_shot``/``few_shot`` rows) go to the student first; at each threshold the
+   patches under its calibrated confidence are answered by the teacher (the map's label), the
+   rest keep the student's. Oracle calls are ``classify.batch_size`` patches per question within
+   64-patch requests, against asking about all of them. Dice lost is the teacher run's mask
+   against the mask with those labels replaced; a map run's mask *is* its labels (no patch
+   clean-up, no review), so the replay is exact for the teacher's own flow, per slide.
+5. Optionally (``--cascade-threshold``) real cascade runs through the CLI in the per-patch flow,
+   against ``teacher_pp``: oracle calls counted from both stores, Dice of the final masks. There
+   the oracle is the per-patch classical oracle, a different classical teacher from the map the
+   student learned (their masks differ on their own), so this measures that mismatch too.
 """
 
 from __future__ import annotations
@@ -48,11 +56,15 @@ ORACLE_SOURCES = ("zero_shot", "few_shot")
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
-def teacher_policy(out: Path) -> Path:
-    """The default policy in the per-patch flow (the flow the distillation labels came from)."""
-    path = out / "teacher_policy.yaml"
-    path.write_text(load_policy("default").with_updates({"classify.classical_map": False}).to_yaml())
+def write_policy(out: Path, name: str, updates: dict[str, Any]) -> Path:
+    """The default policy with ``updates``, written as ``out/name.yaml`` for the CLI."""
+    path = out / f"{name}.yaml"
+    path.write_text(load_policy("default").with_updates(updates).to_yaml())
     return path
+
+
+#: The per-patch flow: the classifier is asked about each gated patch (a paid oracle's flow).
+PER_PATCH = {"classify.classical_map": False}
 
 
 def segment(slides: list[Path], out: Path, policy: Path, extra: list[str]) -> float:
@@ -119,6 +131,23 @@ def compare(slide: Path, teacher: Path, student: Path, patch_size: int) -> dict[
     return row
 
 
+def direct(
+    teacher: dict[tuple[int, int], tuple[bool, str]], grid: dict[tuple[int, int], Any]
+) -> dict[str, Any]:
+    """The student network alone on every patch the teacher labelled: F1 (= Dice of the label masks)."""
+    cells = sorted(teacher)
+    t_y = np.array([teacher[k][0] for k in cells])
+    s_y = np.array([grid[k][0] > 0.5 for k in cells])
+    m = fit.binary_metrics(s_y, t_y)
+    return {
+        "f1": round(float(m["f1"]), 4),
+        "precision": round(float(m["precision"]), 4),
+        "recall": round(float(m["recall"]), 4),
+        "disagree": int((s_y != t_y).sum()),
+        "patches": len(cells),
+    }
+
+
 # --------------------------------------------------------------------------- the cascade curve
 
 
@@ -136,23 +165,21 @@ def cascade_curve(
 ) -> list[dict[str, Any]]:
     """Calls saved and Dice lost per threshold, over all slides (see the module docstring, step 4).
 
-    ``per_slide[slide]`` holds ``teacher`` (bool labels of the oracle-answered patches, raster order),
+    ``per_slide[slide]`` holds ``teacher`` (bool labels of the oracle-asked patches, raster order),
     ``student`` ((N, 2) label, confidence), ``truth`` (bool or None), and ``rest`` (the teacher's
-    tissue count outside those patches, which the cascade leaves alone).
+    tissue count outside those patches, which the cascade leaves alone). The teacher's mask is
+    its labels, so the Dice of the replayed mask against it is exact.
     """
     rows = []
-    plain_calls = sum(math.ceil(len(d["teacher"]) / batch) for d in per_slide.values())
+    plain_calls = sum(_calls(np.ones(len(d["teacher"]), bool), batch, request) for d in per_slide.values())
     for t in thresholds:
         calls, dice_t, dice_truth_lost = 0, [], []
         for d in per_slide.values():
             teacher, s_label, conf = d["teacher"], d["student"][:, 0] > 0.5, d["student"][:, 1]
             unsure = conf < t
-            for i in range(0, len(unsure), request):  # the stage sends 64 patches per cascade question
-                calls += math.ceil(int(unsure[i : i + request].sum()) / batch)
+            calls += _calls(unsure, batch, request)
             mixed = np.where(unsure, teacher, s_label)
-            dice_t.append(
-                _dice(mixed, teacher) if d["rest"] == 0 else _dice_with_rest(mixed, teacher, d["rest"])
-            )
+            dice_t.append(_dice_with_rest(mixed, teacher, d["rest"]))
             if d["truth"] is not None:
                 dice_truth_lost.append(_dice(teacher, d["truth"]) - _dice(mixed, d["truth"]))
         rows.append(
@@ -161,69 +188,78 @@ def cascade_curve(
                 "oracle_calls": calls,
                 "plain_calls": plain_calls,
                 "calls_saved": round(1 - calls / plain_calls, 4) if plain_calls else 0.0,
-                "worst_slide_dice_vs_teacher": round(min(dice_t), 4),
                 "mean_dice_lost_vs_teacher": round(1 - float(np.mean(dice_t)), 4),
+                "worst_slide_dice_lost_vs_teacher": round(1 - min(dice_t), 4),
                 "worst_dice_lost_vs_truth": round(max(dice_truth_lost), 4) if dice_truth_lost else None,
             }
         )
     return rows
 
 
+def _calls(ask: np.ndarray, batch: int, request: int) -> int:
+    """Oracle questions for the patches ``ask`` marks: ``batch`` per question within each request."""
+    return sum(math.ceil(int(ask[i : i + request].sum()) / batch) for i in range(0, len(ask), request))
+
+
 def _dice_with_rest(mixed: np.ndarray, teacher: np.ndarray, rest: int) -> float:
     """Dice of two slide masks that agree on ``rest`` tissue patches outside the compared ones."""
     inter = int((mixed & teacher).sum()) + rest
-    return 2.0 * inter / (int(mixed.sum()) + int(teacher.sum()) + 2 * rest)
+    denom = int(mixed.sum()) + int(teacher.sum()) + 2 * rest
+    return 1.0 if denom == 0 else 2.0 * inter / denom
 
 
-def curve_inputs(slides: list[Path], teacher_out: Path, student: Any, patch_size: int) -> dict[str, Any]:
-    per_slide: dict[str, Any] = {}
-    for slide in slides:
-        labels = _labels(teacher_out / slide.stem)
-        cells = sorted((k for k, v in labels.items() if v[1] in ORACLE_SOURCES), key=lambda k: (k[1], k[0]))
-        truth = _truth_grid(slide, patch_size)
-        per_slide[slide.stem] = {
-            "teacher": np.array([labels[k][0] for k in cells], bool),
-            "student": student_confidences(student, slide, cells, patch_size),
-            "truth": None
-            if truth is None
-            else np.array([truth[y // patch_size, x // patch_size] for x, y in cells]),
-            "rest": sum(v[0] for k, v in labels.items() if v[1] not in ORACLE_SOURCES),
-        }
-    return per_slide
+def student_grid(
+    student: Any, slide: Path, cells: list[tuple[int, int]], size: int
+) -> dict[tuple[int, int], Any]:
+    """The student's (label, confidence) on each level-0 cell corner given."""
+    answers = student_confidences(student, slide, cells, size)
+    return {k: answers[i] for i, k in enumerate(cells)}
+
+
+def curve_inputs(
+    slide: Path,
+    teacher: dict[tuple[int, int], tuple[bool, str]],
+    asked_run: Path,
+    grid: dict[tuple[int, int], Any],
+    patch_size: int,
+) -> dict[str, Any]:
+    """One slide's replay inputs: the cells ``asked_run``'s oracle answered, the teacher's labels there."""
+    asked = _labels(asked_run)
+    cells = sorted((k for k, v in asked.items() if v[1] in ORACLE_SOURCES), key=lambda k: (k[1], k[0]))
+    truth = _truth_grid(slide, patch_size)
+    inside = set(cells)
+    return {
+        "teacher": np.array([teacher[k][0] for k in cells], bool),
+        "student": np.array([grid[k] for k in cells], dtype=np.float64).reshape(-1, 2),
+        "truth": None
+        if truth is None
+        else np.array([truth[y // patch_size, x // patch_size] for x, y in cells], bool),
+        "rest": sum(v[0] for k, v in teacher.items() if k not in inside),
+    }
 
 
 def real_cascade(
-    slides: list[Path], out: Path, checkpoint: Path, threshold: float, teacher_out: Path
+    slides: list[Path], out: Path, checkpoint: Path, threshold: float, baseline: Path
 ) -> dict[str, Any]:
-    """One cascade run through the CLI: oracle calls against the teacher run's, Dice against its masks."""
+    """One cascade run through the CLI (per-patch flow): oracle calls and masks against ``baseline``'s."""
     from tissue_oracle.store.reads import StoreReads
 
-    policy = out / "cascade_policy.yaml"
-    cascaded = load_policy("default").with_updates(
-        {
-            "classify.classical_map": False,
-            "cascade.enabled": True,
-            "cascade.student": f"student:{checkpoint}",
-            "cascade.confidence": threshold,
-        }
-    )
-    policy.write_text(cascaded.to_yaml())
-    wall = segment(slides, out / "cascade", policy, [])
+    updates = {
+        **PER_PATCH,
+        "cascade.enabled": True,
+        "cascade.student": f"student:{checkpoint}",
+        "cascade.confidence": threshold,
+    }
+    run = out / f"cascade_{threshold:g}"
+    wall = segment(slides, run, write_policy(out, f"cascade_{threshold:g}", updates), [])
 
     def oracle_calls(db: Path) -> int:
         return StoreReads.open_read_only(db).stage_backend_calls("classify_patches", "classical")
 
-    plain, cascade = (
-        oracle_calls(teacher_out / "audit.duckdb"),
-        oracle_calls(out / "cascade" / "audit.duckdb"),
-    )
+    plain, cascade = oracle_calls(baseline / "audit.duckdb"), oracle_calls(run / "audit.duckdb")
     dice = {
         s.stem: round(
-            _dice(
-                np.load(out / "cascade" / s.stem / "mask.npy") > 0,
-                np.load(teacher_out / s.stem / "mask.npy") > 0,
-            ),
-            4,
+            _dice(np.load(run / s.stem / "mask.npy") > 0, np.load(baseline / s.stem / "mask.npy") > 0), 4
         )
         for s in slides
     }
@@ -232,7 +268,8 @@ def real_cascade(
         "plain_oracle_calls": plain,
         "cascade_oracle_calls": cascade,
         "calls_saved": round(1 - cascade / plain, 4) if plain else 0.0,
-        "mask_dice_vs_teacher": dice,
+        "mask_dice_vs_teacher_pp": dice,
+        "worst_dice_lost": round(1 - min(dice.values()), 4) if dice else None,
         "wall_s": round(wall, 1),
     }
 
@@ -241,8 +278,8 @@ def main(
     slides: Path = typer.Option(..., "--slides", help="Folder of held-out synthetic slides (*.tiff)."),
     student: Path = typer.Option(..., "--student", help="The student.pt to measure."),
     out: Path = typer.Option(Path("bench-out/student"), "--out"),
-    cascade_threshold: float | None = typer.Option(
-        None, "--cascade-threshold", help="Also run the real cascade at this threshold."
+    cascade_threshold: list[float] = typer.Option(
+        [], "--cascade-threshold", help="Also run the real cascade at this threshold (repeatable)."
     ),
     reuse: bool = typer.Option(False, "--reuse", help="Keep OUT's teacher and student runs where present."),
 ) -> None:
@@ -253,26 +290,36 @@ def main(
         raise typer.BadParameter(
             f"no *.tiff slides in {str(slides)!r}; write some with `tissue-oracle synth`"
         )
-    policy = teacher_policy(out)
     patch_size = load_policy("default").classify.patch_size
-    walls: dict[str, float | str] = {"teacher": "reused", "student": "reused"}
-    if not (reuse and (out / "teacher").is_dir()):
-        walls["teacher"] = round(segment(paths, out / "teacher", policy, []), 1)
-    if not (reuse and (out / "student").is_dir()):
-        student_role = ["--classifier", f"student:{student}"]
-        walls["student"] = round(segment(paths, out / "student", policy, student_role), 1)
+    runs = {
+        "teacher": (write_policy(out, "teacher", {}), []),
+        "student": (write_policy(out, "teacher", {}), ["--classifier", f"student:{student}"]),
+        "teacher_pp": (write_policy(out, "teacher_pp", PER_PATCH), []),
+    }
+    walls: dict[str, float | str] = {}
+    for name, (policy, extra) in runs.items():
+        if reuse and (out / name).is_dir():
+            walls[name] = "reused"
+        else:
+            walls[name] = round(segment(paths, out / name, policy, extra), 1)
     per_slide = {
         p.stem: compare(p, out / "teacher" / p.stem, out / "student" / p.stem, patch_size) for p in paths
     }
     oracle = build_student(student, device="cpu")
+    replay = {}
+    for p in paths:
+        teacher = _labels(out / "teacher" / p.stem)
+        grid = student_grid(oracle, p, sorted(teacher, key=lambda k: (k[1], k[0])), patch_size)
+        per_slide[p.stem]["direct"] = direct(teacher, grid)
+        replay[p.stem] = curve_inputs(p, teacher, out / "teacher_pp" / p.stem, grid, patch_size)
     totals = {}
     for name in ("teacher", "student"):
-        grid = sum(r[f"{name}_speed"]["grid_patches"] for r in per_slide.values())
+        grid_n = sum(r[f"{name}_speed"]["grid_patches"] for r in per_slide.values())
         seconds = sum(r[f"{name}_speed"]["slide_seconds"] for r in per_slide.values())
         cls_n = sum(r[f"{name}_speed"]["in_scope"] for r in per_slide.values())
         cls_s = sum(r[f"{name}_speed"]["classify_seconds"] for r in per_slide.values())
         totals[name] = {
-            "grid_patches_per_s": round(grid / seconds, 1),
+            "grid_patches_per_s": round(grid_n / seconds, 1),
             "classify_patches_per_s": round(cls_n / cls_s, 1) if cls_s else None,
             "command_wall_s": walls[name],
         }
@@ -282,17 +329,15 @@ def main(
         if totals["student"][k] and totals["teacher"][k]
     }
     batch = load_policy("default").classify.batch_size
-    curve = cascade_curve(curve_inputs(paths, out / "teacher", oracle, patch_size), THRESHOLDS, batch)
     figures: dict[str, Any] = {
         "label": LABEL,
         "student": str(student),
         "spec": oracle.spec.model_dump(),
         "per_slide": per_slide,
         "speed": {**totals, "student_over_teacher": ratios},
-        "cascade_curve": curve,
+        "cascade_curve": cascade_curve(replay, THRESHOLDS, batch),
+        "real_cascade": [real_cascade(paths, out, student, t, out / "teacher_pp") for t in cascade_threshold],
     }
-    if cascade_threshold is not None:
-        figures["real_cascade"] = real_cascade(paths, out, student, cascade_threshold, out / "teacher")
     (out / "student_bench.json").write_text(json.dumps(figures, indent=2, default=str) + "\n")
     typer.echo(json.dumps(figures, indent=2, default=str))
 
