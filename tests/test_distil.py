@@ -216,6 +216,26 @@ def test_a_classical_map_run_labels_every_grid_patch_for_distillation(tmp_path: 
     assert teacher.models == ["classical-map"]
 
 
+def test_training_pixels_are_the_student_tiles_and_refuse_off_grid_corners(tmp_path: Path) -> None:
+    from tissue_oracle.tools.schemas import PatchGrid, PatchRef
+    from tissue_oracle.tools.student_tiles import grid_tiles
+
+    labels = data.load_pseudo_labels(StoreReads.open_read_only(write_audit(tmp_path, 1)))
+    (s,) = labels.slides
+    idx = np.array([0, 9, 62, 5])
+    got = data.read_patches(s, idx, 32, tmp_path / "cache", open_slide)
+    with open_slide(s.path) as wsi:
+        tiles = grid_tiles(wsi, PatchGrid(slide_width=512, slide_height=512, patch_size=SIZE), 32)
+        for j, (x, y) in enumerate(s.xy[idx].tolist()):
+            assert np.array_equal(got[j], tiles[(y // SIZE) * GRID + x // SIZE])
+            assert np.array_equal(got[j], wsi.read_patch(PatchRef(x=x, y=y, size=SIZE), out_size=32))
+    shifted = data.SlideLabels(
+        slide_id=s.slide_id, path=s.path, key=s.key, xy=s.xy + 8, size=SIZE, labels=s.labels
+    )
+    with pytest.raises(ConfigError, match="off its 64 px grid"):
+        data.read_patches(shifted, idx, 32, tmp_path / "cache", open_slide)
+
+
 def test_val_comes_from_train_patches_when_no_val_slide(tmp_path: Path) -> None:
     labels = data.load_pseudo_labels(StoreReads.open_read_only(write_audit(tmp_path, 2)))
     split, samples, val_from_train = data.sample_splits(labels, seed=0, max_patches=20)

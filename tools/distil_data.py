@@ -7,10 +7,11 @@ corrected are used: ``coarse`` rows were decided by the colour mask alone (outsi
 budget ran out) and ``student``/``cascade`` rows would teach a student its own mistakes. When a
 class has no oracle-decided row at all, ``coarse`` rows fill that class (the card says so).
 
-Patch pixels are read once through the Slide interface at the size the student sees
-(``read_patch(ref, out_size=patch_px)`` reads from the best pyramid level) and cached on disk as
-``.npy`` files keyed by slide identity + coordinates + sizes, so epochs and re-runs never re-read
-slides.
+Patch pixels come from ``tools.student_tiles``, the one reader of a student's pixels: the slide
+is read in bands of grid rows at ``patch_size / patch_px`` downsample (the best pyramid level) and
+cut along the grid, exactly as the dense student path serves them at inference. They are cached on
+disk as ``.npy`` files keyed by slide identity + coordinates + sizes + that reader's version, so
+epochs and re-runs never re-read slides and pixels made another way are never reused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from tissue_oracle.tools.errors import ConfigError, SlideError, StoreError
-from tissue_oracle.tools.schemas import PatchRef
+from tissue_oracle.tools.schemas import PatchGrid
+from tissue_oracle.tools.student_tiles import band_rows, read_tile_rows
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -33,7 +35,9 @@ ORACLE_SOURCES: tuple[str, ...] = ("zero_shot", "few_shot", "clean")
 CLASSES: tuple[str, str] = ("background", "tissue")
 
 SlideOpener = Callable[[str], Any]
-"""``path -> Slide``; the slide must offer ``read_patch(PatchRef, out_size) -> RGB uint8``."""
+"""``path -> Slide`` (``tools.slide_base.Slide``: ``dimensions`` and ``read_box``)."""
+#: Names how cached pixels were made; part of the cache key (per-patch reads came before it).
+PIXELS = "student_tiles/1"
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -255,7 +259,7 @@ def check_enough(counts: Mapping[str, Mapping[str, int]], floor: DataFloor, run_
 
 def _cache_file(cache_dir: Path, slide: SlideLabels, xy: np.ndarray, patch_px: int) -> Path:
     h = hashlib.sha256()
-    h.update(f"{slide.key}|{slide.size}|{patch_px}|".encode())
+    h.update(f"{PIXELS}|{slide.key}|{slide.size}|{patch_px}|".encode())
     h.update(np.ascontiguousarray(xy, dtype=np.int64).tobytes())
     return cache_dir / f"{slide.key[:16]}-{h.hexdigest()[:24]}.npy"
 
@@ -268,11 +272,14 @@ def read_patches(
     cached = _cache_file(cache_dir, slide, xy, patch_px)
     if cached.is_file():
         return np.load(cached)
-    out = np.empty((len(idx), patch_px, patch_px, 3), np.uint8)
+    if len(xy) and (xy % slide.size).any():
+        raise ConfigError(
+            f"slide {slide.slide_id!r} has patch corners off its {slide.size} px grid; "
+            "distil learns grid patches only"
+        )
     try:
         with open_slide(slide.path) as wsi:
-            for j, (x, y) in enumerate(xy.tolist()):
-                out[j] = wsi.read_patch(PatchRef(x=x, y=y, size=slide.size), out_size=patch_px)
+            out = grid_cells(wsi, slide.size, xy // slide.size, patch_px)
     except SlideError:
         raise
     except OSError as exc:
@@ -283,6 +290,22 @@ def read_patches(
     tmp = cached.with_suffix(".tmp.npy")
     np.save(tmp, out)
     tmp.replace(cached)
+    return out
+
+
+def grid_cells(wsi: Any, patch_size: int, cells: np.ndarray, patch_px: int) -> np.ndarray:
+    """Tiles of the grid cells ``cells`` (``(N, 2)`` column, row), in their order, from banded reads
+    (``tools.student_tiles``) of only the bands that hold one of them."""
+    width, height = wsi.dimensions
+    grid = PatchGrid(slide_width=width, slide_height=height, patch_size=patch_size)
+    out = np.empty((len(cells), patch_px, patch_px, 3), np.uint8)
+    step = band_rows(grid, patch_px)
+    for first in range(0, grid.rows, step):
+        stop = min(grid.rows, first + step)
+        inside = np.flatnonzero((cells[:, 1] >= first) & (cells[:, 1] < stop))
+        if len(inside):
+            tiles = read_tile_rows(wsi, grid, patch_px, first, stop)
+            out[inside] = tiles[(cells[inside, 1] - first) * grid.cols + cells[inside, 0]]
     return out
 
 

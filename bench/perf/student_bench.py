@@ -48,6 +48,7 @@ from tissue_oracle.bench.synth.truth import find_truth
 from tissue_oracle.oracles.student import build as build_student
 from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.tools import distil_train as fit
+from tissue_oracle.tools.distil_data import grid_cells
 from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef
 from tissue_oracle.tools.slides import open_slide
 
@@ -154,9 +155,9 @@ def direct(
 def student_confidences(student: Any, slide: Path, cells: list[tuple[int, int]], size: int) -> np.ndarray:
     """(N, 2): the student's tissue label and calibrated confidence for each level-0 cell corner."""
     refs = [PatchRef(x=x, y=y, size=size) for x, y in cells]
-    with open_slide(slide) as wsi:
-        images = [wsi.read_patch(ref, student.spec.patch_px) for ref in refs]
-    answer = student.classify(PatchLabelsRequest(patches=refs, images=images))
+    with open_slide(slide) as wsi:  # the pixels distil trained on (tools.student_tiles)
+        tiles = grid_cells(wsi, size, np.array(cells, np.int64).reshape(-1, 2) // size, student.spec.patch_px)
+    answer = student.classify(PatchLabelsRequest(patches=refs, images=list(tiles)))
     return np.array([(lab.label == "tissue", lab.confidence) for lab in answer.labels], dtype=np.float64)
 
 
