@@ -29,7 +29,7 @@ def test_unsure_patches_go_to_the_teacher_and_wrong_sure_ones_cost_dice() -> Non
         for r in cascade_curve({"a": slide(teacher, student, rest=2)}, (0.5, 0.9, 0.96, 1.1), 8)
     }
     assert {r["plain_calls"] for r in rows.values()} == {2}
-    # 0.5 keeps everything: 4 wrong labels; teacher tissue 8 + 2 rest, student 4 of them + the wrong 2 on glass
+    # 0.5 keeps all: 4 wrong; teacher tissue 8 + 2 rest, student 6 of those 8 + 2 rest + 2 on glass
     assert rows[0.5]["oracle_calls"] == 0 and rows[0.5]["calls_saved"] == 1.0
     inter, t_sum, s_sum = 6 + 2, 8 + 2, 6 + 2 + 2
     assert rows[0.5]["mean_dice_lost_vs_teacher"] == pytest.approx(round(1 - 2 * inter / (t_sum + s_sum), 4))
