@@ -6,6 +6,12 @@
                                    └──── clean ◄── classify_patches (few-shot, that region) ◄┘
         ─► merge regions in order ─► clean ─► outputs + summary.json ─► store
 
+When the policy allows (``policies.decide.dense_path``), one whole-slide pass replaces grounding,
+M1, per-patch questions, review and Auto-context: the classical tissue map
+(``classify.classical_map``, the classical oracle classifying and reviewing), or a student
+classifier over the slide's tiles (``classify.student_map``, ``tools.classify_patches.classify_grid``).
+Its regions are the pieces of its labels, accepted unreviewed.
+
 The policy decides (``policies.decide``), the tools compute, the store records. Every oracle
 question goes through a ``BudgetedOracle`` on the slide's ledger, so no cap can break; when a
 budget runs out, unanswered patches keep their coarse-mask label and the slide is ``degraded``
@@ -47,12 +53,9 @@ from tissue_oracle.oracles.classical_dense import (
     DenseClassifyOutput,
     classify_dense,
     cut_to_patches,
-    map_boxes,
 )
 from tissue_oracle.oracles.routing import route_questions
-from tissue_oracle.policies.decide import (
-    judge_slide,
-)
+from tissue_oracle.policies.decide import DensePath, dense_path, judge_slide
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy, stage_settings
 from tissue_oracle.policies.prices import FREE
@@ -61,9 +64,12 @@ from tissue_oracle.store.records import patch_records, slide_record
 from tissue_oracle.tools.classify_patches import (
     ClassifyPatchesInput,
     ClassifyPatchesOutput,
+    ClassifyPatchesParams,
+    classify_grid,
     classify_patches,
     final_labels,
     merge_labels,
+    tissue_pieces,
 )
 from tissue_oracle.tools.clean import CleanInput, CleanOutput, clean
 from tissue_oracle.tools.cluster_colours import ClusterColoursInput, ClusterColoursOutput, cluster_colours
@@ -130,8 +136,8 @@ class SlideRun:
             context=self.context,
             max_in_flight=self.policy.classify.max_in_flight,
         )
-        self.classical_only = classical_only(deps.oracles, self.policy)
-        """The classical oracle classifies and reviews: one whole-slide map labels the slide."""
+        self.dense: DensePath | None = dense_path_for(deps.oracles, self.policy)
+        """One whole-slide pass labels the slide (the classical map, or a student over the tiles)."""
 
     def context(self, stage: Stage, role: Role) -> CallContext:
         return CallContext(
@@ -216,11 +222,11 @@ class SlideRun:
         ds = p.thumbnail.downsample
         with self.tally.timed("thumbnail"):
             thumb = await self.deps.in_thread(self.slide.thumbnail, ds)
-        if self.classical_only:  # regions come from the map: no grounding, no fallback box
+        if self.dense is not None:  # regions come from the labels: no grounding, no fallback box
             with self.tally.timed("classify_patches"):
-                dense = await classify_dense(ClassifyDenseInput(patch_size=p.classify.patch_size), self.deps)
-            pieces = GroundBoxesOutput(boxes=map_boxes(dense))
-            return CoarseResult(thumbnail=thumb, boxes=pieces, coarse=None, zero_shot=dense)
+                labels = await self.classify_whole_slide(self.dense)
+            pieces = GroundBoxesOutput(boxes=tissue_pieces(labels))
+            return CoarseResult(thumbnail=thumb, boxes=pieces, coarse=None, zero_shot=labels)
         with self.tally.timed("ground_boxes"):
             boxes = await ground_boxes(
                 GroundBoxesInput(
@@ -239,6 +245,14 @@ class SlideRun:
         zero_shot = await self.classify(coarse)
         return CoarseResult(thumbnail=thumb, boxes=boxes, coarse=coarse, zero_shot=zero_shot)
 
+    async def classify_whole_slide(self, path: DensePath) -> ClassifyPatchesOutput:
+        """Every grid patch from one pass: the classical tissue map, or the classifier over the tiles."""
+        size = self.policy.classify.patch_size
+        if path == "classical":
+            return await classify_dense(ClassifyDenseInput(patch_size=size), self.deps)
+        settings = stage_settings(self.policy.classify, ClassifyPatchesSettings)
+        return await classify_grid(ClassifyPatchesParams(**settings), self.deps)
+
     async def classify(
         self, coarse: ClusterColoursOutput, region: Box | None = None, exemplars: list[Exemplar] | None = None
     ) -> ClassifyPatchesOutput:
@@ -253,7 +267,7 @@ class SlideRun:
             return await classify_patches(inp, self.deps)
 
     async def cleaned(self, tissue: np.ndarray) -> CleanOutput:
-        if self.classical_only:
+        if self.dense == "classical":
             # The map was cleaned at pixel scale (crumbs dropped, small holes filled); the patch
             # rule "drop pieces under N patches" would erase small biopsies and faint pieces.
             none = np.zeros_like(tissue, dtype=bool)
@@ -334,15 +348,16 @@ class SlideRun:
         )
 
 
-def classical_only(oracles: OracleSet, policy: Policy) -> bool:
-    """True when the classical oracle classifies and (if reviewing is on) reviews, and the policy
-    lets one whole-slide map label the slide (``classify.classical_map``)."""
+def dense_path_for(oracles: OracleSet, policy: Policy) -> DensePath | None:
+    """The policy's whole-slide pass for these backends (``policies.decide.dense_path``), if any."""
     roles = oracles.by_role
     classifier = roles.get("classifier") or roles.get("oracle")
     reviewer = roles.get("reviewer") if policy.review.enabled else None
-    if not policy.classify.classical_map or classifier is None:
-        return False
-    return all(o is None or o.backend == "classical" for o in (classifier, reviewer))
+    return dense_path(
+        policy.classify,
+        None if classifier is None else classifier.backend,
+        None if reviewer is None else reviewer.backend,
+    )
 
 
 # --------------------------------------------------------------------------- entry points

@@ -17,8 +17,9 @@ import numpy as np
 from tissue_oracle.agent.summary import RegionSummary, RoundRecord, StageTally
 from tissue_oracle.policies.decide import (
     Decision,
-    classical_map_accepted,
+    DensePath,
     decide_review,
+    map_accepted,
     refinement_failed,
     review_disabled,
 )
@@ -50,7 +51,7 @@ class CoarseResult:
     boxes: GroundBoxesOutput
     """Regions, level-0 frame (one whole-slide box when grounding fell back)."""
     coarse: ClusterColoursOutput | None
-    """The coarse mask M1 (None when the classical map labelled the slide)."""
+    """The coarse mask M1 (None when a whole-slide pass labelled the slide: ``SlideStages.dense``)."""
     zero_shot: ClassifyPatchesOutput
     """Zero-shot labels of every patch M1 touches."""
 
@@ -75,8 +76,9 @@ class SlideStages(Protocol):
     recorder: AuditRecorder
     tally: StageTally
     deps: StageDeps
-    classical_only: bool
-    """One whole-slide classical map labelled the slide: regions are accepted as they are."""
+    dense: DensePath | None
+    """One whole-slide pass labelled the slide (``policies.decide.dense_path``): regions are
+    accepted as they are."""
 
     async def classify(
         self, coarse: ClusterColoursOutput, region: Box | None = None, exemplars: list[Exemplar] | None = None
@@ -95,8 +97,8 @@ async def review_region(run: SlideStages, index: int, box: Box, coarse: CoarseRe
     if not rules.enabled:
         note_decision(run, result, 0, None, review_disabled())
         return result
-    if run.classical_only:
-        note_decision(run, result, 0, None, classical_map_accepted())
+    if run.dense is not None:
+        note_decision(run, result, 0, None, map_accepted(run.dense))
         return result
     labels, before = coarse.zero_shot, None
     while True:
@@ -189,7 +191,7 @@ async def _refine(
     record.exemplars = len(picked.exemplars)
     if not picked.exemplars:
         return None, f"rerank_exemplars: {picked.error or 'no exemplar kept'}"
-    assert coarse.coarse is not None, "refinement needs M1 (not run when the classical map labels)"
+    assert coarse.coarse is not None, "refinement needs M1 (not run when a whole-slide pass labels)"
     few = await run.classify(coarse.coarse, region=box, exemplars=picked.exemplars)
     record.patches_sent = few.sent
     return answered_only(few), ""

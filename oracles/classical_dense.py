@@ -20,7 +20,7 @@ from tissue_oracle.oracles.evidence import focus_from_sharpness, optical_density
 from tissue_oracle.oracles.tissue_map import PATCH_PX, SlideScope, tissue_map
 from tissue_oracle.tools.classify_patches import ClassifyPatchesOutput, patch_coverage
 from tissue_oracle.tools.focus import NO_FOCUS, focus_code
-from tissue_oracle.tools.schemas import Box, PatchGrid, PatchLabel
+from tissue_oracle.tools.schemas import PatchGrid, PatchLabel
 from tissue_oracle.tools.slide_base import Slide
 from tissue_oracle.tools.stage_deps import StageDeps
 
@@ -125,31 +125,6 @@ def cut_to_patches(out: DenseClassifyOutput, tissue: np.ndarray) -> np.ndarray:
     rows = np.minimum(((np.arange(height) + 0.5) * ds // size).astype(np.int64), out.grid.rows - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * ds // size).astype(np.int64), out.grid.cols - 1)
     return np.asarray(out.solid & tissue[np.ix_(rows, cols)], dtype=bool)
-
-
-def map_boxes(out: DenseClassifyOutput) -> list[Box]:
-    """One level-0 box per tissue piece of the patch labels (8-connected), largest first.
-
-    The regions of a classical-map run come from the map itself, so no box can cut a piece off
-    and no grounding fallback is needed.
-    """
-    from scipy import ndimage as ndi
-
-    grid = out.grid
-    labels, _ = ndi.label(out.tissue, structure=np.ones((3, 3), dtype=bool))
-    found = []
-    for window in ndi.find_objects(labels):
-        if window is None:
-            continue
-        rows, cols = window
-        box = Box(
-            x0=cols.start * grid.patch_size,
-            y0=rows.start * grid.patch_size,
-            x1=min(cols.stop * grid.patch_size, grid.slide_width),
-            y1=min(rows.stop * grid.patch_size, grid.slide_height),
-        )
-        found.append(box)
-    return sorted(found, key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0), reverse=True)
 
 
 async def classify_dense(inp: ClassifyDenseInput, deps: StageDeps) -> DenseClassifyOutput:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from tissue_oracle.policies.policy import ReviewParams
+from tissue_oracle.policies.policy import ClassifyParams, ReviewParams
 from tissue_oracle.tools.schemas import Action, Grades
 
 
@@ -39,14 +39,40 @@ def review_disabled() -> Decision:
     return Decision(action="accept", reason="review disabled by the policy")
 
 
-def classical_map_accepted() -> Decision:
-    """A region labelled by the classical map, with the classical oracle as reviewer: no review.
+DensePath = Literal["classical", "student"]
+"""How one pass labels every grid patch: the classical tissue map, or a student over the slide's tiles."""
 
-    A classical review would grade the classical map against the same pixel rules.
+
+def dense_path(classify: ClassifyParams, classifier: str | None, reviewer: str | None) -> DensePath | None:
+    """Whether one whole-slide pass labels the slide instead of the coarse-to-fine flow, and which.
+
+    ``classifier`` and ``reviewer`` are the backends (``Oracle.backend``) playing those roles
+    (``reviewer`` None when the policy does not review). The classical map needs the classical
+    oracle to classify and review (``classify.classical_map``); the student pass needs a student
+    classifier (``classify.student_map``), whoever reviews, since its regions are not reviewed.
     """
-    return Decision(
-        action="accept", reason="classical map: not reviewed (a classical review grades it against itself)"
-    )
+    if classify.student_map and classifier == "student":
+        return "student"
+    if classify.classical_map and classifier == "classical" and reviewer in (None, "classical"):
+        return "classical"
+    return None
+
+
+_MAP_ACCEPTED: dict[DensePath, str] = {
+    "classical": "classical map: not reviewed (a classical review grades it against itself)",
+    "student": (
+        "student map: not reviewed (classify.student_map; Auto-context can't change a student's labels)"
+    ),
+}
+
+
+def map_accepted(path: DensePath) -> Decision:
+    """A region whose labels came from a whole-slide pass (``dense_path``): accepted unreviewed.
+
+    A classical review would grade the classical map against the same pixel rules; a student
+    ignores exemplars, so a refinement round would give it the same patches and the same labels.
+    """
+    return Decision(action="accept", reason=_MAP_ACCEPTED[path])
 
 
 def decide_review(

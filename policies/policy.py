@@ -112,8 +112,16 @@ class ClassifyParams(ClassifyPatchesSettings, _Section):
     timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0)
     classical_map: bool = True
     """When the classical oracle classifies (and reviews), label every patch from one whole-slide
-    tissue map (``tools.classify_dense``) instead of asking it patch by patch: coarse-to-fine
+    tissue map (``oracles.classical_dense``) instead of asking it patch by patch: coarse-to-fine
     spares a paid oracle, not a free one."""
+    student_map: bool = True
+    """When a student (``student:PATH``) classifies, label every grid patch from the slide's tiles
+    (``tools.classify_patches.classify_grid``: banded low-resolution reads, 64 patches per forward
+    pass) instead of grounding, M1 and gated per-patch reads. Its regions are the pieces of its
+    labels and are accepted without review: a student ignores exemplars, so Auto-context can't
+    change its labels, and the grounding, review and refinement questions cost more than the whole
+    student pass. ``false`` runs the per-patch flow with review and Auto-context (rerank goes to the
+    oracle role)."""
 
 
 class ReviewParams(ReviewMaskSettings, _Section):

@@ -154,3 +154,34 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     total = int(a.sum() + b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def segment_two_cores(policy: Any, classifier: Any, out_dir: Any, classifier_spec: str = "classical") -> Any:
+    """``segment_slide`` on the two-core slide with ``classifier`` as the classifier and the classical
+    oracle in the other roles (questions the classifier can't answer go to the oracle); returns
+    ``(summary, recorder)``."""
+    import asyncio
+
+    from tissue_oracle.agent.controller import segment_slide
+    from tissue_oracle.agent.oracle_setup import OracleSet
+    from tissue_oracle.agent.run_settings import RunDeps, RunSettings
+    from tissue_oracle.policies.prices import FREE
+
+    classical = ClassicalOracle()
+    roles: tuple[Role, ...] = ("oracle", "classifier", "reviewer")
+    routed = dict.fromkeys(classical.questions - classifier.questions, "oracle")
+    oracles = OracleSet(
+        by_role={"oracle": classical, "classifier": classifier, "reviewer": classical},
+        specs={"oracle": "classical", "classifier": classifier_spec, "reviewer": "classical"},
+        prices=dict.fromkeys(roles, FREE),
+        attempts=dict.fromkeys(roles, 1),
+        routes={"classifier": routed} if routed else {},
+    )
+    recorder = MemoryRecorder()
+    settings = RunSettings(run_id="r", policy=policy, out_dir=out_dir)
+    image, _ = core_slide_pixels()
+    with open_slide(image, name="two-cores") as slide:
+        summary = asyncio.run(
+            segment_slide(slide, settings, RunDeps.for_run(settings, oracles=oracles, store=recorder))
+        )
+    return summary, recorder

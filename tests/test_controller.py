@@ -161,28 +161,13 @@ def test_spent_slide_budget_degrades_and_flags_the_slide(tmp_path: Path, cap: in
 
 
 def test_failed_questions_keep_the_coarse_label_and_ask_for_a_human(tmp_path: Path) -> None:
-    from stage_support import FaultyOracle
+    from stage_support import FaultyOracle, segment_two_cores
 
-    from tissue_oracle.agent.oracle_setup import OracleSet
     from tissue_oracle.oracles.classical import ClassicalOracle
-    from tissue_oracle.policies.prices import FREE
 
     policy = small_policy(**{"review.enabled": False, "classify.batch_size": 4})
-    classical = ClassicalOracle()
-    faulty = FaultyOracle(inner=classical, fail={"patch_labels": {1, 2}})
-    oracles = OracleSet(
-        by_role={"oracle": classical, "classifier": faulty, "reviewer": classical},
-        specs=dict.fromkeys(("oracle", "classifier", "reviewer"), "classical"),
-        prices=dict.fromkeys(("oracle", "classifier", "reviewer"), FREE),
-        attempts=dict.fromkeys(("oracle", "classifier", "reviewer"), 1),
-    )
-    recorder = MemoryRecorder()
-    settings = RunSettings(run_id="r", policy=policy, out_dir=tmp_path)
-    image, _ = core_slide_pixels()
-    with open_slide(image, name="two-cores") as slide:
-        summary = asyncio.run(
-            segment_slide(slide, settings, RunDeps.for_run(settings, oracles=oracles, store=recorder))
-        )
+    faulty = FaultyOracle(inner=ClassicalOracle(), fail={"patch_labels": {1, 2}})
+    summary, recorder = segment_two_cores(policy, faulty, tmp_path)
     assert summary.patches.coarse_fallback == 8  # two failed questions of four patches each
     assert {"oracle_errors", "needs_human_review"} <= set(summary.flags) and summary.status == "done"
     assert any("coarse label after oracle errors" in r for r in summary.reasons)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -102,27 +104,20 @@ def test_a_routed_question_is_answered_and_recorded_by_the_role_that_answers() -
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("student_map", [True, False], ids=["student-map", "per-patch"])
 def test_segment_with_a_student_classifier_works_on_a_synthetic_slide(
-    checkpoint: Path, slide: Path, tmp_path: Path
+    checkpoint: Path, slide: Path, tmp_path: Path, student_map: bool
 ) -> None:
     out = tmp_path / "out"
-    policy = str(slide.parent / "small.yaml")
-    args = [
-        "segment",
-        str(slide),
-        "--out",
-        str(out),
-        "--policy",
-        policy,
-        "--classifier",
-        f"student:{checkpoint}",
-    ]
-    result = runner.invoke(app, args)
+    policy = load_policy(slide.parent / "small.yaml").with_updates({"classify.student_map": student_map})
+    (tmp_path / "policy.yaml").write_text(policy.to_yaml())
+    args = ["segment", str(slide), "--out", str(out), "--policy", str(tmp_path / "policy.yaml")]
+    result = runner.invoke(app, [*args, "--classifier", f"student:{checkpoint}"])
     assert result.exit_code == 0, result.output
     with AuditStore.open(out / "audit.duckdb", read_only=True) as store:
         status = store.query(lambda c: c.execute("SELECT status, error FROM slides").fetchall())
         calls = store.query(
-            lambda c: c.execute("SELECT DISTINCT stage, role, backend FROM calls ORDER BY 1, 2, 3").fetchall()
+            lambda c: c.execute("SELECT stage, role, backend FROM calls ORDER BY 1, 2, 3").fetchall()
         )
     assert [s for s, _ in status] in (["done"], ["degraded"]), status
     assert ("classify_patches", "classifier", "student") in calls
@@ -130,6 +125,15 @@ def test_segment_with_a_student_classifier_works_on_a_synthetic_slide(
     assert all(role == "oracle" for stage, role, _ in calls if stage == "rerank_exemplars")
     stages = set(pq.read_table(out / slide.stem / "patches.parquet").column("stage").to_pylist())
     assert "student" in stages and not stages & {"zero_shot", "few_shot"}  # the student decided, and says so
+    summary = json.loads((out / slide.stem / "summary.json").read_text())
+    grid = summary["patches"]["rows"] * summary["patches"]["cols"]
+    if student_map:  # every grid patch from the tiles, 64 a call row; nothing else asked
+        assert summary["patches"]["sent_zero_shot"] == grid
+        assert calls == [("classify_patches", "classifier", "student")] * math.ceil(grid / 64)
+        assert "ground_boxes" not in summary["stages"] and "review_mask" not in summary["stages"]
+    else:  # grounding, M1 and review as before
+        assert {"ground_boxes", "cluster_colours"} <= set(summary["stages"])
+        assert summary["patches"]["sent_zero_shot"] < grid
 
 
 def test_segment_refuses_a_student_oracle_before_reading_any_slide(

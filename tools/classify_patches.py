@@ -38,6 +38,7 @@ from tissue_oracle.tools.schemas import (
 )
 from tissue_oracle.tools.stage_deps import StageDeps
 from tissue_oracle.tools.stage_settings import ClassifyPatchesSettings
+from tissue_oracle.tools.student_tiles import band_ranges, read_tile_rows
 
 _MAX_ERRORS_KEPT = 20
 
@@ -266,17 +267,29 @@ def _read_batch(deps: StageDeps, refs: list[PatchRef], send_size: int) -> list[n
 
 
 async def _ask(
-    batch: list[tuple[int, int]], grid: PatchGrid, inp: ClassifyPatchesInput, deps: StageDeps, run: _Run
+    batch: list[tuple[int, int]],
+    grid: PatchGrid,
+    inp: ClassifyPatchesParams,
+    deps: StageDeps,
+    run: _Run,
+    *,
+    exemplars: list[Exemplar],
+    tiles: np.ndarray | None = None,
 ) -> None:
-    """One question for one batch of cells; outcomes go into ``run``."""
+    """One question for one batch of cells; outcomes go into ``run``. ``tiles`` holds the batch's
+    images when they were read already (``classify_grid``); otherwise they are read here."""
     refs = [grid.ref(r, c) for r, c in batch]
     async with deps.slots:
         if run.budget_exhausted:
             run.failed += len(batch)
             return
         try:
-            images = await deps.in_thread(_read_batch, deps, refs, read_size(inp, deps.oracle(inp.role)))
-            request = PatchLabelsRequest(patches=refs, images=images, exemplars=inp.exemplars)
+            if tiles is None:
+                size = read_size(inp, deps.oracle(inp.role))
+                images = await deps.in_thread(_read_batch, deps, refs, size)
+            else:
+                images = list(tiles)
+            request = PatchLabelsRequest(patches=refs, images=images, exemplars=exemplars)
             answer = await deps.oracle(inp.role).patch_labels(
                 request, deps.context("classify_patches", inp.role)
             )
@@ -309,16 +322,88 @@ async def classify_patches(inp: ClassifyPatchesInput, deps: StageDeps) -> Classi
     size = request_size(inp, deps.oracle(inp.role))
     batches = [cells[i : i + size] for i in range(0, len(cells), size)]
     run = _Run()
-    await asyncio.gather(*(_ask(batch, grid, inp, deps, run) for batch in batches))
+    await asyncio.gather(*(_ask(batch, grid, inp, deps, run, exemplars=inp.exemplars) for batch in batches))
     source: LabelSource = "few_shot" if inp.exemplars else "zero_shot"
-    out = _assemble(grid, inp, coverage, scope, send, run, source)
+    out = _assemble(grid, inp, inp.region, coverage, scope, send, run, source)
     out.sent, out.answered = len(cells), len(run.answers)
     return out
 
 
+async def classify_grid(inp: ClassifyPatchesParams, deps: StageDeps) -> ClassifyPatchesOutput:
+    """Label every grid patch with ``inp.role``'s backend, from the slide's tiles (the dense path).
+
+    For a backend that sees small patches (a student's ``image_px``): no M1 and no gate. The slide
+    is read in bands of grid rows at ``patch_size / image_px`` (``tools.student_tiles``, the
+    pixels distillation trains on), each band cut into tiles and sent ``request_size`` patches
+    per question (one forward pass and one ``calls`` row each); the next band is read while the
+    current one is classified. A band that won't read, or a question that fails, leaves its
+    patches background, source ``coarse``, counted in ``failed`` (there is no M1 to fall back on).
+    """
+    width, height = deps.slide.dimensions
+    grid = PatchGrid(slide_width=width, slide_height=height, patch_size=inp.patch_size)
+    oracle = deps.oracle(inp.role)
+    px, size = read_size(inp, oracle), request_size(inp, oracle)
+    run = _Run()
+    bands = band_ranges(grid, px)
+
+    async def read(band: tuple[int, int]) -> np.ndarray | None:
+        try:
+            return await deps.in_thread(read_tile_rows, deps.slide, grid, px, *band)
+        except SlideError as exc:
+            run.failed += (band[1] - band[0]) * grid.cols
+            run.note(f"{type(exc).__name__}: {exc}")
+            return None
+
+    reading = asyncio.ensure_future(read(bands[0]))
+    for i, (first, stop) in enumerate(bands):
+        tiles = await reading
+        if i + 1 < len(bands):
+            reading = asyncio.ensure_future(read(bands[i + 1]))
+        if tiles is None:
+            continue
+        cells = [(r, c) for r in range(first, stop) for c in range(grid.cols)]
+        await asyncio.gather(
+            *(
+                _ask(cells[j : j + size], grid, inp, deps, run, exemplars=[], tiles=tiles[j : j + size])
+                for j in range(0, len(cells), size)
+            )
+        )
+    everything = np.ones(grid.shape, dtype=bool)
+    none = np.zeros(grid.shape, dtype=np.float32)
+    out = _assemble(grid, inp, None, none, everything, everything, run, "zero_shot")
+    out.sent, out.answered = grid.rows * grid.cols, len(run.answers)
+    return out
+
+
+def tissue_pieces(out: ClassifyPatchesOutput) -> list[Box]:
+    """One level-0 box per tissue piece of the patch labels (8-connected), largest first.
+
+    The regions of a whole-slide pass (the classical map, a student's grid) come from its labels,
+    so no box can cut a piece off and no grounding fallback is needed.
+    """
+    from scipy import ndimage as ndi
+
+    grid = out.grid
+    labels, _ = ndi.label(out.tissue, structure=np.ones((3, 3), dtype=bool))
+    found = []
+    for window in ndi.find_objects(labels):
+        if window is None:
+            continue
+        rows, cols = window
+        box = Box(
+            x0=cols.start * grid.patch_size,
+            y0=rows.start * grid.patch_size,
+            x1=min(cols.stop * grid.patch_size, grid.slide_width),
+            y1=min(rows.stop * grid.patch_size, grid.slide_height),
+        )
+        found.append(box)
+    return sorted(found, key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0), reverse=True)
+
+
 def _assemble(
     grid: PatchGrid,
-    inp: ClassifyPatchesInput,
+    inp: ClassifyPatchesParams,
+    region: Box | None,
     coverage: np.ndarray,
     scope: np.ndarray,
     send: np.ndarray,
@@ -354,7 +439,7 @@ def _assemble(
     return ClassifyPatchesOutput(
         grid=grid,
         mode="few_shot" if source == "few_shot" else "zero_shot",
-        region=inp.region,
+        region=region,
         scope=scope,
         coverage=coverage,
         tissue=tissue,

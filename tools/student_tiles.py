@@ -59,6 +59,12 @@ def band_rows(grid: PatchGrid, patch_px: int, max_pixels: int = BAND_PIXELS) -> 
     return max(1, min(grid.rows, max_pixels // max(per_row, 1)))
 
 
+def band_ranges(grid: PatchGrid, patch_px: int, max_pixels: int = BAND_PIXELS) -> list[tuple[int, int]]:
+    """``[first, stop)`` grid rows of each band, top to bottom (``band_rows`` rows each)."""
+    step = band_rows(grid, patch_px, max_pixels)
+    return [(first, min(grid.rows, first + step)) for first in range(0, grid.rows, step)]
+
+
 def read_tile_rows(slide: Slide, grid: PatchGrid, patch_px: int, first: int, stop: int) -> np.ndarray:
     """Tiles of grid rows ``[first, stop)``: ``((stop-first)*cols, px, px, 3)`` uint8, row-major."""
     if not 0 <= first < stop <= grid.rows:
@@ -73,9 +79,8 @@ def iter_tile_bands(
     slide: Slide, grid: PatchGrid, patch_px: int, max_pixels: int = BAND_PIXELS
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(first_row, tiles)`` per band of whole grid rows, top to bottom (see ``band_rows``)."""
-    step = band_rows(grid, patch_px, max_pixels)
-    for first in range(0, grid.rows, step):
-        yield first, read_tile_rows(slide, grid, patch_px, first, min(grid.rows, first + step))
+    for first, stop in band_ranges(grid, patch_px, max_pixels):
+        yield first, read_tile_rows(slide, grid, patch_px, first, stop)
 
 
 def grid_tiles(slide: Slide, grid: PatchGrid, patch_px: int) -> np.ndarray:
