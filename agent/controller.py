@@ -267,9 +267,10 @@ class SlideRun:
             return await classify_patches(inp, self.deps)
 
     async def cleaned(self, tissue: np.ndarray) -> CleanOutput:
-        if self.dense == "classical":
-            # The map was cleaned at pixel scale (crumbs dropped, small holes filled); the patch
-            # rule "drop pieces under N patches" would erase small biopsies and faint pieces.
+        if self.dense is not None:
+            # The classical map was cleaned at pixel scale (crumbs dropped, small holes filled), and a
+            # student imitates the final labels it was distilled from; the patch rule "drop pieces
+            # under N patches" would erase small biopsies and faint pieces the teacher keeps.
             none = np.zeros_like(tissue, dtype=bool)
             return CleanOutput(
                 tissue=tissue,

@@ -118,10 +118,10 @@ class ClassifyParams(ClassifyPatchesSettings, _Section):
     """When a student (``student:PATH``) classifies, label every grid patch from the slide's tiles
     (``tools.classify_patches.classify_grid``: banded low-resolution reads, 64 patches per forward
     pass) instead of grounding, M1 and gated per-patch reads. Its regions are the pieces of its
-    labels and are accepted without review: a student ignores exemplars, so Auto-context can't
-    change its labels, and the grounding, review and refinement questions cost more than the whole
-    student pass. ``false`` runs the per-patch flow with review and Auto-context (rerank goes to the
-    oracle role)."""
+    labels, accepted without review (a student ignores exemplars, so Auto-context can't change its
+    labels, and the grounding, review and refinement questions cost more than the whole student
+    pass), and not patch-cleaned (a student imitates its teacher's final labels). ``false`` runs
+    the per-patch flow with review and Auto-context (rerank goes to the oracle role)."""
 
 
 class ReviewParams(ReviewMaskSettings, _Section):
