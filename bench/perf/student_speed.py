@@ -98,8 +98,10 @@ def _slide_span(db: Path) -> tuple[datetime, datetime]:
 
     sql = "SELECT min(started_at), max(finished_at) FROM slides"
     with AuditStore.open(db, read_only=True) as store:
-        first, last = store.query(lambda c: c.execute(sql).fetchone())
-    return first, last
+        row = store.query(lambda c: c.execute(sql).fetchone())
+    if row is None or row[0] is None or row[1] is None:
+        raise RuntimeError(f"{str(db)!r} records no finished slide: the run failed")
+    return row[0], row[1]
 
 
 def model_load_seconds(checkpoint: Path) -> float:
