@@ -18,7 +18,13 @@ The rules, in order (``tissue_map``):
    blue/green, which no stain is.
 4. Tissue grows from the seeds into weaker, still coloured or dense, evidence (edges, faint and
    blurred parts, folds, dark fibres), then small gaps are closed, holes filled and crumbs
-   dropped.
+   dropped. Growth reads 3x3 means, which spread it one pixel into glass: an edge pixel stays
+   only when its own OD is at least half the substrate's beside it (the half-inside edge).
+5. Stain precipitate: what the map holds beyond strong stain (CLAM's saturation Otsu over the
+   image) is faint tissue or precipitate. A piece of it is dropped when it is dotted with
+   isolated dark spikes (granules of one or two pixels) and its 90th-percentile OD is far above
+   its median: dark grains on a faint haze. Faint tissue is pale throughout (its nuclei too), and
+   the dark parts of silver stains are joined lines, not dots.
 
 Not a VLM: every output that uses it is labelled classical.
 """
@@ -55,6 +61,9 @@ class MapParams:
     """Local mean OD above which a pixel is evidence whatever its colour (silver, elastic, folds)."""
     min_piece_area: float = 0.25
     """Tissue components smaller than this share of a patch are dropped (dust, debris, crystals)."""
+    edge_od: float = 0.5
+    """An edge pixel of the map is kept when its own OD reaches this share of the substrate's
+    next to it (else it is the halo of growth's 3x3 mean: the half-inside rule of the truth)."""
     max_hole_area: float = 4.0
     """Holes up to this many patches are filled (lumina, pale cytoplasm)."""
     fluorescence_luminance: float = 60.0
@@ -63,6 +72,12 @@ class MapParams:
     """Tissue share of the image above which the glass reference is doubtful."""
     all_glass: float = 0.001
     """Tissue share of the image below which the slide is reported as glass."""
+    speckle_spike: float = 0.12
+    """OD by which a dot stands above its 3x3 grey opening (a granule, a nucleus, a fibre)."""
+    speckle_iso: float = 0.02
+    """Share of isolated dots (dark spikes of at most 2 px) above which a weak piece is speckle ..."""
+    speckle_contrast: float = 2.5
+    """... when its 90th-percentile OD is also this many times its median (dark dots on a haze)."""
 
 
 DEFAULT_MAP_PARAMS = MapParams()
@@ -200,7 +215,14 @@ def tissue_map(
     evidence = ndi.binary_propagation(seeds, mask=weak | seeds) if seeds.any() else seeds
     closed = ndi.binary_closing(evidence, iterations=max(1, p // 16), border_value=0) | evidence
     solid = _fill_small_holes(closed, params.max_hole_area * patch_area)
+    # The 3x3 means growth reads spread tissue one pixel into glass: take back the edge pixels
+    # whose own OD is weak (a blurred rim), as the truth's "half inside" edge would.
+    inner = np.asarray(ndi.binary_erosion(solid, border_value=1))
+    substrate = ndi.maximum_filter(np.where(inner, od_floor, 0.0), size=3)
+    solid = inner | (solid & (od > params.edge_od * substrate))
     solid = _drop_small(solid & ~ink, params.min_piece_area * patch_area)
+    solid &= ~_speckle_pieces(solid, img, od, params, params.min_piece_area * patch_area)
+    solid = _drop_small(solid, params.min_piece_area * patch_area)
     return TissueMap(
         solid=solid,
         evidence=evidence,
@@ -244,6 +266,39 @@ def slide_scope(
             ),
         )
     return SlideScope(kind="brightfield")
+
+
+def _speckle_pieces(
+    solid: np.ndarray, img: np.ndarray, od: np.ndarray, params: MapParams, min_area: float
+) -> np.ndarray:
+    """Weak pieces of the map that are stain precipitate: isolated dark dots on a faint haze.
+
+    Strong stain (CLAM's saturation Otsu over the image) is kept as it is. What the map adds
+    beyond it is either faint tissue (a continuous pale substrate whose nuclei and fibres are as
+    pale, or joined into lines) or precipitate (granules much darker than the haze under them,
+    one or two pixels each at this scale). A piece of the addition is dropped when it is dotted
+    with isolated dark spikes and its dark tail is far above its median.
+    """
+    from skimage.filters import threshold_otsu
+    from skimage.filters.rank import median
+
+    sat = median(np.round(_saturation(img) * 255.0).astype(np.uint8), np.ones((7, 7), dtype=bool))
+    strong = sat > threshold_otsu(sat) if sat.min() < sat.max() else np.zeros(sat.shape, dtype=bool)
+    pieces, count = ndi.label(solid & ~strong)
+    if count == 0:
+        return np.zeros(solid.shape, dtype=bool)
+    spike = (od - ndi.grey_opening(od, size=3)) > params.speckle_spike
+    spikes, n_spikes = ndi.label(spike, structure=np.ones((3, 3), dtype=bool))
+    spike_size = np.bincount(spikes.ravel(), minlength=n_spikes + 1)
+    isolated = spike & (spike_size[spikes] <= 2)
+    index = np.arange(1, count + 1)
+    area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+    iso_share = ndi.sum_labels(isolated, pieces, index) / np.maximum(area, 1)
+    p90 = ndi.labeled_comprehension(od, pieces, index, lambda v: np.percentile(v, 90), np.float32, 0.0)
+    median = ndi.median(od, pieces, index)
+    contrast = p90 / np.maximum(np.asarray(median), 1e-3)
+    drop = (area >= min_area) & (iso_share > params.speckle_iso) & (contrast > params.speckle_contrast)
+    return np.asarray(np.concatenate([[False], drop])[pieces])
 
 
 def _drop_small(mask: np.ndarray, min_area: float) -> np.ndarray:
