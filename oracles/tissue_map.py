@@ -24,7 +24,9 @@ The rules, in order (``tissue_map``):
    image) is faint tissue or precipitate. A piece of it is dropped when it is dotted with
    isolated dark spikes (granules of one or two pixels) and its 90th-percentile OD is far above
    its median: dark grains on a faint haze. Faint tissue is pale throughout (its nuclei too), and
-   the dark parts of silver stains are joined lines, not dots.
+   the dark parts of silver stains are joined lines, not dots. Weak pixels within a patch of the
+   image's edge that run along it (4 patches long, 4x their depth) are the slide's border, a
+   label shadow or a tinted strip beyond the coverslip, and are dropped too.
 
 Not a VLM: every output that uses it is labelled classical.
 """
@@ -74,7 +76,7 @@ class MapParams:
     """Tissue share of the image below which the slide is reported as glass."""
     speckle_spike: float = 0.12
     """OD by which a dot stands above its 3x3 grey opening (a granule, a nucleus, a fibre)."""
-    speckle_iso: float = 0.02
+    speckle_iso: float = 0.023
     """Share of isolated dots (dark spikes of at most 2 px) above which a weak piece is speckle ..."""
     speckle_contrast: float = 2.5
     """... when its 90th-percentile OD is also this many times its median (dark dots on a haze)."""
@@ -168,12 +170,13 @@ def glass_reference(rgb: np.ndarray, block: int) -> np.ndarray:
 def ink_mask(rgb: np.ndarray, patch_px: int) -> np.ndarray:
     """Pen ink (saturated pure blue/green) and wide neutral-dark areas (black pen, borders, rims).
 
-    Haematoxylin is purple (R above G) and less saturated; silver and elastic fibres are thin.
+    Marker ink is cyan-blue (G well above R); haematoxylin and aniline blue are violet-blue (G no
+    higher than R). Silver and elastic fibres are thin.
     """
     arr = rgb.astype(np.float32)
     r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
     sat = _saturation(arr)
-    blue = (b > r + 40) & (g >= r - 10) & (sat > 0.35)
+    blue = (b > r + 40) & (g > r + 10) & (sat > 0.35)
     green = (g > r + 15) & (g > b - 5) & (sat > 0.25)
     brightest = _channel_max(arr)
     neutral_dark = (brightest < 150) & (sat < 0.15)
@@ -284,9 +287,11 @@ def _speckle_pieces(
 
     sat = median(np.round(_saturation(img) * 255.0).astype(np.uint8), np.ones((7, 7), dtype=bool))
     strong = sat > threshold_otsu(sat) if sat.min() < sat.max() else np.zeros(sat.shape, dtype=bool)
-    pieces, count = ndi.label(solid & ~strong)
+    weak = solid & ~strong
+    strips = _border_strips(weak, np.sqrt(min_area / params.min_piece_area))
+    pieces, count = ndi.label(weak & ~strips)
     if count == 0:
-        return np.zeros(solid.shape, dtype=bool)
+        return strips
     spike = (od - ndi.grey_opening(od, size=3)) > params.speckle_spike
     spikes, n_spikes = ndi.label(spike, structure=np.ones((3, 3), dtype=bool))
     spike_size = np.bincount(spikes.ravel(), minlength=n_spikes + 1)
@@ -294,11 +299,47 @@ def _speckle_pieces(
     index = np.arange(1, count + 1)
     area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
     iso_share = ndi.sum_labels(isolated, pieces, index) / np.maximum(area, 1)
-    p90 = ndi.labeled_comprehension(od, pieces, index, lambda v: np.percentile(v, 90), np.float32, 0.0)
-    median = ndi.median(od, pieces, index)
-    contrast = p90 / np.maximum(np.asarray(median), 1e-3)
+    median, p90 = _label_quantiles(od, pieces, count, (0.5, 0.9))
+    contrast = p90 / np.maximum(median, 1e-3)
     drop = (area >= min_area) & (iso_share > params.speckle_iso) & (contrast > params.speckle_contrast)
-    return np.asarray(np.concatenate([[False], drop])[pieces])
+    return strips | np.asarray(np.concatenate([[False], drop])[pieces])
+
+
+def _label_quantiles(
+    values: np.ndarray, labels: np.ndarray, count: int, quantiles: tuple[float, ...]
+) -> list[np.ndarray]:
+    """Per label 1..count, the values' quantiles (nearest rank) from one sort of the labelled pixels."""
+    inside = labels > 0
+    lab, val = labels[inside], values[inside]
+    order = np.lexsort((val, lab))
+    sizes = np.bincount(lab, minlength=count + 1)[1:]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    ranked = val[order]
+    last = np.maximum(sizes - 1, 0)
+    return [
+        np.where(
+            sizes > 0, ranked[np.minimum(starts + np.round(q * last).astype(np.int64), len(ranked) - 1)], 0.0
+        )
+        for q in quantiles
+    ]
+
+
+def _border_strips(weak: np.ndarray, patch: float) -> np.ndarray:
+    """Weak map pixels within a patch of the image's edge that run along it: the slide's border,
+    a label shadow, a tinted strip beyond the coverslip (at least 4 patches long, 4x their depth)."""
+    h, w = weak.shape
+    ys, xs = np.ogrid[:h, :w]
+    band = weak & (np.minimum(np.minimum(ys, h - 1 - ys), np.minimum(xs, w - 1 - xs)) < patch)
+    pieces, count = ndi.label(band)
+    strips = np.zeros(count + 1, dtype=bool)
+    for index, window in enumerate(ndi.find_objects(pieces), start=1):
+        if window is None:
+            continue
+        rows, cols = window
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        on_edge = rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w
+        strips[index] = on_edge and max(height, width) >= max(4 * patch, 4 * min(height, width))
+    return np.asarray(strips[pieces])
 
 
 def _drop_small(mask: np.ndarray, min_area: float) -> np.ndarray:

@@ -107,6 +107,32 @@ def test_a_precipitate_zone_beside_tissue_is_not_grown_into(seed: int) -> None:
     assert dice(tmap.solid, tissue) >= 0.95
 
 
+def test_blue_stained_tissue_is_not_pen_but_blue_ink_is() -> None:
+    """Aniline-blue collagen (Masson) and dense haematoxylin are violet-blue, green no higher than
+    red; marker ink is cyan-blue, green well above red (the shared real pen images: 20-70 above)."""
+    rng = np.random.default_rng(3)
+    rgb = np.empty((384, 384, 3), np.float32)
+    rgb[:] = (236, 233, 238)
+    ys, xs = np.mgrid[:384, :384]
+    tissue = (xs - 120) ** 2 + (ys - 190) ** 2 <= 70**2
+    rgb[tissue] = (95, 90, 155)
+    stroke = (np.abs(xs - 290) < 14) & (ys > 60) & (ys < 330)
+    rgb[stroke] = (100, 128, 200)
+    rgb += rng.normal(0, 3, rgb.shape)
+    tmap = tissue_map(np.clip(rgb, 0, 255).astype(np.uint8), 32)
+    assert dice(tmap.solid, tissue) >= 0.95
+    assert not tmap.solid[stroke].any() and tmap.ink[stroke].all()
+
+
+def test_a_tinted_strip_along_the_slide_edge_is_not_tissue() -> None:
+    rgb, tissue, _ = precipitate_beside_tissue(0)
+    rgb = rgb.copy()
+    rgb[:, 362:] = (224, 206, 205)  # beige mounting medium beyond the coverslip, the full height
+    tmap = tissue_map(rgb, 32)
+    assert not tmap.solid[:, 362:].any()
+    assert dice(tmap.solid, tissue) >= 0.95
+
+
 def test_fluorescence_is_named_and_mapped_on_the_inverted_image() -> None:
     image, truth = core_slide_pixels()
     dark = (255 - image)[::8, ::8]
