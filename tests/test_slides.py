@@ -347,3 +347,24 @@ def test_flat_png_with_alpha_and_dpi(tmp_path: Path) -> None:
     Image.fromarray(rgba).save(path, dpi=(72, 72))  # a photographic default is no microscope scale
     with open_slide(path) as slide:
         assert slide.mpp is None
+
+
+def test_a_thumbnail_is_read_once_per_downsample_and_each_caller_gets_its_own_copy(image: np.ndarray) -> None:
+    reads = []
+    with open_slide(image) as slide:
+        inner = slide._read_region
+
+        def counted(*args: int) -> np.ndarray:
+            reads.append(args)
+            return inner(*args)
+
+        slide._read_region = counted  # type: ignore[method-assign]
+        first = slide.thumbnail(4)
+        decoded = len(reads)
+        first[:] = 0  # a caller scribbling on its copy changes nothing kept
+        again = slide.thumbnail(4)
+        assert len(reads) == decoded > 0
+        assert again.max() > 0 and not np.shares_memory(first, again)
+        slide.thumbnail(8), slide.thumbnail(16)  # two more downsamples: 4 is no longer kept
+        before = len(reads)
+        assert np.array_equal(slide.thumbnail(4), again) and len(reads) > before

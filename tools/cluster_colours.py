@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from skimage.color import rgb2lab
-from sklearn.cluster import KMeans
 
 from tissue_oracle.tools.schemas import Box
 from tissue_oracle.tools.stage_deps import StageDeps
@@ -127,6 +125,8 @@ def _fit_kmeans(pixels: np.ndarray, k: int, params: ClusterColoursParams) -> np.
     if len(distinct) <= k:
         # K-means can't find more clusters than colours (and warns); the colours are the centroids.
         return distinct
+    from sklearn.cluster import KMeans  # here, not at import: a whole-slide pass never clusters
+
     km = KMeans(n_clusters=k, n_init=params.n_init, random_state=params.random_state)
     return np.asarray(km.fit(pixels).cluster_centers_)
 
@@ -144,6 +144,8 @@ def coarse_mask(
     thumbnail: np.ndarray, rects: Sequence[ThumbRect], params: ClusterColoursParams
 ) -> CoarseMask:
     """Two-pass CIELAB K-means on an RGB uint8 thumbnail; ``rects`` are boxes in its thumb_xy frame."""
+    from skimage.color import rgb2lab  # here, like KMeans: start-up pays only for what runs
+
     lab = rgb2lab(np.asarray(thumbnail)[:, :, :3]).astype(np.float32)
     flat = lab.reshape(-1, 3)
     centroids = _fit_kmeans(flat, params.k_global, params)

@@ -37,6 +37,9 @@ _CHUNK_PIXELS = 2048 * 2048
 #: A pyramid level is used for a wanted downsample when it is at most this much coarser: SVS
 #: levels are e.g. 2.0005x, and reading level 0 for a 2x request would cost 4x the pixels.
 _LEVEL_TOLERANCE = 1.01
+#: Whole-slide images ``thumbnail`` keeps per slide, and the largest it keeps (12 MB as RGB).
+_THUMBS_KEPT = 2
+_THUMB_KEEP_PIXELS = 2048 * 2048
 #: No real slide comes near these (the largest scans are ~200k px a side): a header claiming
 #: more is corrupt or hostile, and trusting it would make later allocations explode.
 MAX_SIDE = 500_000
@@ -72,6 +75,8 @@ class Slide(ABC):
         self._closed = False
         self._readers = 0
         self._state = threading.Condition()
+        self._thumbs: dict[float, np.ndarray] = {}
+        """The last few whole-slide images by downsample (``thumbnail``), read-only."""
 
     # ------------------------------------------------------------------ metadata
 
@@ -172,10 +177,25 @@ class Slide(ABC):
 
         Shape ``(ceil(height/ds), ceil(width/ds), 3)``; thumbnail pixel ``(i, j)`` covers
         level-0 ``[j*ds, (j+1)*ds) x [i*ds, (i+1)*ds)`` (thumb_xy * ds = level0_xy).
+
+        The last ``_THUMBS_KEPT`` downsamples read are kept, so stages asking for the same image
+        (a student's tiles and the overlay's picture of an 8k slide are both 8x) read it once;
+        each call returns its own copy.
         """
+        key = float(downsample)
+        with self._state:
+            kept = self._thumbs.get(key)
+        if kept is not None:
+            return kept.copy()
         width, height = self.dimensions
         out_w, out_h = math.ceil(width / downsample), math.ceil(height / downsample)
-        return self._render(0, 0, out_w, out_h, downsample)
+        image = self._render(0, 0, out_w, out_h, downsample)
+        if out_w * out_h <= _THUMB_KEEP_PIXELS:
+            with self._state:
+                self._thumbs[key] = image.copy()
+                while len(self._thumbs) > _THUMBS_KEPT:
+                    del self._thumbs[next(iter(self._thumbs))]
+        return image
 
     def read_patch(self, ref: PatchRef, out_size: int | None = None) -> np.ndarray:
         """The level-0 patch ``ref`` as ``out_size`` x ``out_size`` (default ``ref.size``).
@@ -253,6 +273,7 @@ class Slide(ABC):
                 return
             self._closed = True
             self._state.wait_for(lambda: self._readers == 0)
+            self._thumbs.clear()
             self._release()
 
     def __enter__(self) -> Slide:

@@ -69,9 +69,11 @@ def read_tile_rows(slide: Slide, grid: PatchGrid, patch_px: int, first: int, sto
     """Tiles of grid rows ``[first, stop)``: ``((stop-first)*cols, px, px, 3)`` uint8, row-major."""
     if not 0 <= first < stop <= grid.rows:
         raise ValueError(f"grid rows [{first}, {stop}) are outside the grid's {grid.rows} rows")
-    size = grid.patch_size
-    box = Box(x0=0, y0=first * size, x1=grid.cols * size, y1=stop * size)
-    image = slide.read_box(box, tile_downsample(grid, patch_px))
+    size, downsample = grid.patch_size, tile_downsample(grid, patch_px)
+    if (first, stop) == (0, grid.rows):  # the whole slide: the same image as thumbnail(downsample)
+        image = slide.thumbnail(downsample)
+    else:
+        image = slide.read_box(Box(x0=0, y0=first * size, x1=grid.cols * size, y1=stop * size), downsample)
     return cut_tiles(image, patch_px, stop - first, grid.cols)
 
 
