@@ -14,9 +14,11 @@ figure below comes from it and from the student; none is a VLM result.
    against the teacher's (F1 with tissue positive, over the patches both runs decided), both
    against the synthetic truth, and the student network alone on every grid patch (``direct``:
    F1 of its labels against the teacher's, which is also the Dice of the two label masks).
-3. Speed, end to end on this machine: grid patches per second of slide wall time (reads,
-   clustering, classification, review, clean-up, outputs), and the classify stage alone (reads
-   included), for the student run and for the teacher run measured in the same invocation.
+3. Speed on this machine, for the student run and the teacher run of the same invocation: end to
+   end, grid patches per second of the whole CLI command (``bench.perf.student_speed``: start-up
+   with the model load, every slide, outputs, run report; start-up, slides and wrap-up also given
+   apart, with the load average), grid patches per second of slide wall time, and the classify
+   stage alone (reads included).
 4. The cascade curve, replayed: the patches the per-patch flow asked its oracle about
    (``teacher_pp``'s ``zero_shot``/``few_shot`` rows) go to the student first; at each threshold the
    patches under its calibrated confidence are answered by the teacher (the map's label), the
@@ -44,6 +46,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import typer
 
+from tissue_oracle.bench.perf.student_speed import speed_runs
 from tissue_oracle.bench.synth.truth import find_truth
 from tissue_oracle.oracles.student import build as build_student
 from tissue_oracle.policies.policy import load_policy
@@ -297,12 +300,13 @@ def main(
         "student": (write_policy(out, "teacher", {}), ["--classifier", f"student:{student}"]),
         "teacher_pp": (write_policy(out, "teacher_pp", PER_PATCH), []),
     }
-    walls: dict[str, float | str] = {}
-    for name, (policy, extra) in runs.items():
-        if reuse and (out / name).is_dir():
-            walls[name] = "reused"
-        else:
-            walls[name] = round(segment(paths, out / name, policy, extra), 1)
+    timed = speed_runs(
+        paths,
+        out,
+        student,
+        {name: ["--policy", str(pol), *extra] for name, (pol, extra) in runs.items()},
+        reuse=reuse,
+    )
     per_slide = {
         p.stem: compare(p, out / "teacher" / p.stem, out / "student" / p.stem, patch_size) for p in paths
     }
@@ -320,13 +324,14 @@ def main(
         cls_n = sum(r[f"{name}_speed"]["in_scope"] for r in per_slide.values())
         cls_s = sum(r[f"{name}_speed"]["classify_seconds"] for r in per_slide.values())
         totals[name] = {
+            "end_to_end_patches_per_s": timed[name]["patches_per_s"],
             "grid_patches_per_s": round(grid_n / seconds, 1),
             "classify_patches_per_s": round(cls_n / cls_s, 1) if cls_s else None,
-            "command_wall_s": walls[name],
+            "command": timed[name],
         }
     ratios = {
         k: round(totals["student"][k] / totals["teacher"][k], 2)
-        for k in ("grid_patches_per_s", "classify_patches_per_s")
+        for k in ("end_to_end_patches_per_s", "grid_patches_per_s", "classify_patches_per_s")
         if totals["student"][k] and totals["teacher"][k]
     }
     batch = load_policy("default").classify.batch_size
@@ -335,7 +340,7 @@ def main(
         "student": str(student),
         "spec": oracle.spec.model_dump(),
         "per_slide": per_slide,
-        "speed": {**totals, "student_over_teacher": ratios},
+        "speed": {**totals, "model_load_s": timed["model_load_s"], "student_over_teacher": ratios},
         "cascade_curve": cascade_curve(replay, THRESHOLDS, batch),
         "real_cascade": [real_cascade(paths, out, student, t, out / "teacher_pp") for t in cascade_threshold],
     }

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,7 +64,8 @@ class CommandTiming:
 
 def timed_segment(slides: list[Path], out: Path, extra: list[str]) -> CommandTiming:
     """``tissue-oracle segment SLIDES --out OUT EXTRA`` in a fresh interpreter; its timing, also
-    written to ``OUT/timing.json`` (so a reused run keeps its figures)."""
+    written to ``OUT/timing.json`` (so a reused run keeps its figures). ``OUT`` is emptied first."""
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: an old store's slides would join the span
     cmd = [sys.executable, "-m", "tissue_oracle.agent.cli", "segment", *map(str, slides), "--out", str(out)]
     load_before = os.getloadavg()[0]
     launched = datetime.now()
@@ -122,7 +124,7 @@ def speed_runs(
 
     A run whose ``OUT/NAME/timing.json`` exists is kept when ``reuse``.
     """
-    figures: dict[str, Any] = {"label": LABEL, "model_load_s": model_load_seconds(checkpoint)}
+    figures: dict[str, Any] = {"model_load_s": model_load_seconds(checkpoint)}
     for name, extra in runs.items():
         folder = out / name
         if reuse and (folder / "timing.json").is_file():
@@ -146,7 +148,7 @@ def main(
             f"no *.tiff slides in {str(slides)!r}; write some with `tissue-oracle synth`"
         )
     runs = {"classical_map": [], "student": ["--classifier", f"student:{student}"]}
-    figures = speed_runs(paths, out, student, runs, reuse=reuse)
+    figures = {"label": LABEL, **speed_runs(paths, out, student, runs, reuse=reuse)}
     figures["student_over_classical_map"] = round(
         figures["student"]["patches_per_s"] / figures["classical_map"]["patches_per_s"], 2
     )
