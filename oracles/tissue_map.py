@@ -27,6 +27,8 @@ The rules, in order (``tissue_map``):
    the dark parts of silver stains are joined lines, not dots. Weak pixels within a patch of the
    image's edge that run along it (4 patches long, 4x their depth) are the slide's border, a
    label shadow or a tinted strip beyond the coverslip, and are dropped too.
+6. Tissue under a pen stroke is still tissue: ink that the map closes around within half a patch
+   (a stroke drawn across a piece) is given back to it.
 
 Not a VLM: every output that uses it is labelled classical.
 """
@@ -63,6 +65,8 @@ class MapParams:
     """Local mean OD above which a pixel is evidence whatever its colour (silver, elastic, folds)."""
     min_piece_area: float = 0.25
     """Tissue components smaller than this share of a patch are dropped (dust, debris, crystals)."""
+    under_ink_reach: float = 0.5
+    """Ink that tissue closes around within this many patches is a stroke across tissue: tissue."""
     edge_od: float = 0.5
     """An edge pixel of the map is kept when its own OD reaches this share of the substrate's
     next to it (else it is the halo of growth's 3x3 mean: the half-inside rule of the truth)."""
@@ -226,6 +230,7 @@ def tissue_map(
     solid = _drop_small(solid & ~ink, params.min_piece_area * patch_area)
     solid &= ~_speckle_pieces(solid, img, od, params, params.min_piece_area * patch_area)
     solid = _drop_small(solid, params.min_piece_area * patch_area)
+    solid |= _under_ink(solid, ink, params.under_ink_reach * p)
     return TissueMap(
         solid=solid,
         evidence=evidence,
@@ -322,6 +327,15 @@ def _label_quantiles(
         )
         for q in quantiles
     ]
+
+
+def _under_ink(solid: np.ndarray, ink: np.ndarray, reach: float) -> np.ndarray:
+    """Ink pixels that tissue closes around within ``reach`` px: a stroke drawn across tissue."""
+    if reach <= 0 or not (solid.any() and ink.any()):
+        return np.zeros(solid.shape, dtype=bool)
+    grown = ndi.distance_transform_edt(~solid) <= reach
+    closed = ndi.distance_transform_edt(grown) > reach
+    return np.asarray(closed & ink)
 
 
 def _border_strips(weak: np.ndarray, patch: float) -> np.ndarray:

@@ -107,21 +107,42 @@ def test_a_precipitate_zone_beside_tissue_is_not_grown_into(seed: int) -> None:
     assert dice(tmap.solid, tissue) >= 0.95
 
 
+def disc_and_stroke(
+    tissue: np.ndarray, colour: tuple[int, int, int], stroke: np.ndarray, *, seed: int, nuclei: float = 0.0
+) -> np.ndarray:
+    """Glass with a tissue area of ``colour`` (purple nuclei at ``nuclei`` density), then a cyan-blue
+    marker stroke drawn over both; sensor noise on top."""
+    rng = np.random.default_rng(seed)
+    rgb = np.empty((*tissue.shape, 3), np.float32)
+    rgb[:] = (236, 233, 238)
+    rgb[tissue] = colour
+    rgb[tissue & (rng.random(tissue.shape) < nuclei)] = (120, 70, 150)
+    rgb[stroke] = (100, 128, 200)
+    rgb += rng.normal(0, 3, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
 def test_blue_stained_tissue_is_not_pen_but_blue_ink_is() -> None:
     """Aniline-blue collagen (Masson) and dense haematoxylin are violet-blue, green no higher than
     red; marker ink is cyan-blue, green well above red (the shared real pen images: 20-70 above)."""
-    rng = np.random.default_rng(3)
-    rgb = np.empty((384, 384, 3), np.float32)
-    rgb[:] = (236, 233, 238)
     ys, xs = np.mgrid[:384, :384]
     tissue = (xs - 120) ** 2 + (ys - 190) ** 2 <= 70**2
-    rgb[tissue] = (95, 90, 155)
     stroke = (np.abs(xs - 290) < 14) & (ys > 60) & (ys < 330)
-    rgb[stroke] = (100, 128, 200)
-    rgb += rng.normal(0, 3, rgb.shape)
-    tmap = tissue_map(np.clip(rgb, 0, 255).astype(np.uint8), 32)
+    tmap = tissue_map(disc_and_stroke(tissue, (95, 90, 155), stroke, seed=3), 32)
     assert dice(tmap.solid, tissue) >= 0.95
     assert not tmap.solid[stroke].any() and tmap.ink[stroke].all()
+
+
+def test_tissue_under_a_pen_stroke_is_tissue_and_the_stroke_on_glass_is_not() -> None:
+    ys, xs = np.mgrid[:384, :384]
+    tissue = (xs - 160) ** 2 + (ys - 190) ** 2 <= 90**2
+    stroke = np.abs(xs - 160) < 7
+    tmap = tissue_map(disc_and_stroke(tissue, (215, 140, 195), stroke, seed=4, nuclei=0.1), 32)
+    assert tmap.ink[stroke].mean() > 0.9
+    assert tmap.solid[stroke & tissue].mean() > 0.9
+    on_glass = stroke & (ndi.distance_transform_edt(~tissue) > 4)
+    assert not tmap.solid[on_glass].any()
+    assert dice(tmap.solid, tissue) >= 0.95
 
 
 def test_a_tinted_strip_along_the_slide_edge_is_not_tissue() -> None:
