@@ -101,8 +101,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def _png(path: Path, pixels: np.ndarray) -> None:
+    # zlib level 3, not PIL's 6: an 8k slide's 1024 px overlay encodes in half the time (53 ms
+    # against 105 here) for about 15% more bytes; PNG stays lossless either way.
     with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+        Image.fromarray(pixels).save(tmp, format="PNG", compress_level=3)
 
 
 # --------------------------------------------------------------------------- single writers
