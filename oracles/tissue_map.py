@@ -287,11 +287,10 @@ def _speckle_pieces(
     one or two pixels each at this scale). A piece of the addition is dropped when it is dotted
     with isolated dark spikes and its dark tail is far above its median.
     """
-    from skimage.filters import threshold_otsu
-    from skimage.filters.rank import median
-
-    sat = median(np.round(_saturation(img) * 255.0).astype(np.uint8), np.ones((7, 7), dtype=bool))
-    strong = sat > threshold_otsu(sat) if sat.min() < sat.max() else np.zeros(sat.shape, dtype=bool)
+    sat = np.round(_saturation(img) * 255.0).astype(np.uint8)
+    # CLAM blurs with a 7x7 median; a 1x7 then 7x1 median smooths speckle alike, at a quarter the cost
+    sat = ndi.median_filter(ndi.median_filter(sat, size=(1, 7), mode="nearest"), size=(7, 1), mode="nearest")
+    strong = sat > _otsu_level(sat)
     weak = solid & ~strong
     strips = _border_strips(weak, np.sqrt(min_area / params.min_piece_area))
     pieces, count = ndi.label(weak & ~strips)
@@ -308,6 +307,18 @@ def _speckle_pieces(
     contrast = p90 / np.maximum(median, 1e-3)
     drop = (area >= min_area) & (iso_share > params.speckle_iso) & (contrast > params.speckle_contrast)
     return strips | np.asarray(np.concatenate([[False], drop])[pieces])
+
+
+def _otsu_level(values: np.ndarray) -> int:
+    """Otsu's threshold of a uint8 image: the level that best splits its histogram in two (255 when flat)."""
+    counts = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    below = np.cumsum(counts)
+    above = below[-1] - below
+    mean_below = np.cumsum(counts * levels) / np.maximum(below, 1)
+    mean_above = (np.sum(counts * levels) - np.cumsum(counts * levels)) / np.maximum(above, 1)
+    between = below * above * (mean_below - mean_above) ** 2
+    return int(np.argmax(between)) if between.max() > 0 else 255
 
 
 def _label_quantiles(
