@@ -61,5 +61,9 @@ def test_direct_scores_the_student_on_every_teacher_patch() -> None:
     teacher = {(0, 0): (True, "zero_shot"), (512, 0): (False, "zero_shot"), (0, 512): (True, "zero_shot")}
     grid = {(0, 0): np.array([1.0, 0.9]), (512, 0): np.array([1.0, 0.8]), (0, 512): np.array([0.0, 0.7])}
     got = direct(teacher, grid)
-    assert got["disagree"] == 2 and got["patches"] == 3
+    assert got["disagree"] == 2 and got["patches"] == 3 and "disagree_where" not in got
     assert got["f1"] == pytest.approx(0.5) and got["precision"] == 0.5 and got["recall"] == 0.5
+    edge = np.array([[False, True], [True, False]])  # the two wrong patches sit at (0, 1) and (1, 0)
+    pen = np.array([[True, False], [False, False]])  # the right one has the pen
+    where = direct(teacher, grid, {"edge": edge, "pen": pen}, patch_size=512)["disagree_where"]
+    assert where == {"edge": 2, "pen": 0}

@@ -136,20 +136,50 @@ def compare(slide: Path, teacher: Path, student: Path, patch_size: int) -> dict[
 
 
 def direct(
-    teacher: dict[tuple[int, int], tuple[bool, str]], grid: dict[tuple[int, int], Any]
+    teacher: dict[tuple[int, int], tuple[bool, str]],
+    grid: dict[tuple[int, int], Any],
+    hard: dict[str, np.ndarray] | None = None,
+    patch_size: int = 512,
 ) -> dict[str, Any]:
-    """The student network alone on every patch the teacher labelled: F1 (= Dice of the label masks)."""
+    """The student network alone on every patch the teacher labelled: F1 (= Dice of the label masks).
+
+    ``hard`` (name -> bool per grid cell, from the truth: see ``hard_cells``) counts where the
+    student and the teacher disagree.
+    """
     cells = sorted(teacher)
     t_y = np.array([teacher[k][0] for k in cells])
     s_y = np.array([grid[k][0] > 0.5 for k in cells])
     m = fit.binary_metrics(s_y, t_y)
-    return {
+    row: dict[str, Any] = {
         "f1": round(float(m["f1"]), 4),
         "precision": round(float(m["precision"]), 4),
         "recall": round(float(m["recall"]), 4),
         "disagree": int((s_y != t_y).sum()),
         "patches": len(cells),
     }
+    if hard is not None:
+        wrong = [k for k, a, b in zip(cells, s_y, t_y, strict=True) if a != b]
+        row["disagree_where"] = {
+            name: sum(bool(where[y // patch_size, x // patch_size]) for x, y in wrong)
+            for name, where in hard.items()
+        }
+    return row
+
+
+def hard_cells(slide: Path, patch_size: int) -> dict[str, np.ndarray] | None:
+    """Where a patch is hard, from the synthetic truth: ``edge`` (tissue share 0.25-0.75, near the
+    0.5 rule), ``faint_stain``, ``pen``, ``speckle`` (precipitate) and ``any_artefact``."""
+    truth = find_truth(slide)
+    if truth is None:
+        return None
+    share = np.asarray(truth.tissue_fraction(patch_size))
+    arte = {k: np.asarray(v, bool) for k, v in truth.patch_artefacts(patch_size).items()}
+    none = np.zeros(share.shape, bool)
+    out = {"edge": (share >= 0.25) & (share <= 0.75)}
+    out.update({"faint_stain": arte.get("faint", none), "pen": arte.get("pen", none)})
+    out["speckle"] = arte.get("speckle", none)
+    out["any_artefact"] = np.logical_or.reduce([none, *arte.values()])
+    return out
 
 
 # --------------------------------------------------------------------------- the cascade curve
@@ -315,7 +345,7 @@ def main(
     for p in paths:
         teacher = _labels(out / "teacher" / p.stem)
         grid = student_grid(oracle, p, sorted(teacher, key=lambda k: (k[1], k[0])), patch_size)
-        per_slide[p.stem]["direct"] = direct(teacher, grid)
+        per_slide[p.stem]["direct"] = direct(teacher, grid, hard_cells(p, patch_size), patch_size)
         replay[p.stem] = curve_inputs(p, teacher, out / "teacher_pp" / p.stem, grid, patch_size)
     totals = {}
     for name in ("teacher", "student"):
