@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import typer
 
-from tissue_oracle.bench.perf.student_speed import speed_runs
+from tissue_oracle.bench.perf.student_speed import speed_runs, synthetic_slides
 from tissue_oracle.bench.synth.truth import find_truth
 from tissue_oracle.oracles.student import build as build_student
 from tissue_oracle.policies.policy import load_policy
@@ -319,11 +319,7 @@ def main(
 ) -> None:
     """Held-out agreement, end-to-end speed and the cascade curve of a student (classical teacher)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = sorted(slides.glob("*.tiff"))
-    if not paths:
-        raise typer.BadParameter(
-            f"no *.tiff slides in {str(slides)!r}; write some with `tissue-oracle synth`"
-        )
+    paths = synthetic_slides(slides)
     patch_size = load_policy("default").classify.patch_size
     runs = {
         "teacher": (write_policy(out, "teacher", {}), []),

@@ -134,6 +134,16 @@ def speed_runs(
     return figures
 
 
+def synthetic_slides(folder: Path) -> list[Path]:
+    """The folder's *.tiff slides, sorted; a usage error naming the folder when it holds none."""
+    paths = sorted(folder.glob("*.tiff"))
+    if not paths:
+        raise typer.BadParameter(
+            f"no *.tiff slides in {str(folder)!r}; write some with `tissue-oracle synth`"
+        )
+    return paths
+
+
 def main(
     slides: Path = typer.Option(..., "--slides", help="Folder of synthetic slides (*.tiff)."),
     student: Path = typer.Option(..., "--student", help="The student.pt to time."),
@@ -142,11 +152,7 @@ def main(
 ) -> None:
     """End-to-end patches/s of a student run and of the classical map run, same slides, same invocation."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = sorted(slides.glob("*.tiff"))
-    if not paths:
-        raise typer.BadParameter(
-            f"no *.tiff slides in {str(slides)!r}; write some with `tissue-oracle synth`"
-        )
+    paths = synthetic_slides(slides)
     runs = {"classical_map": [], "student": ["--classifier", f"student:{student}"]}
     figures = {"label": LABEL, **speed_runs(paths, out, student, runs, reuse=reuse)}
     figures["student_over_classical_map"] = round(
