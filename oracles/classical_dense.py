@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tissue_oracle.oracles.evidence import focus_from_sharpness, optical_density, sharpness
-from tissue_oracle.oracles.tissue_map import PATCH_PX, SlideScope, tissue_map
+from tissue_oracle.oracles.tissue_map import PATCH_PX, SlideScope, empty_grid_scope, tissue_map
 from tissue_oracle.tools.classify_patches import ClassifyPatchesOutput, patch_coverage
 from tissue_oracle.tools.focus import NO_FOCUS, focus_code
 from tissue_oracle.tools.schemas import PatchGrid, PatchLabel
@@ -98,7 +98,7 @@ def dense_labels(inp: ClassifyDenseInput, slide: Slide) -> DenseClassifyOutput:
                     source="zero_shot",
                 )
             )
-    scope: SlideScope = tmap.scope
+    scope: SlideScope = tmap.scope if tissue.any() else empty_grid_scope(tmap)
     return DenseClassifyOutput(
         grid=grid,
         mode="zero_shot",

@@ -44,7 +44,7 @@ from scipy import ndimage as ndi
 PATCH_PX = 32
 """Pixels per grid patch side the rules were calibrated at (512 px level-0 patches at 16x)."""
 
-ScopeKind = Literal["brightfield", "fluorescence", "all_glass", "nearly_all_tissue"]
+ScopeKind = Literal["brightfield", "fluorescence", "all_glass", "nearly_all_tissue", "no_tissue_kept"]
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -274,6 +274,27 @@ def slide_scope(
             ),
         )
     return SlideScope(kind="brightfield")
+
+
+def empty_grid_scope(tmap: TissueMap) -> SlideScope:
+    """The scope of a slide on which no grid patch reached the tissue share.
+
+    Glass and fluorescence are already named. A bright-field slide with stain or ink on it and not
+    one tissue patch is named too (never a silent 0%): on such slides the classical map has most
+    likely taken faint tissue, tissue under pen or stain precipitate for one another.
+    """
+    if tmap.scope.kind != "brightfield":
+        return tmap.scope
+    stain, ink = 100 * float(tmap.evidence.mean()), 100 * float(tmap.ink.mean())
+    return SlideScope(
+        kind="no_tissue_kept",
+        message=(
+            f"no tissue patch kept, though the slide is not clean glass ({stain:.1f}% shows stain, "
+            f"{ink:.1f}% ink or dark marks): faint tissue, tissue under pen and stain precipitate "
+            "look alike to the classical map; check the overlay, or run this slide with a VLM oracle "
+            "(--oracle)"
+        ),
+    )
 
 
 def _speckle_pieces(

@@ -175,6 +175,22 @@ def test_glass_and_all_tissue_slides_are_named() -> None:
     assert full.scope.kind == "nearly_all_tissue" and "tissue" in (full.scope.message or "")
 
 
+def test_stain_without_a_tissue_patch_is_named_not_a_silent_zero() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(232, 241, size=(2400, 3200, 3), dtype=np.uint8)
+    ys, xs = np.ogrid[:2400, :3200]
+    for cx, cy in ((800, 700), (2400, 1700)):  # two stained crumbs, each under a tenth of a patch
+        image[(xs - cx) ** 2 + (ys - cy) ** 2 <= 40**2] = (190, 110, 170)
+    with open_slide(image, name="crumbs") as slide:
+        out = dense_labels(ClassifyDenseInput(patch_size=PATCH, focus_crop=0), slide)
+    assert not out.tissue.any()
+    assert out.scope_kind == "no_tissue_kept"
+    assert "no tissue patch kept" in (out.scope_message or "") and "shows stain" in (out.scope_message or "")
+    with open_slide(np.full_like(image, 236), name="glass") as slide:
+        glass = dense_labels(ClassifyDenseInput(patch_size=PATCH, focus_crop=0), slide)
+    assert glass.scope_kind == "all_glass"
+
+
 def test_default_policy_labels_from_one_map_and_asks_no_patch_question(tmp_path: Path) -> None:
     image, truth = core_slide_pixels()
     policy = load_policy("default").with_updates({"classify.patch_size": PATCH})
