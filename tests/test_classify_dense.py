@@ -22,7 +22,7 @@ from tissue_oracle.agent.controller import segment_slide
 from tissue_oracle.agent.oracle_setup import build_oracles
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, dense_labels
-from tissue_oracle.oracles.tissue_map import tissue_map
+from tissue_oracle.oracles.tissue_map import MapParams, tissue_map
 from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.focus import NO_FOCUS
@@ -72,6 +72,37 @@ def test_the_map_edge_is_the_tissue_edge_not_growth_halo() -> None:
     tmap = tissue_map(image[::8, ::8], PATCH / 8)
     small_truth = truth[::8, ::8]
     assert abs(float(tmap.solid.sum()) / float(small_truth.sum()) - 1.0) < 0.03
+
+
+def soft_edged_disc(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A map-scale image (10 x 10 patches of 32 px) of a stained disc whose rim is blurred over about
+    a pixel (sigma 0.8 px, as a slide's low pyramid level shows it), and the truth: pixels at least
+    half inside the disc (4x supersampled)."""
+    rng = np.random.default_rng(seed)
+    s, h = 4, 320
+    ys, xs = np.mgrid[: h * s, : h * s] / s
+    inside = ((xs - 150) ** 2 + (ys - 165) ** 2 <= 95**2).astype(np.float32)
+    cover = inside.reshape(h, s, h, s).mean(axis=(1, 3))
+    eosin, haem = np.array([0.05, 0.6, 0.15]), np.array([0.55, 0.6, 0.2])
+    density = rng.uniform(0.5, 0.7, (h, h))
+    density[rng.random((h, h)) < 0.1] += 1.0
+    stain = eosin * density[..., None] + haem * (density[..., None] > 1.0)
+    od = ndi.gaussian_filter(cover, 0.8)[..., None] * stain
+    glass = np.array([236, 233, 238], np.float32) + rng.normal(0, 1.5, (h, h, 1))
+    return np.clip(glass * 10 ** (-od), 0, 255).astype(np.uint8), cover >= 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_blurred_rim_outside_the_half_inside_edge_is_peeled(seed: int) -> None:
+    rgb, truth = soft_edged_disc(seed)
+    unpeeled = tissue_map(rgb, 32, MapParams(halo_passes=0)).solid
+    solid = tissue_map(rgb, 32).solid
+    # growth's means carry the map about a pixel into the rim all round ...
+    assert unpeeled.sum() / truth.sum() > 1.02 and not (truth & ~unpeeled).sum() > 0.002 * truth.sum()
+    # ... which the halo rule takes back (most of it) without eating into the tissue
+    assert abs(solid.sum() / truth.sum() - 1.0) < 0.015
+    assert (solid & ~truth).sum() < 0.5 * (unpeeled & ~truth).sum()
+    assert (truth & ~solid).sum() < 0.01 * truth.sum()
 
 
 def precipitate_beside_tissue(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
