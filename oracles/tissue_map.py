@@ -128,6 +128,8 @@ class TissueMap:
     """Pure blue/green ink and wide neutral-dark areas (pen, borders, rims, coverslip edges)."""
     od: np.ndarray
     """Summed OD against the local glass (float32)."""
+    stain_share: float
+    """Share of the image showing coloured stain (not ink), crumbs included: "not clean glass"."""
     scope: SlideScope
 
 
@@ -245,14 +247,14 @@ def tissue_map(
     solid = _drop_small(solid, params.min_piece_area * patch_area)
     solid |= _under_ink(solid, ink, params.under_ink_reach * p)
     solid = _drop_small(_peel_halo(solid, od, ink, params), params.min_piece_area * patch_area)
+    stained = (od_mean > 0.15) & (chroma_mean > params.seed_chroma) & ~ink
     return TissueMap(
         solid=solid,
         evidence=evidence,
         ink=ink,
         od=od,
-        scope=slide_scope(
-            solid, (od_mean > 0.15) & (chroma_mean > params.seed_chroma) & ~ink, fluorescent, glass, params
-        ),
+        stain_share=float(stained.mean()),
+        scope=slide_scope(solid, stained, fluorescent, glass, params),
     )
 
 
@@ -294,19 +296,19 @@ def empty_grid_scope(tmap: TissueMap) -> SlideScope:
     """The scope of a slide on which no grid patch reached the tissue share.
 
     Glass and fluorescence are already named. A bright-field slide with stain or ink on it and not
-    one tissue patch is named too (never a silent 0%): on such slides the classical map has most
-    likely taken faint tissue, tissue under pen or stain precipitate for one another.
+    one tissue patch is named too (never a silent 0%): its stain is tissue too small for a patch,
+    or faint tissue, tissue under pen or precipitate the classical map took for one another.
     """
     if tmap.scope.kind != "brightfield":
         return tmap.scope
-    stain, ink = 100 * float(tmap.evidence.mean()), 100 * float(tmap.ink.mean())
+    stain, ink = 100 * tmap.stain_share, 100 * float(tmap.ink.mean())
     return SlideScope(
         kind="no_tissue_kept",
         message=(
-            f"no tissue patch kept, though the slide is not clean glass ({stain:.1f}% shows stain, "
-            f"{ink:.1f}% ink or dark marks): faint tissue, tissue under pen and stain precipitate "
-            "look alike to the classical map; check the overlay, or run this slide with a VLM oracle "
-            "(--oracle)"
+            f"no tissue patch kept, though the slide is not clean glass ({stain:.2g}% shows stain, "
+            f"{ink:.2g}% ink or dark marks): tissue smaller than half a patch, faint tissue or tissue "
+            "under pen that the classical map could not tell from precipitate or glass; check the "
+            "overlay, or run this slide with a VLM oracle (--oracle)"
         ),
     )
 

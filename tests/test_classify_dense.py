@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,10 @@ def test_stain_without_a_tissue_patch_is_named_not_a_silent_zero() -> None:
         out = dense_labels(ClassifyDenseInput(patch_size=PATCH, focus_crop=0), slide)
     assert not out.tissue.any()
     assert out.scope_kind == "no_tissue_kept"
-    assert "no tissue patch kept" in (out.scope_message or "") and "shows stain" in (out.scope_message or "")
+    message = out.scope_message or ""
+    assert message.startswith("no tissue patch kept")
+    stain = re.search(r"\(([0-9.]+)% shows stain", message)
+    assert stain is not None and float(stain.group(1)) > 0  # the crumbs' share, not a 0%
     with open_slide(np.full_like(image, 236), name="glass") as slide:
         glass = dense_labels(ClassifyDenseInput(patch_size=PATCH, focus_crop=0), slide)
     assert glass.scope_kind == "all_glass"
@@ -272,6 +276,17 @@ def test_the_fluorescence_slide_is_flagged_not_silently_empty(real_data: Path, t
         out = dense_labels(ClassifyDenseInput(focus_crop=0), slide)
     assert out.scope_kind == "fluorescence" and out.scope_message
     assert out.tissue.any()
+
+
+def test_a_real_fragment_smaller_than_a_patch_is_named_with_its_stain(real_data: Path) -> None:
+    path = real_data / "slides" / "kidney-48-5.tif"  # 1493 x 901, one IHC fragment of ~2%, dust
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    with open_slide(path) as slide:
+        out = dense_labels(ClassifyDenseInput(focus_crop=0), slide)
+    assert not out.tissue.any() and out.scope_kind == "no_tissue_kept"
+    stain = re.search(r"\(([0-9.]+)% shows stain", out.scope_message or "")
+    assert stain is not None and float(stain.group(1)) > 0
 
 
 def test_a_real_tcga_slide_agrees_with_histolab(real_data: Path) -> None:
