@@ -41,6 +41,11 @@ def distil(
     time_limit: float | None = typer.Option(
         None, "--time-limit", min=1, help="Stop after the epoch that passes this many seconds."
     ),
+    soft_targets: bool = typer.Option(
+        False,
+        "--soft-targets/--hard-targets",
+        help="Learn the teacher's tissue probability (the map's patch coverage) instead of its hard label.",
+    ),
     seed: int = typer.Option(
         0, "--seed", help="Seeds the split, the sampling, the weights and augmentation."
     ),
@@ -73,6 +78,7 @@ def distil(
             device=device,
             time_limit_s=time_limit,
             threads=threads,
+            soft_targets=soft_targets,
         )
         floor = DataFloor(train_patches=min_patches, per_class=min(30, max(1, min_patches // 10)))
         card = _run(audit, out, run, init, StudentSpec(arch=arch, patch_px=patch_px), cfg, max_patches, floor)

@@ -94,13 +94,14 @@ class StoreReads:
     def patch_label_rows(self, run_id: str | None = None) -> tuple[str, list[tuple[Any, ...]]]:
         """The run (``run_id``, else the latest with labels) and its label rows, slide by slide.
 
-        Rows are ``(slide_id, path, file_hash, x, y, size, label, source)`` ordered by slide, y, x.
+        Rows are ``(slide_id, path, file_hash, x, y, size, label, source, confidence)`` ordered by
+        slide, y, x.
         """
 
         def fn(con: Any) -> tuple[str, list[tuple[Any, ...]]]:
             run = _pick_run(con, run_id, self.audit)
             rows = con.execute(
-                "SELECT p.slide_id, s.path, s.file_hash, p.x, p.y, p.size, p.label, p.source "
+                "SELECT p.slide_id, s.path, s.file_hash, p.x, p.y, p.size, p.label, p.source, p.confidence "
                 "FROM patches p JOIN slides s ON s.run_id = p.run_id AND s.slide_id = p.slide_id "
                 "WHERE p.run_id = ? ORDER BY p.slide_id, p.y, p.x",
                 [run],

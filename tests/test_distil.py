@@ -128,6 +128,7 @@ def test_sampling_follows_the_data_class_ratio_without_duplicates() -> None:
             size=SIZE,
             xy=np.zeros((50, 2), np.int64),
             labels=np.r_[np.ones(40), np.zeros(10)].astype(np.int64),
+            tissue_prob=np.r_[np.ones(40), np.zeros(10)].astype(np.float32),
         )
         for k in range(2)
     ]
@@ -230,7 +231,13 @@ def test_training_pixels_are_the_student_tiles_and_refuse_off_grid_corners(tmp_p
             assert np.array_equal(got[j], tiles[(y // SIZE) * GRID + x // SIZE])
             assert np.array_equal(got[j], wsi.read_patch(PatchRef(x=x, y=y, size=SIZE), out_size=32))
     shifted = data.SlideLabels(
-        slide_id=s.slide_id, path=s.path, key=s.key, xy=s.xy + 8, size=SIZE, labels=s.labels
+        slide_id=s.slide_id,
+        path=s.path,
+        key=s.key,
+        xy=s.xy + 8,
+        size=SIZE,
+        labels=s.labels,
+        tissue_prob=s.tissue_prob,
     )
     with pytest.raises(ConfigError, match="off its 64 px grid"):
         data.read_patches(shifted, idx, 32, tmp_path / "cache", open_slide)
@@ -287,6 +294,41 @@ def test_training_is_deterministic_with_a_seed() -> None:
     untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in runs[:2]]
     assert untimed[0] == untimed[1]
     assert not all(np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
+
+
+@pytest.mark.slow
+def test_soft_targets_equal_hard_ones_on_sure_labels_and_teach_the_teacher_probability() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 255, size=(24, 32, 32, 3), dtype=np.uint8)
+    y = np.r_[np.zeros(12), np.ones(12)].astype(np.int64)
+    soft = fit.TrainConfig(epochs=1, batch_size=16, seed=3, patience=1, soft_targets=True)
+    hard = fit.train(SPEC, tiny_cfg(seed=3), (x, y), (x[:6], y[:6])).state_dict
+    sure = fit.train(SPEC, soft, (x, y), (x[:6], y[:6]), train_prob=y.astype(np.float32)).state_dict
+    assert all(np.allclose(hard[k].numpy(), sure[k].numpy(), atol=1e-6) for k in hard)  # one-hot = hard
+    unsure = fit.train(SPEC, soft, (x, y), (x[:6], y[:6]), train_prob=np.full(24, 0.5, np.float32))
+    assert not all(np.allclose(hard[k].numpy(), unsure.state_dict[k].numpy(), atol=1e-6) for k in hard)
+    with pytest.raises(ValueError, match="one teacher tissue probability per training patch"):
+        fit.train(SPEC, soft, (x, y), (x[:6], y[:6]))
+
+
+def test_tissue_probability_comes_from_the_label_and_its_recorded_confidence(tmp_path: Path) -> None:
+    import duckdb
+
+    audit = write_audit(tmp_path, 1)
+    with duckdb.connect(str(audit)) as con:  # the classical map records 0.5 + |coverage - 0.5|
+        con.execute("UPDATE patches SET confidence = 0.7 WHERE x = 0")
+        con.execute("UPDATE patches SET confidence = NULL WHERE x = ?", [SIZE])
+    (s,) = data.load_pseudo_labels(StoreReads.open_read_only(audit)).slides
+    first, second, rest = s.xy[:, 0] == 0, s.xy[:, 0] == SIZE, s.xy[:, 0] > SIZE
+    assert np.allclose(s.tissue_prob[first], np.where(s.labels[first] == 1, 0.7, 0.3))
+    assert np.array_equal(s.tissue_prob[second | rest], s.labels[second | rest].astype(np.float32))
+    sample = data.Sample(picks={s.slide_id: np.array([3, 0, 1])})
+    assert np.array_equal(
+        data.gather_tissue_prob(
+            data.PseudoLabels(run_id="r", slides=[s], sources=(), coarse_fill=[]), sample
+        ),
+        s.tissue_prob[[3, 0, 1]],
+    )
 
 
 # --------------------------------------------------------------------------- end to end

@@ -59,7 +59,7 @@ def test_distillation_and_replay_reads(audit: Path) -> None:
         assert held.labelling_calls("run-1") == [("openai", "qwen3-vl-8b")]
         run, rows = held.patch_label_rows()
     assert run == "run-1" and [r[0] for r in rows] == ["s1"] * 3 + ["s2"] * 2
-    assert rows[0][1:] == ("/data/s1.svs", None, 0, 0, 512, "tissue", "zero_shot")
+    assert rows[0][1:] == ("/data/s1.svs", None, 0, 0, 512, "tissue", "zero_shot", 1.0)
     assert StoreReads.open_read_only(audit).patch_label_rows("run-1") == (run, rows)
     with pytest.raises(ConfigError, match="run-2"):
         StoreReads.open_read_only(audit).patch_label_rows("run-2")

@@ -196,6 +196,7 @@ def distil(
         arrays["val"][:2],
         init=load_init(init) if init else None,
         on_step=on_step,
+        train_prob=data.gather_tissue_prob(labels, samples["train"]) if cfg.soft_targets else None,
     )
     seconds = time.perf_counter() - started
     model = fit.build_model(spec, result.state_dict).to(cfg.device)

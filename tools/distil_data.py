@@ -56,6 +56,11 @@ class SlideLabels:
     """Patch side in level-0 pixels."""
     labels: np.ndarray = field(repr=False)
     """``(N,)`` int64, 1 = tissue, 0 = background."""
+    tissue_prob: np.ndarray = field(repr=False)
+    """``(N,)`` float32: the teacher's probability of tissue, from the label and the confidence it
+    recorded (``confidence`` when it said tissue, ``1 - confidence`` when background). For the
+    classical map that is the patch's tissue coverage (its confidence is ``0.5 + |coverage - 0.5|``),
+    so soft targets carry how far a patch is from the half-patch rule."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -83,7 +88,7 @@ class LabelSource(Protocol):
 
     def patch_label_rows(self, run_id: str | None = None) -> tuple[str, list[tuple[Any, ...]]]:
         """The run (``run_id``, else the latest with labels) and its
-        ``(slide_id, path, file_hash, x, y, size, label, source)`` rows, by slide, y, x."""
+        ``(slide_id, path, file_hash, x, y, size, label, source, confidence)`` rows, by slide, y, x."""
         ...
 
 
@@ -118,9 +123,16 @@ def _group(run: str, rows: list[tuple[Any, ...]]) -> PseudoLabels:
                 xy=np.asarray([(int(r[3]), int(r[4])) for r in rs], dtype=np.int64),
                 size=sizes.pop(),
                 labels=np.asarray([1 if r[6] == "tissue" else 0 for r in rs], dtype=np.int64),
+                tissue_prob=np.asarray([_tissue_prob(r[6], r[8]) for r in rs], dtype=np.float32),
             )
         )
     return PseudoLabels(run_id=run, slides=slides, sources=tuple(sources), coarse_fill=coarse_fill)
+
+
+def _tissue_prob(label: str, confidence: float | None) -> float:
+    """The teacher's probability of tissue; a missing or out-of-range confidence counts as sure."""
+    conf = 1.0 if confidence is None or not 0.5 <= float(confidence) <= 1.0 else float(confidence)
+    return conf if label == "tissue" else 1.0 - conf
 
 
 def _path_key(path: str) -> str:
@@ -307,6 +319,13 @@ def grid_cells(wsi: Any, patch_size: int, cells: np.ndarray, patch_px: int) -> n
             tiles = read_tile_rows(wsi, grid, patch_px, first, stop)
             out[inside] = tiles[(cells[inside, 1] - first) * grid.cols + cells[inside, 0]]
     return out
+
+
+def gather_tissue_prob(labels: PseudoLabels, sample: Sample) -> np.ndarray:
+    """The teacher's tissue probabilities for one split, in ``gather``'s order: ``(N,)`` float32."""
+    by_id = {s.slide_id: s for s in labels.slides}
+    parts = [by_id[slide_id].tissue_prob[idx] for slide_id, idx in sample.picks.items()]
+    return np.concatenate(parts) if parts else np.empty(0, np.float32)
 
 
 def gather(

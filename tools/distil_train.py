@@ -44,6 +44,11 @@ class TrainConfig:
     threads: int = 1
     """torch CPU threads. One by default: on a shared 2-core machine under load, two threads ran
     mobilenetv3_large_100 at 4 patches/s forward against 32 with one (measured on this machine)."""
+    soft_targets: bool = False
+    """Train on the teacher's tissue probability (``distil_data.SlideLabels.tissue_prob``) instead of
+    its hard label: cross-entropy against ``(1 - p, p)``. For the classical map ``p`` is the patch's
+    tissue coverage, so a patch at 0.52 teaches "barely tissue", not "tissue" as firmly as a patch
+    inside the tissue. Validation, early stopping and calibration stay on the hard labels."""
     time_limit_s: float | None = None
     """Seconds of training (None: no limit). After the first epoch, the epochs that fit at its pace
     are planned and the cosine schedule ends on the last of them (``fitting_epochs``); training also
@@ -219,8 +224,13 @@ def train(
     val_xy: tuple[np.ndarray, np.ndarray],
     init: dict[str, Any] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    train_prob: np.ndarray | None = None,
 ) -> TrainResult:
-    """Fit the student; ``on_step(epoch, n_images, loss)`` reports progress after every batch."""
+    """Fit the student; ``on_step(epoch, n_images, loss)`` reports progress after every batch.
+
+    With ``cfg.soft_targets`` the loss uses ``train_prob`` (the teacher's tissue probability per
+    training patch, in ``train_xy``'s order) in place of the hard labels.
+    """
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -232,6 +242,11 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
     images = torch.from_numpy(train_xy[0]).permute(0, 3, 1, 2)
     labels = torch.from_numpy(train_xy[1])
+    if cfg.soft_targets:
+        if train_prob is None or len(train_prob) != len(labels):
+            raise ValueError("soft targets need one teacher tissue probability per training patch")
+        p = torch.from_numpy(np.asarray(train_prob, np.float32))
+        labels = torch.stack([1.0 - p, p], dim=1)  # class-probability targets for cross_entropy
     best = (float("inf"), 0, copy.deepcopy(model.state_dict()))
     history: list[dict[str, float]] = []
     stopped_by = "epochs"
