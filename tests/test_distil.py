@@ -318,10 +318,13 @@ def test_tissue_probability_comes_from_the_label_and_its_recorded_confidence(tmp
     with duckdb.connect(str(audit)) as con:  # the classical map records 0.5 + |coverage - 0.5|
         con.execute("UPDATE patches SET confidence = 0.7 WHERE x = 0")
         con.execute("UPDATE patches SET confidence = NULL WHERE x = ?", [SIZE])
+        con.execute("UPDATE patches SET confidence = 0.3 WHERE x = ?", [2 * SIZE])
     (s,) = data.load_pseudo_labels(StoreReads.open_read_only(audit)).slides
-    first, second, rest = s.xy[:, 0] == 0, s.xy[:, 0] == SIZE, s.xy[:, 0] > SIZE
+    first, second, third = (s.xy[:, 0] == k * SIZE for k in range(3))
+    rest = s.xy[:, 0] > 2 * SIZE
     assert np.allclose(s.tissue_prob[first], np.where(s.labels[first] == 1, 0.7, 0.3))
     assert np.array_equal(s.tissue_prob[second | rest], s.labels[second | rest].astype(np.float32))
+    assert np.allclose(s.tissue_prob[third], 0.5)  # less sure than a coin: undecided, not sure
     sample = data.Sample(picks={s.slide_id: np.array([3, 0, 1])})
     assert np.array_equal(
         data.gather_tissue_prob(

@@ -130,8 +130,9 @@ def _group(run: str, rows: list[tuple[Any, ...]]) -> PseudoLabels:
 
 
 def _tissue_prob(label: str, confidence: float | None) -> float:
-    """The teacher's probability of tissue; a missing or out-of-range confidence counts as sure."""
-    conf = 1.0 if confidence is None or not 0.5 <= float(confidence) <= 1.0 else float(confidence)
+    """The teacher's probability of tissue. No recorded confidence counts as sure; one under 0.5
+    (an answer less sure of its label than of the other) counts as undecided, 0.5, not as sure."""
+    conf = 1.0 if confidence is None else min(1.0, max(0.5, float(confidence)))
     return conf if label == "tissue" else 1.0 - conf
 
 
