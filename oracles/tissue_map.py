@@ -26,9 +26,11 @@ The rules, in order (``tissue_map``):
    its median: dark grains on a faint haze. Faint tissue is pale throughout (its nuclei too), and
    the dark parts of silver stains are joined lines, not dots. Weak pixels within a patch of the
    image's edge that run along it (4 patches long, 4x their depth) are the slide's border, a
-   label shadow or a tinted strip beyond the coverslip, and are dropped too.
+   label shadow or a tinted strip beyond the coverslip (reaching the edge directly or through the
+   slide's dark border), and are dropped too.
 6. Tissue under a pen stroke is still tissue: ink that the map closes around within half a patch
-   (a stroke drawn across a piece) is given back to it.
+   (a stroke drawn across a piece) is given back to it, and so is ink whose OD colour shows stain
+   beyond the pen's own ink (a piece wholly under a wide stroke: ``oracles.under_ink``).
 7. The blurred rim: growth and closing still leave the map up to two pixels past the truth's
    half-inside edge (2-5% of the area, all outward). Twice, edge pixels whose OD is under 0.4x
    the mean OD of the tissue behind them (dark nuclei and fibres counted at a substrate's 0.35)
@@ -44,6 +46,9 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from tissue_oracle.oracles.mask_ops import drop_small
+from tissue_oracle.oracles.under_ink import tissue_under_ink
 
 PATCH_PX = 32
 """Pixels per grid patch side the rules were calibrated at (512 px level-0 patches at 16x)."""
@@ -71,6 +76,8 @@ class MapParams:
     """Tissue components smaller than this share of a patch are dropped (dust, debris, crystals)."""
     under_ink_reach: float = 0.5
     """Ink that tissue closes around within this many patches is a stroke across tissue: tissue."""
+    stain_under_ink: bool = True
+    """Ink pixels whose OD colour shows stain beyond the pen's own ink are tissue (``under_ink``)."""
     edge_od: float = 0.5
     """An edge pixel of the map is kept when its own OD reaches this share of the substrate's
     next to it (else it is the halo of growth's 3x3 mean: the half-inside rule of the truth)."""
@@ -229,7 +236,7 @@ def tissue_map(
     ink = ink_mask(arr, p)
 
     seeds = (od_floor > params.seed_od_min) & (chroma_mean > params.seed_chroma) & ~ink
-    seeds = _drop_small(seeds, params.seed_min_area * patch_area)
+    seeds = drop_small(seeds, params.seed_min_area * patch_area)
     # Growth reads a 3x3 mean: the seeds' wider mean would smear tissue a few pixels into glass.
     od_near, chroma_near = ndi.uniform_filter(od, 3), ndi.uniform_filter(chroma, 3)
     weak = ((od_near > params.grow_od) & (chroma_near > params.grow_chroma)) | (od_near > params.dense_od)
@@ -242,11 +249,13 @@ def tissue_map(
     inner = np.asarray(ndi.binary_erosion(solid, border_value=1))
     substrate = ndi.maximum_filter(np.where(inner, od_floor, 0.0), size=3)
     solid = inner | (solid & (od > params.edge_od * substrate))
-    solid = _drop_small(solid & ~ink, params.min_piece_area * patch_area)
-    solid &= ~_speckle_pieces(solid, img, od, params, params.min_piece_area * patch_area)
-    solid = _drop_small(solid, params.min_piece_area * patch_area)
+    solid = drop_small(solid & ~ink, params.min_piece_area * patch_area)
+    solid &= ~_speckle_pieces(solid, img, od, ink, params, params.min_piece_area * patch_area)
+    solid = drop_small(solid, params.min_piece_area * patch_area)
     solid |= _under_ink(solid, ink, params.under_ink_reach * p)
-    solid = _drop_small(_peel_halo(solid, od, ink, params), params.min_piece_area * patch_area)
+    if params.stain_under_ink:
+        solid |= tissue_under_ink(od_rgb, ink, p)
+    solid = drop_small(_peel_halo(solid, od, ink, params), params.min_piece_area * patch_area)
     stained = (od_mean > 0.15) & (chroma_mean > params.seed_chroma) & ~ink
     return TissueMap(
         solid=solid,
@@ -314,7 +323,7 @@ def empty_grid_scope(tmap: TissueMap) -> SlideScope:
 
 
 def _speckle_pieces(
-    solid: np.ndarray, img: np.ndarray, od: np.ndarray, params: MapParams, min_area: float
+    solid: np.ndarray, img: np.ndarray, od: np.ndarray, ink: np.ndarray, params: MapParams, min_area: float
 ) -> np.ndarray:
     """Weak pieces of the map that are stain precipitate: isolated dark dots on a faint haze.
 
@@ -329,7 +338,7 @@ def _speckle_pieces(
     sat = ndi.median_filter(ndi.median_filter(sat, size=(1, 7), mode="nearest"), size=(7, 1), mode="nearest")
     strong = sat > _otsu_level(sat)
     weak = solid & ~strong
-    strips = _border_strips(weak, np.sqrt(min_area / params.min_piece_area))
+    strips = _border_strips(weak, ink, np.sqrt(min_area / params.min_piece_area))
     pieces, count = ndi.label(weak & ~strips)
     if count == 0:
         return strips
@@ -407,30 +416,41 @@ def _under_ink(solid: np.ndarray, ink: np.ndarray, reach: float) -> np.ndarray:
     return np.asarray(closed & ink)
 
 
-def _border_strips(weak: np.ndarray, patch: float) -> np.ndarray:
+def _border_strips(weak: np.ndarray, ink: np.ndarray, patch: float) -> np.ndarray:
     """Weak map pixels within a patch of the image's edge that run along it: the slide's border,
-    a label shadow, a tinted strip beyond the coverslip (at least 4 patches long, 4x their depth)."""
+    a label shadow, a tinted strip beyond the coverslip (at least 4 patches long, 4x their depth).
+
+    A strip reaches the edge directly or through dark ink that does (the slide's dark border, with
+    a tinted strip between it and a coverslip edge).
+    """
     h, w = weak.shape
     ys, xs = np.ogrid[:h, :w]
     band = weak & (np.minimum(np.minimum(ys, h - 1 - ys), np.minimum(xs, w - 1 - xs)) < patch)
     pieces, count = ndi.label(band)
+    if count == 0:
+        return band
     strips = np.zeros(count + 1, dtype=bool)
+    frame = _touching_frame(ink)
+    beside_frame = ndi.binary_dilation(frame) if frame.any() else frame
     for index, window in enumerate(ndi.find_objects(pieces), start=1):
         if window is None:
             continue
         rows, cols = window
         height, width = rows.stop - rows.start, cols.stop - cols.start
         on_edge = rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w
+        on_edge = on_edge or bool(beside_frame[window][pieces[window] == index].any())
         strips[index] = on_edge and max(height, width) >= max(4 * patch, 4 * min(height, width))
     return np.asarray(strips[pieces])
 
 
-def _drop_small(mask: np.ndarray, min_area: float) -> np.ndarray:
-    if min_area <= 1 or not mask.any():
-        return mask
+def _touching_frame(mask: np.ndarray) -> np.ndarray:
+    """The components of ``mask`` that touch the image's edge."""
     labels, count = ndi.label(mask)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = sizes >= min_area
+    if count == 0:
+        return mask
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[edge] = True
     keep[0] = False
     return np.asarray(keep[labels])
 
