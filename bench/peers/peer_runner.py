@@ -59,6 +59,8 @@ def lazyslide_mask(path: str) -> np.ndarray:
     scale = 16
     canvas = Image.new("1", (max(1, width // scale), max(1, height // scale)), 0)
     draw = ImageDraw.Draw(canvas)
+    if "tissues" not in wsi.shapes:  # find_tissues logs "No tissue is found." and adds no element
+        return np.asarray(canvas, dtype=bool)
     for geom in wsi["tissues"].geometry:
         polys = getattr(geom, "geoms", [geom])
         for poly in polys:
