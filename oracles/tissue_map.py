@@ -20,14 +20,15 @@ The rules, in order (``tissue_map``):
    blurred parts, folds, dark fibres), then small gaps are closed, holes filled and crumbs
    dropped. Growth reads 3x3 means, which spread it one pixel into glass: an edge pixel stays
    only when its own OD is at least half the substrate's beside it (the half-inside edge).
-5. Stain precipitate: what the map holds beyond strong stain (CLAM's saturation Otsu over the
-   image) is faint tissue or precipitate. A piece of it is dropped when it is dotted with
-   isolated dark spikes (granules of one or two pixels) and its 90th-percentile OD is far above
-   its median: dark grains on a faint haze. Faint tissue is pale throughout (its nuclei too), and
-   the dark parts of silver stains are joined lines, not dots. Weak pixels within a patch of the
-   image's edge that run along it (4 patches long, 4x their depth) are the slide's border, a
-   label shadow or a tinted strip beyond the coverslip (reaching the edge directly or through the
-   slide's dark border), and are dropped too.
+5. Stain precipitate: a piece of the map is dropped when it is dotted with isolated dark spikes
+   (granules of one or two pixels), its 90th-percentile OD is far above its median, and that
+   median is a faint haze's: dark grains on a haze. Pieces are tested apart beyond and within
+   strong stain (CLAM's saturation Otsu over the image): a precipitate haze can be more saturated
+   than pale tissue beside it. Faint tissue is pale throughout (its nuclei too), nucleated tissue
+   is denser than a haze, and the dark parts of silver stains are joined lines, not dots. Weak
+   pixels within a patch of the image's edge that run along it (4 patches long, 4x their depth)
+   are the slide's border, a label shadow or a tinted strip beyond the coverslip (reaching the
+   edge directly or through the slide's dark border), and are dropped too.
 6. Tissue under a pen stroke is still tissue: ink that the map closes around within half a patch
    (a stroke drawn across a piece) is given back to it, and so is ink whose OD colour shows stain
    beyond the pen's own ink (a piece wholly under a wide stroke: ``oracles.under_ink``).
@@ -104,6 +105,10 @@ class MapParams:
     """Share of isolated dots (dark spikes of at most 2 px) above which a weak piece is speckle ..."""
     speckle_contrast: float = 2.5
     """... when its 90th-percentile OD is also this many times its median (dark dots on a haze)."""
+    speckle_haze_od: float = 0.2
+    """... and its median OD is a haze's, under this (a fragment of nucleated tissue is denser)."""
+    speckle_strong: bool = True
+    """Test pieces of strong stain too: a saturated (magenta) precipitate haze beside pale tissue."""
 
 
 DEFAULT_MAP_PARAMS = MapParams()
@@ -325,13 +330,14 @@ def empty_grid_scope(tmap: TissueMap) -> SlideScope:
 def _speckle_pieces(
     solid: np.ndarray, img: np.ndarray, od: np.ndarray, ink: np.ndarray, params: MapParams, min_area: float
 ) -> np.ndarray:
-    """Weak pieces of the map that are stain precipitate: isolated dark dots on a faint haze.
+    """Pieces of the map that are stain precipitate (isolated dark dots on a faint haze), and weak
+    strips along the image's edge.
 
-    Strong stain (CLAM's saturation Otsu over the image) is kept as it is. What the map adds
-    beyond it is either faint tissue (a continuous pale substrate whose nuclei and fibres are as
-    pale, or joined into lines) or precipitate (granules much darker than the haze under them,
-    one or two pixels each at this scale). A piece of the addition is dropped when it is dotted
-    with isolated dark spikes and its dark tail is far above its median.
+    What the map holds beyond strong stain (CLAM's saturation Otsu over the image) is faint tissue
+    (a continuous pale substrate whose nuclei and fibres are as pale, or joined into lines) or
+    precipitate (granules much darker than the haze under them, one or two pixels each at this
+    scale). Within strong stain, a saturated precipitate haze beside pale tissue looks the same.
+    Pieces of each are tested apart (``_speckled``), so that tissue touching a haze keeps its piece.
     """
     sat = np.round(_saturation(img) * 255.0).astype(np.uint8)
     # CLAM blurs with a 7x7 median; a 1x7 then 7x1 median smooths speckle alike, at a quarter the cost
@@ -339,20 +345,32 @@ def _speckle_pieces(
     strong = sat > _otsu_level(sat)
     weak = solid & ~strong
     strips = _border_strips(weak, ink, np.sqrt(min_area / params.min_piece_area))
-    pieces, count = ndi.label(weak & ~strips)
-    if count == 0:
-        return strips
     spike = (od - ndi.grey_opening(od, size=3)) > params.speckle_spike
     spikes, n_spikes = ndi.label(spike, structure=np.ones((3, 3), dtype=bool))
     spike_size = np.bincount(spikes.ravel(), minlength=n_spikes + 1)
     isolated = spike & (spike_size[spikes] <= 2)
+    dropped = strips | _speckled(weak & ~strips, isolated, od, params, min_area)
+    if params.speckle_strong:
+        dropped |= _speckled(solid & strong, isolated, od, params, min_area)
+    return dropped
+
+
+def _speckled(
+    mask: np.ndarray, isolated: np.ndarray, od: np.ndarray, params: MapParams, min_area: float
+) -> np.ndarray:
+    """The pieces of ``mask`` dotted with isolated dark spikes, whose dark tail is far above their
+    median and whose median is a faint haze."""
+    pieces, count = ndi.label(mask)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
     index = np.arange(1, count + 1)
     area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
     iso_share = ndi.sum_labels(isolated, pieces, index) / np.maximum(area, 1)
     median, p90 = _label_quantiles(od, pieces, count, (0.5, 0.9))
     contrast = p90 / np.maximum(median, 1e-3)
-    drop = (area >= min_area) & (iso_share > params.speckle_iso) & (contrast > params.speckle_contrast)
-    return strips | np.asarray(np.concatenate([[False], drop])[pieces])
+    haze = median < params.speckle_haze_od
+    drop = (area >= min_area) & (iso_share > params.speckle_iso) & (contrast > params.speckle_contrast) & haze
+    return np.asarray(np.concatenate([[False], drop])[pieces])
 
 
 def _otsu_level(values: np.ndarray) -> int:

@@ -139,6 +139,35 @@ def test_a_precipitate_zone_beside_tissue_is_not_grown_into(seed: int) -> None:
     assert dice(tmap.solid, tissue) >= 0.95
 
 
+def magenta_precipitate_beside_pale_tissue(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pale lilac tissue (a silver stain's counterstain) and, apart from it, a magenta precipitate
+    haze dotted with dark granules: the haze is more saturated than the tissue, so it is strong stain."""
+    rng = np.random.default_rng(seed)
+    h, w = 384, 384
+    ys, xs = np.mgrid[:h, :w]
+    tissue = (xs - 110) ** 2 + (ys - 190) ** 2 <= 80**2
+    od = np.zeros((h, w, 3), np.float32)
+    od[tissue] += np.array([0.06, 0.10, 0.05]) * rng.uniform(0.8, 1.2, (int(tissue.sum()), 1))
+    od[tissue & (rng.random((h, w)) < 0.04)] += (0.25, 0.3, 0.2)  # pale nuclei
+    zone = ((xs - 290) / 70) ** 2 + ((ys - 190) / 110) ** 2 <= 1
+    haze = np.clip(ndi.gaussian_filter(rng.random((h, w)), 4) * 6 - 2.5, 0.3, 1.0)
+    od[zone] += np.array([0.03, 0.22, 0.05]) * haze[zone, None]
+    grains = zone & (rng.random((h, w)) < 0.12)
+    od[grains] += np.array([0.6, 0.7, 0.5]) * rng.uniform(0.6, 1.2, (int(grains.sum()), 1))
+    glass = np.array([236.0, 233.0, 238.0]) + rng.normal(0, 1.5, (h, w, 1))
+    rgb = np.clip(glass * 10 ** (-od), 0, 255).astype(np.uint8)
+    return rgb, tissue, zone
+
+
+def test_a_saturated_precipitate_haze_is_dropped_though_it_is_strong_stain() -> None:
+    rgb, tissue, zone = magenta_precipitate_beside_pale_tissue(0)
+    kept = tissue_map(rgb, 32, MapParams(speckle_strong=False)).solid
+    assert kept[zone].mean() > 0.5  # strong stain: the weak-piece test alone keeps it
+    solid = tissue_map(rgb, 32).solid
+    assert solid[zone].mean() < 0.05
+    assert dice(solid, tissue) >= 0.9
+
+
 def disc_and_stroke(
     tissue: np.ndarray, colour: tuple[int, int, int], stroke: np.ndarray, *, seed: int, nuclei: float = 0.0
 ) -> np.ndarray:
