@@ -1,16 +1,19 @@
 """Tissue under a wide pen stroke: ink pixels that hold more than the pen's own ink.
 
 Marker ink and stain both absorb light, so under a stroke their optical densities add
-(Beer-Lambert). A stroke over glass has the ink's own OD colour everywhere; its streaks and soft
+(Beer-Lambert). A stroke over glass has its ink's own OD colour everywhere; its streaks and soft
 edges change how much ink there is, not its colour. Where the stroke crosses tissue, the stain's
-OD adds a colour the ink does not have. The rule measures, per stroke and per ink colour (black,
-green, blue), how far each pixel's OD colour strays from the stroke's median OD colour (the part
-of its OD vector orthogonal to the median's direction). Pixels that stray by more than a fixed
-floor and a multiple of the stroke's own stray level, over at least a quarter patch, are tissue.
+OD adds a colour the ink does not have.
 
-Two strokes that cross also stray from either one's colour. A pixel that the two strokes' median
-ODs explain (each at no less than half its own density, with little left over) is a crossing,
-not tissue.
+Per stroke (a connected piece of the ink mask), the rule first finds its inks: the colour classes
+(black, green, blue) that its rim shows where it faces glass, and wide, even areas of one colour (a
+stroke drawn over another one; tissue is mottled). It then measures how far each pixel's OD lies
+from any mix of one or two of those inks, in any amounts (so streaks, soft edges and crossings
+of two strokes lie on it). Pixels that lie off it by more than a fixed floor and a multiple of the
+stroke's own median, over at least a quarter patch, are tissue.
+
+What it cannot see: tissue whose OD colour is a mix of the stroke's inks (neutral tissue under
+black ink), and an ink whose rim never faces glass and that is not even (it reads as tissue).
 
 Not a VLM: part of the classical map.
 """
@@ -36,15 +39,15 @@ class UnderInkParams:
     stray_factor: float = 3.0
     """... and by this many times the stroke's own median stray (streaky or mixed inks stray more)."""
     min_group_area: float = 0.25
-    """Pieces under ink smaller than this share of a patch are dropped."""
+    """Colour areas of a stroke, and pieces found under ink, under this share of a patch are ignored."""
     glass_od: float = 0.1
     """Summed OD under which a pixel beside a stroke is glass."""
     min_rim_share: float = 0.03
+    """A colour class of the stroke's glass-facing rim is one of its inks when it holds this share."""
     even_stray: float = 0.01
     """A colour area of a stroke this even (median stray from its own colour) is ink ..."""
     even_area: float = 1.0
     """... when it covers at least this many patches."""
-    """A colour class of the stroke's glass-facing rim is one of its inks when it holds this share."""
 
 
 DEFAULT_UNDER_INK = UnderInkParams()
