@@ -42,14 +42,15 @@ Not a VLM: every output that uses it is labelled classical.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from tissue_oracle.oracles.mask_ops import drop_small
 from tissue_oracle.oracles.under_ink import tissue_under_ink
+from tissue_oracle.tools.clean import remove_small_components
 
 PATCH_PX = 32
 """Pixels per grid patch side the rules were calibrated at (512 px level-0 patches at 16x)."""
@@ -241,7 +242,7 @@ def tissue_map(
     ink = ink_mask(arr, p)
 
     seeds = (od_floor > params.seed_od_min) & (chroma_mean > params.seed_chroma) & ~ink
-    seeds = drop_small(seeds, params.seed_min_area * patch_area)
+    seeds = _drop_small(seeds, params.seed_min_area * patch_area)
     # Growth reads a 3x3 mean: the seeds' wider mean would smear tissue a few pixels into glass.
     od_near, chroma_near = ndi.uniform_filter(od, 3), ndi.uniform_filter(chroma, 3)
     weak = ((od_near > params.grow_od) & (chroma_near > params.grow_chroma)) | (od_near > params.dense_od)
@@ -254,13 +255,13 @@ def tissue_map(
     inner = np.asarray(ndi.binary_erosion(solid, border_value=1))
     substrate = ndi.maximum_filter(np.where(inner, od_floor, 0.0), size=3)
     solid = inner | (solid & (od > params.edge_od * substrate))
-    solid = drop_small(solid & ~ink, params.min_piece_area * patch_area)
+    solid = _drop_small(solid & ~ink, params.min_piece_area * patch_area)
     solid &= ~_speckle_pieces(solid, img, od, ink, params, params.min_piece_area * patch_area)
-    solid = drop_small(solid, params.min_piece_area * patch_area)
+    solid = _drop_small(solid, params.min_piece_area * patch_area)
     solid |= _under_ink(solid, ink, params.under_ink_reach * p)
     if params.stain_under_ink:
         solid |= tissue_under_ink(od_rgb, ink, p)
-    solid = drop_small(_peel_halo(solid, od, ink, params), params.min_piece_area * patch_area)
+    solid = _drop_small(_peel_halo(solid, od, ink, params), params.min_piece_area * patch_area)
     stained = (od_mean > 0.15) & (chroma_mean > params.seed_chroma) & ~ink
     return TissueMap(
         solid=solid,
@@ -471,6 +472,11 @@ def _touching_frame(mask: np.ndarray) -> np.ndarray:
     keep[edge] = True
     keep[0] = False
     return np.asarray(keep[labels])
+
+
+def _drop_small(mask: np.ndarray, min_area: float) -> np.ndarray:
+    """``mask`` without its components smaller than ``min_area`` pixels."""
+    return remove_small_components(mask, math.ceil(min_area))[0]
 
 
 def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:

@@ -20,12 +20,13 @@ Not a VLM: part of the classical map.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from tissue_oracle.oracles.mask_ops import drop_small
+from tissue_oracle.tools.clean import remove_small_components
 
 _NEUTRAL, _GREEN, _BLUE = 1, 2, 3
 
@@ -81,25 +82,30 @@ def tissue_under_ink(
         rows, cols = (slice(max(0, w.start - pad), w.stop + pad) for w in window)
         in_stroke = strokes[rows, cols] == index
         local = smooth[rows, cols]
-        inks = _stroke_inks(local, in_stroke, glass[rows, cols], patch_px, params)
+        inks = _stroke_inks(local, in_stroke, glass[rows, cols], k, patch_px * patch_px, params)
         if not inks:
             continue
         stray = _cone_distance(local, inks)
         level = float(np.median(stray[in_stroke]))
         out[rows, cols] |= in_stroke & (stray > max(params.stray_floor, params.stray_factor * level))
-    return drop_small(out, min_area)
+    return remove_small_components(out, math.ceil(min_area))[0]
 
 
 def _stroke_inks(
-    local: np.ndarray, in_stroke: np.ndarray, glass: np.ndarray, patch_px: int, params: UnderInkParams
+    local: np.ndarray,
+    in_stroke: np.ndarray,
+    glass: np.ndarray,
+    k: int,
+    patch_area: int,
+    params: UnderInkParams,
 ) -> list[np.ndarray]:
     """The median OD of each ink colour (black, green, blue) of one stroke.
 
     A colour is an ink when the stroke's rim shows it where it faces glass (a stroke's rim over
     glass shows its inks alone), or when it covers a wide, even area of the stroke (a stroke drawn
-    over another one: its colour only varies in density, where tissue is mottled).
+    over another one: its colour only varies in density, where tissue is mottled). The rim is the
+    band ``k`` to ``2k`` px deep (``k``: the smoothing width) within ``2k`` px of glass.
     """
-    k, patch_area = max(3, patch_px // 8) | 1, patch_px * patch_px
     depth = ndi.distance_transform_edt(in_stroke)
     rim = in_stroke & (depth > k) & (depth <= 2 * k) & ndi.binary_dilation(glass, iterations=2 * k)
     colour = pen_colour(local)
