@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 from stage_support import dice
 
+from tissue_oracle.oracles import tissue_map as tissue_map_module
 from tissue_oracle.oracles.tissue_map import DEFAULT_MAP_PARAMS, MapParams, tissue_map
 from tissue_oracle.oracles.under_ink import pen_colour, tissue_under_ink
 
@@ -111,4 +112,25 @@ def test_a_tinted_strip_between_a_coverslip_edge_and_the_dark_border_is_not_tiss
     tmap = tissue_map(render(od, 5), 32)
     assert not tmap.solid[:, 357:].any()
     assert dice(tmap.solid, piece) >= 0.95
+
+
+def test_a_tinted_strip_cut_by_a_pen_stroke_is_not_tissue(grid, monkeypatch) -> None:
+    """Seen on a synthetic hard slide: a strip of tinted medium along the image's left edge, the
+    coverslip's dark edge beside it, and a wide black stroke drawn across both from the glass to the
+    edge. Each piece of the strip is shorter than 4 patches; measured through the ink it is the
+    whole side."""
+    ys, xs = grid
+    piece = (xs - 230) ** 2 + (ys - 190) ** 2 <= 80**2
+    od = textured(piece, PINK_STAIN, 6)
+    od[:, :12] += (0.02, 0.045, 0.07)  # beige medium beyond the coverslip
+    od[:, 12:17] += 0.35  # the coverslip's dark edge
+    stroke = (np.abs(ys - 195) < 80) & (xs < 110)  # 5 patches wide, from the edge inwards
+    rgb = render(od + streaky(stroke, BLACK_INK, 6), 6)
+    strip = (xs < 12) & ~stroke
+    tmap = tissue_map(rgb, 32)
+    assert tmap.solid[strip].mean() < 0.02  # a few pixels at the stroke's soft edge may stay
+    assert dice(tmap.solid, piece) >= 0.95
+    # measured piece by piece, each is too short to be a strip, and the medium is kept as tissue
+    monkeypatch.setattr(tissue_map_module, "_joined_through_ink", lambda band, ink, patch: band)
+    assert tissue_map(rgb, 32).solid[strip].mean() > 0.5
     assert DEFAULT_MAP_PARAMS.stain_under_ink
