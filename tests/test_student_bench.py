@@ -1,11 +1,17 @@
-"""The student bench's cascade replay: calls and Dice lost computed from labels, on constructed slides."""
+"""The student bench's cascade replay and real-cascade scoring: calls and Dice lost computed from labels
+and stores, on constructed slides."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tissue_oracle.bench.perf import student_bench
 from tissue_oracle.bench.perf.student_bench import cascade_curve, direct
+from tissue_oracle.store.audit_store import AuditStore
+from tissue_oracle.tools.schemas import CallRecord, RunRecord
 
 
 def slide(teacher: list[bool], student: list[tuple[bool, float]], rest: int = 0) -> dict:
@@ -67,3 +73,61 @@ def test_direct_scores_the_student_on_every_teacher_patch() -> None:
     pen = np.array([[True, False], [False, False]])  # the right one has the pen
     where = direct(teacher, grid, {"edge": edge, "pen": pen}, patch_size=512)["disagree_where"]
     assert where == {"edge": 2, "pen": 0}
+
+
+def _fake_run(folder: Path, run_id: str, calls: int, masks: dict[str, np.ndarray]) -> None:
+    """What one ``segment`` run leaves behind: its calls in the folder's store (appended to any
+    earlier run's, as the CLI does) and each slide's patch mask."""
+    with AuditStore.open(folder / "audit.duckdb") as store:
+        store.begin_run(
+            RunRecord(
+                run_id=run_id,
+                policy_name="p",
+                policy_yaml="",
+                policy_hash="h",
+                tool_version="t",
+                command_line="test",
+            )
+        )
+        for k in range(calls):
+            store.record_call(
+                CallRecord(
+                    run_id=run_id,
+                    slide_id="a",
+                    stage="classify_patches",
+                    role="oracle",
+                    backend="classical",
+                    model="classical-map",
+                    request_hash=f"{run_id}-{k}",
+                    ok=True,
+                )
+            )
+    for stem, mask in masks.items():
+        (folder / stem).mkdir(parents=True, exist_ok=True)
+        np.save(folder / stem / "mask.npy", mask)
+
+
+def test_a_repeated_real_cascade_counts_only_its_own_calls_and_is_scored_against_truth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truth = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    plain = np.array([[1, 1, 1], [1, 0, 0]], bool)  # the fallback oracle: one false patch
+    cascade = truth.copy()  # the student got that patch right
+    baseline = tmp_path / "teacher_pp"
+    _fake_run(baseline, "plain", 10, {"a": plain})
+    runs = iter(range(10))
+
+    def fake_segment(slides: list[Path], out: Path, policy: Path, extra: list[str]) -> float:
+        _fake_run(out, f"cascade-{next(runs)}", 2, {"a": cascade})
+        return 1.0
+
+    monkeypatch.setattr(student_bench, "segment", fake_segment)
+    monkeypatch.setattr(student_bench, "_truth_grid", lambda slide, size: truth)
+    slides = [tmp_path / "a.tiff"]
+    for _ in range(2):  # the second run lands in the first one's folder
+        row = student_bench.real_cascade(slides, tmp_path, tmp_path / "s.pt", 0.98, baseline, 512)
+        assert (row["plain_oracle_calls"], row["cascade_oracle_calls"]) == (10, 2)
+        assert row["calls_saved"] == 0.8
+    assert row["mask_dice_vs_teacher_pp"] == {"a": round(2 * 3 / (4 + 3), 4)}
+    assert row["mean_dice_lost"] == round(1 - 2 * 3 / 7, 4)
+    assert row["dice_vs_truth"] == {"cascade": {"a": 1.0}, "plain": {"a": round(2 * 3 / 7, 4)}}
