@@ -35,8 +35,10 @@ from tissue_oracle.bench.soak.faulty_server import DEFAULT_MIX, FaultyOpenAIServ
 
 MODEL = "Qwen/Qwen3-VL-8B-Instruct"
 #: A request whose usable answer was sent at most this long before the kill may not have been
-#: recorded by the client yet (response in transit or being parsed): it was in flight.
-IN_TRANSIT_S = 1.0
+#: recorded by the client yet (response in transit or being parsed): it was in flight. 2 s, not 1:
+#: with the reference run and both servers on 2 cores, one answer in a CI run (2026-12-04) was
+#: asked again after the resume though it was sent more than 1 s before the kill.
+IN_TRANSIT_S = 2.0
 
 
 @dataclass(kw_only=True)
@@ -82,6 +84,8 @@ class SoakReport:
     seconds_soak: float
     reference_requests: int
     command: str = ""
+    repeated_not_in_flight_detail: list[str] = field(default_factory=list)
+    """For each answer asked again that was neither in flight nor unusable: how it was served."""
 
     @property
     def passed(self) -> bool:
@@ -248,8 +252,16 @@ def analyse(
     kill_local = datetime.fromtimestamp(killed)
     rows_before = sum(started < kill_local for started in starts)
     in_flight = [s for s in before if s.began < killed and (s.ended is None or s.ended >= killed)]
+    # An answer written after the client's timeout reached a client that had given up on it (a slow
+    # answer on a loaded machine): never received, so asking again is no loss.
     usable_before = {
-        s.body_sha256: s for s in before if s.status == 200 and s.fault != "invalid_json" and s.began < killed
+        s.body_sha256: s
+        for s in before
+        if s.status == 200
+        and s.fault != "invalid_json"
+        and s.began < killed
+        and s.ended is not None
+        and s.ended - s.began < config.timeout_s
     }
     unusable_before = {s.body_sha256 for s in before if s.status == 200 and s.fault == "invalid_json"}
     paid_after = {s.body_sha256 for s in after if s.status == 200}
@@ -267,6 +279,13 @@ def analyse(
     repeated_unusable = {
         h for h in repeated - repeated_in_flight if h in unusable_before and h not in usable_before
     }
+    other = repeated - repeated_in_flight - repeated_unusable
+    other_detail = [
+        f"{s.fault or 'no fault'}, status {s.status}, answered in {(s.ended or killed) - s.began:.2f} s, "
+        f"{killed - (s.ended or killed):.2f} s before the kill"
+        for h in sorted(other)
+        if (s := usable_before.get(h)) is not None
+    ]
     names = sorted(p.stem for p in slides.glob("*.tif*"))
     lost = [
         n
@@ -311,7 +330,8 @@ def analyse(
         repeated_paid=len(repeated),
         repeated_in_flight=len(repeated_in_flight),
         repeated_unusable_before=len(repeated_unusable),
-        repeated_not_in_flight=len(repeated - repeated_in_flight - repeated_unusable),
+        repeated_not_in_flight=len(other),
+        repeated_not_in_flight_detail=other_detail,
         seconds_reference=0.0,
         seconds_soak=0.0,
         reference_requests=0,
@@ -333,7 +353,8 @@ def report_text(report: SoakReport) -> str:
         + (f"  different: {report.masks_different[:10]}" if report.masks_different else ""),
         f"  paid answers before kill    {report.paid_before_kill}; asked again after resume "
         f"{report.repeated_paid} (in flight at kill {report.repeated_in_flight}, unusable malformed "
-        f"answer {report.repeated_unusable_before}, other {report.repeated_not_in_flight})",
+        f"answer {report.repeated_unusable_before}, other {report.repeated_not_in_flight})"
+        + "".join(f"\n    other: {d}" for d in report.repeated_not_in_flight_detail),
         f"  wall time                   reference {report.seconds_reference:.0f} s "
         f"({report.reference_requests} requests), soak incl. kill+resume {report.seconds_soak:.0f} s",
         f"  PASSED: {report.passed}",
