@@ -49,6 +49,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from tissue_oracle.oracles.edge_strips import border_strips
 from tissue_oracle.oracles.under_ink import tissue_under_ink
 from tissue_oracle.tools.clean import remove_small_components
 
@@ -345,7 +346,7 @@ def _speckle_pieces(
     sat = ndi.median_filter(ndi.median_filter(sat, size=(1, 7), mode="nearest"), size=(7, 1), mode="nearest")
     strong = sat > _otsu_level(sat)
     weak = solid & ~strong
-    strips = _border_strips(weak, ink, np.sqrt(min_area / params.min_piece_area))
+    strips = border_strips(weak, ink, np.sqrt(min_area / params.min_piece_area))
     spike = (od - ndi.grey_opening(od, size=3)) > params.speckle_spike
     spikes, n_spikes = ndi.label(spike, structure=np.ones((3, 3), dtype=bool))
     spike_size = np.bincount(spikes.ravel(), minlength=n_spikes + 1)
@@ -433,70 +434,6 @@ def _under_ink(solid: np.ndarray, ink: np.ndarray, reach: float) -> np.ndarray:
     grown = ndi.distance_transform_edt(~solid) <= reach
     closed = ndi.distance_transform_edt(grown) > reach
     return np.asarray(closed & ink)
-
-
-def _border_strips(weak: np.ndarray, ink: np.ndarray, patch: float) -> np.ndarray:
-    """Weak map pixels within a patch of the image's edge that run along it: the slide's border,
-    a label shadow, a tinted strip beyond the coverslip (at least 4 patches long, 4x their depth).
-
-    A strip reaches the edge directly or through dark ink that does (the slide's dark border, with
-    a tinted strip between it and a coverslip edge). A pen stroke drawn across a strip cuts it into
-    pieces shorter than 4 patches; they are measured as one (``_joined_through_ink``).
-    """
-    h, w = weak.shape
-    ys, xs = np.ogrid[:h, :w]
-    band = weak & (np.minimum(np.minimum(ys, h - 1 - ys), np.minimum(xs, w - 1 - xs)) < patch)
-    pieces, count = ndi.label(_joined_through_ink(band, ink, patch))
-    if count == 0:
-        return band
-    strips = np.zeros(count + 1, dtype=bool)
-    frame = _touching_frame(ink)
-    beside_frame = ndi.binary_dilation(frame) if frame.any() else frame
-    for index, window in enumerate(ndi.find_objects(pieces), start=1):
-        if window is None:
-            continue
-        rows, cols = window
-        height, width = rows.stop - rows.start, cols.stop - cols.start
-        on_edge = rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w
-        on_edge = on_edge or bool(beside_frame[window][pieces[window] == index].any())
-        strips[index] = on_edge and max(height, width) >= max(4 * patch, 4 * min(height, width))
-    return np.asarray(strips[pieces]) & band
-
-
-def _joined_through_ink(band: np.ndarray, ink: np.ndarray, patch: float) -> np.ndarray:
-    """``band`` with the ink between two of its pixels along the image's edge added: in the columns
-    within a patch of the left or right edge, a vertical run of ink with band above and below it;
-    likewise a horizontal run near the top or bottom edge. Runs with glass in them join nothing."""
-    h, w = band.shape
-    ys, xs = np.ogrid[:h, :w]
-    joined = band.copy()
-    for axis, near in ((0, np.minimum(xs, w - 1 - xs) < patch), (1, np.minimum(ys, h - 1 - ys) < patch)):
-        along = np.zeros((3, 3), dtype=bool)
-        along[:, 1] = True
-        along = along if axis == 0 else along.T
-        gaps, count = ndi.label(~band & np.broadcast_to(near, band.shape), structure=along)
-        if count == 0:
-            continue
-        index = np.arange(1, count + 1)
-        all_ink = ndi.minimum(ink.astype(np.uint8), gaps, index).astype(bool)
-        before = np.maximum.accumulate(band, axis=axis)
-        after = np.flip(np.maximum.accumulate(np.flip(band, axis), axis=axis), axis)
-        enclosed = ndi.minimum((before & after).astype(np.uint8), gaps, index).astype(bool)
-        fill = np.concatenate([[False], all_ink & enclosed])
-        joined |= fill[gaps]
-    return joined
-
-
-def _touching_frame(mask: np.ndarray) -> np.ndarray:
-    """The components of ``mask`` that touch the image's edge."""
-    labels, count = ndi.label(mask)
-    if count == 0:
-        return mask
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[edge] = True
-    keep[0] = False
-    return np.asarray(keep[labels])
 
 
 def _drop_small(mask: np.ndarray, min_area: float) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 from stage_support import dice
 
-from tissue_oracle.oracles import tissue_map as tissue_map_module
+from tissue_oracle.oracles import edge_strips
 from tissue_oracle.oracles.tissue_map import DEFAULT_MAP_PARAMS, MapParams, tissue_map
 from tissue_oracle.oracles.under_ink import pen_colour, tissue_under_ink
 
@@ -131,6 +131,6 @@ def test_a_tinted_strip_cut_by_a_pen_stroke_is_not_tissue(grid, monkeypatch) -> 
     assert tmap.solid[strip].mean() < 0.02  # a few pixels at the stroke's soft edge may stay
     assert dice(tmap.solid, piece) >= 0.95
     # measured piece by piece, each is too short to be a strip, and the medium is kept as tissue
-    monkeypatch.setattr(tissue_map_module, "_joined_through_ink", lambda band, ink, patch: band)
+    monkeypatch.setattr(edge_strips, "_joined_through_ink", lambda band, ink, patch: band)
     assert tissue_map(rgb, 32).solid[strip].mean() > 0.5
     assert DEFAULT_MAP_PARAMS.stain_under_ink
