@@ -25,7 +25,9 @@ The rules, in order (``tissue_map``):
    median is a faint haze's: dark grains on a haze. Pieces are tested apart beyond and within
    strong stain (CLAM's saturation Otsu over the image): a precipitate haze can be more saturated
    than pale tissue beside it. Faint tissue is pale throughout (its nuclei too), nucleated tissue
-   is denser than a haze, and the dark parts of silver stains are joined lines, not dots. Weak
+   is denser than a haze, and the dark parts of silver and PAS stains are joined lines, not dots:
+   a piece of two patches or more whose dark pixels lie mostly in joined components (membranes
+   and fibres; precipitate's granules are dots and small clusters) is kept as tissue. Weak
    pixels within a patch of the image's edge that run along it (4 patches long, 4x their depth)
    are the slide's border, a label shadow or a tinted strip beyond the coverslip (reaching the
    edge directly or through the slide's dark border), and are dropped too.
@@ -111,6 +113,15 @@ class MapParams:
     """... and its median OD is a haze's, under this (a fragment of nucleated tissue is denser)."""
     speckle_strong: bool = True
     """Test pieces of strong stain too: a saturated (magenta) precipitate haze beside pale tissue."""
+    line_dark: float = 2.0
+    """A piece's dark pixels are those this many times its median OD (nuclei, fibres, granules) ..."""
+    line_min_area: float = 0.025
+    """... joined into a line where their component holds at least this share of a patch ..."""
+    line_share: float = 0.62
+    """... and a piece whose dark pixels are at least this share joined (membranes, fibres) is tissue,
+    not precipitate (granules: dots and clusters) ..."""
+    line_piece_area: float = 2.0
+    """... when the piece covers at least this many patches (a smaller one's share is noise)."""
 
 
 DEFAULT_MAP_PARAMS = MapParams()
@@ -346,22 +357,23 @@ def _speckle_pieces(
     sat = ndi.median_filter(ndi.median_filter(sat, size=(1, 7), mode="nearest"), size=(7, 1), mode="nearest")
     strong = sat > _otsu_level(sat)
     weak = solid & ~strong
-    strips = border_strips(weak, ink, np.sqrt(min_area / params.min_piece_area))
+    patch_area = min_area / params.min_piece_area
+    strips = border_strips(weak, ink, np.sqrt(patch_area))
     spike = (od - ndi.grey_opening(od, size=3)) > params.speckle_spike
     spikes, n_spikes = ndi.label(spike, structure=np.ones((3, 3), dtype=bool))
     spike_size = np.bincount(spikes.ravel(), minlength=n_spikes + 1)
     isolated = spike & (spike_size[spikes] <= 2)
-    dropped = strips | _speckled(weak & ~strips, isolated, od, params, min_area)
+    dropped = strips | _speckled(weak & ~strips, isolated, od, params, patch_area)
     if params.speckle_strong:
-        dropped |= _speckled(solid & strong, isolated, od, params, min_area)
+        dropped |= _speckled(solid & strong, isolated, od, params, patch_area)
     return dropped
 
 
 def _speckled(
-    mask: np.ndarray, isolated: np.ndarray, od: np.ndarray, params: MapParams, min_area: float
+    mask: np.ndarray, isolated: np.ndarray, od: np.ndarray, params: MapParams, patch_area: float
 ) -> np.ndarray:
     """The pieces of ``mask`` dotted with isolated dark spikes, whose dark tail is far above their
-    median and whose median is a faint haze."""
+    median and whose median is a faint haze, unless their dark parts are joined lines."""
     pieces, count = ndi.label(mask)
     if count == 0:
         return np.zeros(mask.shape, dtype=bool)
@@ -371,8 +383,28 @@ def _speckled(
     median, p90 = _label_quantiles(od, pieces, count, (0.5, 0.9))
     contrast = p90 / np.maximum(median, 1e-3)
     haze = median < params.speckle_haze_od
-    drop = (area >= min_area) & (iso_share > params.speckle_iso) & (contrast > params.speckle_contrast) & haze
-    return np.asarray(np.concatenate([[False], drop])[pieces])
+    drop = (area >= params.min_piece_area * patch_area) & (iso_share > params.speckle_iso)
+    drop &= (contrast > params.speckle_contrast) & haze
+    lined = (area >= params.line_piece_area * patch_area) & (
+        _line_share(pieces, count, od, median, params, patch_area) >= params.line_share
+    )
+    return np.asarray(np.concatenate([[False], drop & ~lined])[pieces])
+
+
+def _line_share(
+    pieces: np.ndarray, count: int, od: np.ndarray, median: np.ndarray, params: MapParams, patch_area: float
+) -> np.ndarray:
+    """Per piece 1..count, the share of its dark pixels (``line_dark`` x its median OD) that lie in
+    components of at least ``line_min_area`` of a patch: membranes and fibres, where precipitate's
+    granules are dots and small clusters."""
+    index = np.arange(1, count + 1)
+    piece_median = np.concatenate([[np.inf], median])[pieces]
+    dark = (pieces > 0) & (od > params.line_dark * piece_median)
+    parts, n_parts = ndi.label(dark, structure=np.ones((3, 3), dtype=bool))
+    part_size = np.bincount(parts.ravel(), minlength=n_parts + 1)
+    part_size[0] = 0
+    joined = dark & (part_size[parts] >= params.line_min_area * patch_area)
+    return ndi.sum_labels(joined, pieces, index) / np.maximum(ndi.sum_labels(dark, pieces, index), 1)
 
 
 def _otsu_level(values: np.ndarray) -> int:

@@ -168,6 +168,41 @@ def test_a_saturated_precipitate_haze_is_dropped_though_it_is_strong_stain() -> 
     assert dice(solid, tissue) >= 0.9
 
 
+def membranes_beside_precipitate(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pink piece with glomerulus-like rings of dark membrane (joined lines, a silver or PAS
+    stain) and scattered nuclei on a pale substrate, and apart from it a precipitate zone of
+    granules on a haze. Both pieces are dotted with isolated dark spikes on a faint median."""
+    rng = np.random.default_rng(seed)
+    h, w = 384, 448
+    ys, xs = np.mgrid[:h, :w]
+    tissue = (xs - 120) ** 2 + (ys - 190) ** 2 <= 95**2
+    od = np.zeros((h, w, 3), np.float32)
+    od[tissue] += np.array([0.02, 0.09, 0.03]) * rng.uniform(0.8, 1.2, (int(tissue.sum()), 1))
+    centres = ((80, 150), (160, 150), (80, 235), (160, 235), (120, 110), (120, 275), (45, 190), (195, 190))
+    for cx, cy in centres:
+        ring = np.abs(np.hypot(xs - cx, ys - cy) - 17) <= 1.5
+        od[ring & tissue] += (0.25, 0.5, 0.2)
+    od[tissue & (rng.random((h, w)) < 0.04)] += (0.2, 0.25, 0.15)  # nuclei
+    zone = ((xs - 340) / 80) ** 2 + ((ys - 190) / 120) ** 2 <= 1
+    haze = np.clip(ndi.gaussian_filter(rng.random((h, w)), 4) * 6 - 2.5, 0.3, 1.0)
+    od[zone] += np.array([0.03, 0.09, 0.04]) * haze[zone, None]
+    grains = zone & (rng.random((h, w)) < 0.12)
+    od[grains] += np.array([0.6, 0.7, 0.5]) * rng.uniform(0.6, 1.2, (int(grains.sum()), 1))
+    glass = np.array([236.0, 233.0, 238.0]) + rng.normal(0, 1.5, (h, w, 1))
+    rgb = np.clip(glass * 10 ** (-od), 0, 255).astype(np.uint8)
+    return rgb, tissue, zone
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tissue_whose_dark_parts_are_joined_membranes_is_not_precipitate(seed: int) -> None:
+    rgb, tissue, zone = membranes_beside_precipitate(seed)
+    dropped = tissue_map(rgb, 32, MapParams(line_share=1.01)).solid  # without the joined-line test
+    assert dropped[tissue].mean() < 0.05  # dots on a faint median: the precipitate test drops the piece
+    solid = tissue_map(rgb, 32).solid
+    assert solid[zone].mean() < 0.05
+    assert dice(solid, tissue) >= 0.95
+
+
 def disc_and_stroke(
     tissue: np.ndarray, colour: tuple[int, int, int], stroke: np.ndarray, *, seed: int, nuclei: float = 0.0
 ) -> np.ndarray:
