@@ -26,8 +26,9 @@ The rules, in order (``tissue_map``):
    strong stain (CLAM's saturation Otsu over the image): a precipitate haze can be more saturated
    than pale tissue beside it. Faint tissue is pale throughout (its nuclei too), nucleated tissue
    is denser than a haze, and the dark parts of silver and PAS stains are joined lines, not dots:
-   a piece of two patches or more whose dark pixels lie mostly in joined components (membranes
-   and fibres; precipitate's granules are dots and small clusters) is kept as tissue. Weak
+   a piece of two patches or more whose dark pixels lie mostly in joined components no larger
+   than a patch (membranes and fibres; precipitate's granules are dots and small clusters, and a
+   coverslip edge merged into a haze is one long line) is kept as tissue. Weak
    pixels within a patch of the image's edge that run along it (4 patches long, 4x their depth)
    are the slide's border, a label shadow or a tinted strip beyond the coverslip (reaching the
    edge directly or through the slide's dark border), and are dropped too.
@@ -117,6 +118,9 @@ class MapParams:
     """A piece's dark pixels are those this many times its median OD (nuclei, fibres, granules) ..."""
     line_min_area: float = 0.025
     """... joined into a line where their component holds at least this share of a patch ..."""
+    line_max_area: float = 1.0
+    """... and at most this many patches (a coverslip edge or a border line merged into a haze is one
+    line longer than a patch: not a membrane) ..."""
     line_share: float = 0.62
     """... and a piece whose dark pixels are at least this share joined (membranes, fibres) is tissue,
     not precipitate (granules: dots and clusters) ..."""
@@ -395,15 +399,16 @@ def _line_share(
     pieces: np.ndarray, count: int, od: np.ndarray, median: np.ndarray, params: MapParams, patch_area: float
 ) -> np.ndarray:
     """Per piece 1..count, the share of its dark pixels (``line_dark`` x its median OD) that lie in
-    components of at least ``line_min_area`` of a patch: membranes and fibres, where precipitate's
-    granules are dots and small clusters."""
+    components of ``line_min_area`` to ``line_max_area`` patches: membranes and fibres, where
+    precipitate's granules are dots and small clusters, and a coverslip edge is one long line."""
     index = np.arange(1, count + 1)
     piece_median = np.concatenate([[np.inf], median])[pieces]
     dark = (pieces > 0) & (od > params.line_dark * piece_median)
     parts, n_parts = ndi.label(dark, structure=np.ones((3, 3), dtype=bool))
     part_size = np.bincount(parts.ravel(), minlength=n_parts + 1)
     part_size[0] = 0
-    joined = dark & (part_size[parts] >= params.line_min_area * patch_area)
+    size = part_size[parts]
+    joined = dark & (size >= params.line_min_area * patch_area) & (size <= params.line_max_area * patch_area)
     return ndi.sum_labels(joined, pieces, index) / np.maximum(ndi.sum_labels(dark, pieces, index), 1)
 
 

@@ -23,7 +23,7 @@ from tissue_oracle.agent.controller import segment_slide
 from tissue_oracle.agent.oracle_setup import build_oracles
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, dense_labels
-from tissue_oracle.oracles.tissue_map import MapParams, tissue_map
+from tissue_oracle.oracles.tissue_map import MapParams, _line_share, tissue_map
 from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.focus import NO_FOCUS
@@ -201,6 +201,24 @@ def test_tissue_whose_dark_parts_are_joined_membranes_is_not_precipitate(seed: i
     solid = tissue_map(rgb, 32).solid
     assert solid[zone].mean() < 0.05
     assert dice(solid, tissue) >= 0.95
+
+
+def test_joined_lines_count_up_to_a_patch_and_dots_never() -> None:
+    """The joined-line share behind the test above: rings count, granules do not, and neither does one
+    line longer than a patch (a coverslip edge merged into a precipitate haze, tuning slide hard_1 at
+    12288 px)."""
+    ys, xs = np.mgrid[:256, :384]
+    pieces = np.zeros((256, 384), np.int32)
+    pieces[:, :128], pieces[:, 128:256], pieces[:, 256:] = 1, 2, 3
+    od = np.full((256, 384), 0.1, np.float32)
+    rings = np.abs(np.hypot((xs % 64) - 32, (ys % 64) - 32) - 17) <= 1.5  # 16 rings of ~320 px
+    od[rings & (pieces == 1)] = 0.5
+    od[(pieces == 2) & (xs % 4 == 0) & (ys % 4 == 0)] = 0.5  # granules: single dots
+    od[(pieces == 3) & (np.abs(xs - 320) <= 2)] = 0.5  # one line of 1280 px (1.25 patches of 1024)
+    share = _line_share(pieces, 3, od, np.array([0.1, 0.1, 0.1]), MapParams(), 1024.0)
+    assert share[0] == pytest.approx(1.0) and share[1] == 0.0 and share[2] == 0.0
+    longer = _line_share(pieces, 3, od, np.array([0.1, 0.1, 0.1]), MapParams(line_max_area=2.0), 1024.0)
+    assert longer[2] == pytest.approx(1.0)
 
 
 def disc_and_stroke(
