@@ -20,18 +20,19 @@ The rules, in order (``tissue_map``):
    blurred parts, folds, dark fibres), then small gaps are closed, holes filled and crumbs
    dropped. Growth reads 3x3 means, which spread it one pixel into glass: an edge pixel stays
    only when its own OD is at least half the substrate's beside it (the half-inside edge).
-5. Stain precipitate: a piece of the map is dropped when it is dotted with isolated dark spikes
-   (granules of one or two pixels), its 90th-percentile OD is far above its median, and that
-   median is a faint haze's: dark grains on a haze. Pieces are tested apart beyond and within
-   strong stain (CLAM's saturation Otsu over the image): a precipitate haze can be more saturated
-   than pale tissue beside it. Faint tissue is pale throughout (its nuclei too), nucleated tissue
-   is denser than a haze, and the dark parts of silver and PAS stains are joined lines, not dots:
-   a piece of two patches or more whose dark pixels lie mostly in joined components no larger
-   than a patch (membranes and fibres; precipitate's granules are dots and small clusters, and a
-   coverslip edge merged into a haze is one long line) is kept as tissue. Weak
-   pixels within a patch of the image's edge that run along it (4 patches long, 4x their depth)
-   are the slide's border, a label shadow or a tinted strip beyond the coverslip (reaching the
-   edge directly or through the slide's dark border), and are dropped too.
+5. Stain precipitate (``oracles.precipitate``): a piece of the map is dropped when it is dotted
+   with isolated dark spikes (granules of one or two pixels), its 90th-percentile OD is far
+   above its median, and that median is a faint haze's: dark grains on a haze. Pieces are tested
+   apart beyond and within strong stain (CLAM's saturation Otsu over the image): a precipitate
+   haze can be more saturated than pale tissue beside it. Faint tissue is pale throughout (its
+   nuclei too), nucleated tissue is denser than a haze, and the dark parts of silver and PAS
+   stains are joined lines, not dots: a piece of two patches or more whose dark pixels lie
+   mostly in joined components no larger than a patch (membranes and fibres; precipitate's
+   granules are dots and small clusters, and a coverslip edge merged into a haze is one long
+   line) is kept as tissue. Weak pixels within a patch of the image's edge that run along it (4
+   patches long, 4x their depth) are the slide's border, a label shadow or a tinted strip beyond
+   the coverslip (reaching the edge directly or through the slide's dark border), and are
+   dropped too.
 6. Tissue under a pen stroke is still tissue: ink that the map closes around within half a patch
    (a stroke drawn across a piece) is given back to it, and so is ink whose OD colour shows stain
    beyond the pen's own ink (a piece wholly under a wide stroke: ``oracles.under_ink``).
@@ -52,7 +53,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
-from tissue_oracle.oracles.edge_strips import border_strips
+from tissue_oracle.oracles.map_params import DEFAULT_MAP_PARAMS, MapParams
+from tissue_oracle.oracles.precipitate import precipitate_pieces
 from tissue_oracle.oracles.under_ink import tissue_under_ink
 from tissue_oracle.tools.clean import remove_small_components
 
@@ -60,75 +62,6 @@ PATCH_PX = 32
 """Pixels per grid patch side the rules were calibrated at (512 px level-0 patches at 16x)."""
 
 ScopeKind = Literal["brightfield", "fluorescence", "all_glass", "nearly_all_tissue", "no_tissue_kept"]
-
-
-@dataclass(kw_only=True, frozen=True)
-class MapParams:
-    """Thresholds of the whole-slide rules (summed 3-channel OD against the local glass)."""
-
-    seed_od_min: float = 0.07
-    """A seed's 3x3 minimum OD: a continuous stained substrate, not dots on glass."""
-    seed_chroma: float = 0.05
-    """A seed's local saturation above the glass's own."""
-    seed_min_area: float = 1 / 32
-    """Seed components smaller than this share of a patch are ignored."""
-    grow_od: float = 0.035
-    """Weak evidence: local mean OD at least this ..."""
-    grow_chroma: float = 0.025
-    """... with local saturation this far above the glass's (faint stain, blurred edges)."""
-    dense_od: float = 0.45
-    """Local mean OD above which a pixel is evidence whatever its colour (silver, elastic, folds)."""
-    min_piece_area: float = 0.25
-    """Tissue components smaller than this share of a patch are dropped (dust, debris, crystals)."""
-    under_ink_reach: float = 0.5
-    """Ink that tissue closes around within this many patches is a stroke across tissue: tissue."""
-    stain_under_ink: bool = True
-    """Ink pixels whose OD colour shows stain beyond the pen's own ink are tissue (``under_ink``)."""
-    edge_od: float = 0.5
-    """An edge pixel of the map is kept when its own OD reaches this share of the substrate's
-    next to it (else it is the halo of growth's 3x3 mean: the half-inside rule of the truth)."""
-    halo_od: float = 0.4
-    """Edge pixels under this share of the mean OD of the tissue behind them are halo (peeled) ..."""
-    halo_passes: int = 2
-    """... in this many passes: growth's 3x3 means and the closing spread the map up to 2 px into glass ..."""
-    halo_min_od: float = 0.14
-    """... where that tissue's mean OD reaches this (4x grow_od: a fainter piece's rim is never grown)."""
-    halo_cap_od: float = 0.35
-    """The tissue's mean counts each pixel's OD up to this: nuclei and silver or elastic fibres
-    would raise it above the substrate a rim pixel is blended from."""
-    max_hole_area: float = 4.0
-    """Holes up to this many patches are filled (lumina, pale cytoplasm)."""
-    fluorescence_luminance: float = 60.0
-    """Median luminance below which the background is dark: fluorescence."""
-    nearly_all_tissue: float = 0.9
-    """Tissue share of the image above which the glass reference is doubtful."""
-    all_glass: float = 0.001
-    """Tissue share of the image below which the slide is reported as glass."""
-    speckle_spike: float = 0.12
-    """OD by which a dot stands above its 3x3 grey opening (a granule, a nucleus, a fibre)."""
-    speckle_iso: float = 0.023
-    """Share of isolated dots (dark spikes of at most 2 px) above which a weak piece is speckle ..."""
-    speckle_contrast: float = 2.5
-    """... when its 90th-percentile OD is also this many times its median (dark dots on a haze)."""
-    speckle_haze_od: float = 0.2
-    """... and its median OD is a haze's, under this (a fragment of nucleated tissue is denser)."""
-    speckle_strong: bool = True
-    """Test pieces of strong stain too: a saturated (magenta) precipitate haze beside pale tissue."""
-    line_dark: float = 2.0
-    """A piece's dark pixels are those this many times its median OD (nuclei, fibres, granules) ..."""
-    line_min_area: float = 0.025
-    """... joined into a line where their component holds at least this share of a patch ..."""
-    line_max_area: float = 1.0
-    """... and at most this many patches (a coverslip edge or a border line merged into a haze is one
-    line longer than a patch: not a membrane) ..."""
-    line_share: float = 0.62
-    """... and a piece whose dark pixels are at least this share joined (membranes, fibres) is tissue,
-    not precipitate (granules: dots and clusters) ..."""
-    line_piece_area: float = 2.0
-    """... when the piece covers at least this many patches (a smaller one's share is noise)."""
-
-
-DEFAULT_MAP_PARAMS = MapParams()
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -250,7 +183,8 @@ def tissue_map(
     glass = glass_reference(arr, p)
     od_rgb = np.log10((glass + 1.0) / (img + 1.0)).clip(0.0)
     od = _channel_sum(od_rgb).astype(np.float32)
-    chroma = np.clip(_saturation(img) - _saturation(glass), 0.0, None)
+    img_sat = _saturation(img)
+    chroma = np.clip(img_sat - _saturation(glass), 0.0, None)
     k = max(3, p // 8) | 1
     od_mean = ndi.uniform_filter(od, k)
     chroma_mean = ndi.uniform_filter(chroma, k)
@@ -272,7 +206,7 @@ def tissue_map(
     substrate = ndi.maximum_filter(np.where(inner, od_floor, 0.0), size=3)
     solid = inner | (solid & (od > params.edge_od * substrate))
     solid = _drop_small(solid & ~ink, params.min_piece_area * patch_area)
-    solid &= ~_speckle_pieces(solid, img, od, ink, params, params.min_piece_area * patch_area)
+    solid &= ~precipitate_pieces(solid, img_sat, od, ink, params, params.min_piece_area * patch_area)
     solid = _drop_small(solid, params.min_piece_area * patch_area)
     solid |= _under_ink(solid, ink, params.under_ink_reach * p)
     if params.stain_under_ink:
@@ -342,105 +276,6 @@ def empty_grid_scope(tmap: TissueMap) -> SlideScope:
             "overlay, or run this slide with a VLM oracle (--oracle)"
         ),
     )
-
-
-def _speckle_pieces(
-    solid: np.ndarray, img: np.ndarray, od: np.ndarray, ink: np.ndarray, params: MapParams, min_area: float
-) -> np.ndarray:
-    """Pieces of the map that are stain precipitate (isolated dark dots on a faint haze), and weak
-    strips along the image's edge.
-
-    What the map holds beyond strong stain (CLAM's saturation Otsu over the image) is faint tissue
-    (a continuous pale substrate whose nuclei and fibres are as pale, or joined into lines) or
-    precipitate (granules much darker than the haze under them, one or two pixels each at this
-    scale). Within strong stain, a saturated precipitate haze beside pale tissue looks the same.
-    Pieces of each are tested apart (``_speckled``), so that tissue touching a haze keeps its piece.
-    """
-    sat = np.round(_saturation(img) * 255.0).astype(np.uint8)
-    # CLAM blurs with a 7x7 median; a 1x7 then 7x1 median smooths speckle alike, at a quarter the cost
-    sat = ndi.median_filter(ndi.median_filter(sat, size=(1, 7), mode="nearest"), size=(7, 1), mode="nearest")
-    strong = sat > _otsu_level(sat)
-    weak = solid & ~strong
-    patch_area = min_area / params.min_piece_area
-    strips = border_strips(weak, ink, np.sqrt(patch_area))
-    spike = (od - ndi.grey_opening(od, size=3)) > params.speckle_spike
-    spikes, n_spikes = ndi.label(spike, structure=np.ones((3, 3), dtype=bool))
-    spike_size = np.bincount(spikes.ravel(), minlength=n_spikes + 1)
-    isolated = spike & (spike_size[spikes] <= 2)
-    dropped = strips | _speckled(weak & ~strips, isolated, od, params, patch_area)
-    if params.speckle_strong:
-        dropped |= _speckled(solid & strong, isolated, od, params, patch_area)
-    return dropped
-
-
-def _speckled(
-    mask: np.ndarray, isolated: np.ndarray, od: np.ndarray, params: MapParams, patch_area: float
-) -> np.ndarray:
-    """The pieces of ``mask`` dotted with isolated dark spikes, whose dark tail is far above their
-    median and whose median is a faint haze, unless their dark parts are joined lines."""
-    pieces, count = ndi.label(mask)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    index = np.arange(1, count + 1)
-    area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
-    iso_share = ndi.sum_labels(isolated, pieces, index) / np.maximum(area, 1)
-    median, p90 = _label_quantiles(od, pieces, count, (0.5, 0.9))
-    contrast = p90 / np.maximum(median, 1e-3)
-    haze = median < params.speckle_haze_od
-    drop = (area >= params.min_piece_area * patch_area) & (iso_share > params.speckle_iso)
-    drop &= (contrast > params.speckle_contrast) & haze
-    lined = (area >= params.line_piece_area * patch_area) & (
-        _line_share(pieces, count, od, median, params, patch_area) >= params.line_share
-    )
-    return np.asarray(np.concatenate([[False], drop & ~lined])[pieces])
-
-
-def _line_share(
-    pieces: np.ndarray, count: int, od: np.ndarray, median: np.ndarray, params: MapParams, patch_area: float
-) -> np.ndarray:
-    """Per piece 1..count, the share of its dark pixels (``line_dark`` x its median OD) that lie in
-    components of ``line_min_area`` to ``line_max_area`` patches: membranes and fibres, where
-    precipitate's granules are dots and small clusters, and a coverslip edge is one long line."""
-    index = np.arange(1, count + 1)
-    piece_median = np.concatenate([[np.inf], median])[pieces]
-    dark = (pieces > 0) & (od > params.line_dark * piece_median)
-    parts, n_parts = ndi.label(dark, structure=np.ones((3, 3), dtype=bool))
-    part_size = np.bincount(parts.ravel(), minlength=n_parts + 1)
-    part_size[0] = 0
-    size = part_size[parts]
-    joined = dark & (size >= params.line_min_area * patch_area) & (size <= params.line_max_area * patch_area)
-    return ndi.sum_labels(joined, pieces, index) / np.maximum(ndi.sum_labels(dark, pieces, index), 1)
-
-
-def _otsu_level(values: np.ndarray) -> int:
-    """Otsu's threshold of a uint8 image: the level that best splits its histogram in two (255 when flat)."""
-    counts = np.bincount(values.ravel(), minlength=256).astype(np.float64)
-    levels = np.arange(256, dtype=np.float64)
-    below = np.cumsum(counts)
-    above = below[-1] - below
-    mean_below = np.cumsum(counts * levels) / np.maximum(below, 1)
-    mean_above = (np.sum(counts * levels) - np.cumsum(counts * levels)) / np.maximum(above, 1)
-    between = below * above * (mean_below - mean_above) ** 2
-    return int(np.argmax(between)) if between.max() > 0 else 255
-
-
-def _label_quantiles(
-    values: np.ndarray, labels: np.ndarray, count: int, quantiles: tuple[float, ...]
-) -> list[np.ndarray]:
-    """Per label 1..count, the values' quantiles (nearest rank) from one sort of the labelled pixels."""
-    inside = labels > 0
-    lab, val = labels[inside], values[inside]
-    order = np.lexsort((val, lab))
-    sizes = np.bincount(lab, minlength=count + 1)[1:]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    ranked = val[order]
-    last = np.maximum(sizes - 1, 0)
-    return [
-        np.where(
-            sizes > 0, ranked[np.minimum(starts + np.round(q * last).astype(np.int64), len(ranked) - 1)], 0.0
-        )
-        for q in quantiles
-    ]
 
 
 def _peel_halo(solid: np.ndarray, od: np.ndarray, ink: np.ndarray, params: MapParams) -> np.ndarray:

@@ -23,7 +23,9 @@ from tissue_oracle.agent.controller import segment_slide
 from tissue_oracle.agent.oracle_setup import build_oracles
 from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, dense_labels
-from tissue_oracle.oracles.tissue_map import MapParams, _line_share, tissue_map
+from tissue_oracle.oracles.map_params import MapParams
+from tissue_oracle.oracles.precipitate import _line_share
+from tissue_oracle.oracles.tissue_map import tissue_map
 from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.focus import NO_FOCUS

@@ -13,7 +13,8 @@ from scipy import ndimage as ndi
 from stage_support import dice
 
 from tissue_oracle.oracles import edge_strips
-from tissue_oracle.oracles.tissue_map import DEFAULT_MAP_PARAMS, MapParams, tissue_map
+from tissue_oracle.oracles.map_params import DEFAULT_MAP_PARAMS, MapParams
+from tissue_oracle.oracles.tissue_map import tissue_map
 from tissue_oracle.oracles.under_ink import pen_colour, tissue_under_ink
 
 SIDE = 384
