@@ -141,6 +141,20 @@ def test_a_precipitate_zone_beside_tissue_is_not_grown_into(seed: int) -> None:
     assert dice(tmap.solid, tissue) >= 0.95
 
 
+def granule_haze_on_glass(
+    od: np.ndarray, zone: np.ndarray, haze_colour: tuple[float, float, float], rng: np.random.Generator
+) -> np.ndarray:
+    """``od`` plus a precipitate zone (a patchy haze of ``haze_colour`` dotted with dark granules),
+    rendered over noisy glass (Beer-Lambert) as RGB uint8."""
+    h, w = zone.shape
+    haze = np.clip(ndi.gaussian_filter(rng.random((h, w)), 4) * 6 - 2.5, 0.3, 1.0)
+    od[zone] += np.array(haze_colour) * haze[zone, None]
+    grains = zone & (rng.random((h, w)) < 0.12)
+    od[grains] += np.array([0.6, 0.7, 0.5]) * rng.uniform(0.6, 1.2, (int(grains.sum()), 1))
+    glass = np.array([236.0, 233.0, 238.0]) + rng.normal(0, 1.5, (h, w, 1))
+    return np.clip(glass * 10 ** (-od), 0, 255).astype(np.uint8)
+
+
 def magenta_precipitate_beside_pale_tissue(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pale lilac tissue (a silver stain's counterstain) and, apart from it, a magenta precipitate
     haze dotted with dark granules: the haze is more saturated than the tissue, so it is strong stain."""
@@ -152,13 +166,7 @@ def magenta_precipitate_beside_pale_tissue(seed: int = 0) -> tuple[np.ndarray, n
     od[tissue] += np.array([0.06, 0.10, 0.05]) * rng.uniform(0.8, 1.2, (int(tissue.sum()), 1))
     od[tissue & (rng.random((h, w)) < 0.04)] += (0.25, 0.3, 0.2)  # pale nuclei
     zone = ((xs - 290) / 70) ** 2 + ((ys - 190) / 110) ** 2 <= 1
-    haze = np.clip(ndi.gaussian_filter(rng.random((h, w)), 4) * 6 - 2.5, 0.3, 1.0)
-    od[zone] += np.array([0.03, 0.22, 0.05]) * haze[zone, None]
-    grains = zone & (rng.random((h, w)) < 0.12)
-    od[grains] += np.array([0.6, 0.7, 0.5]) * rng.uniform(0.6, 1.2, (int(grains.sum()), 1))
-    glass = np.array([236.0, 233.0, 238.0]) + rng.normal(0, 1.5, (h, w, 1))
-    rgb = np.clip(glass * 10 ** (-od), 0, 255).astype(np.uint8)
-    return rgb, tissue, zone
+    return granule_haze_on_glass(od, zone, (0.03, 0.22, 0.05), rng), tissue, zone
 
 
 def test_a_saturated_precipitate_haze_is_dropped_though_it_is_strong_stain() -> None:
@@ -186,13 +194,7 @@ def membranes_beside_precipitate(seed: int = 0) -> tuple[np.ndarray, np.ndarray,
         od[ring & tissue] += (0.25, 0.5, 0.2)
     od[tissue & (rng.random((h, w)) < 0.04)] += (0.2, 0.25, 0.15)  # nuclei
     zone = ((xs - 340) / 80) ** 2 + ((ys - 190) / 120) ** 2 <= 1
-    haze = np.clip(ndi.gaussian_filter(rng.random((h, w)), 4) * 6 - 2.5, 0.3, 1.0)
-    od[zone] += np.array([0.03, 0.09, 0.04]) * haze[zone, None]
-    grains = zone & (rng.random((h, w)) < 0.12)
-    od[grains] += np.array([0.6, 0.7, 0.5]) * rng.uniform(0.6, 1.2, (int(grains.sum()), 1))
-    glass = np.array([236.0, 233.0, 238.0]) + rng.normal(0, 1.5, (h, w, 1))
-    rgb = np.clip(glass * 10 ** (-od), 0, 255).astype(np.uint8)
-    return rgb, tissue, zone
+    return granule_haze_on_glass(od, zone, (0.03, 0.09, 0.04), rng), tissue, zone
 
 
 @pytest.mark.parametrize("seed", [0, 1])
