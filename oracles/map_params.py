@@ -73,6 +73,26 @@ class MapParams:
     not precipitate (granules: dots and clusters) ..."""
     line_piece_area: float = 2.0
     """... when the piece covers at least this many patches (a smaller one's share is noise)."""
+    membrane_loops: bool = True
+    """Find faint tissue by its membranes: clusters of small dark loops where the map found nothing."""
+    loop_dark: float = 0.1
+    """A loop's pixels reach this OD (a silver or PAS membrane over a substrate near glass) ..."""
+    loop_min_area: float = 0.025
+    """... its component holds at least this share of a patch ..."""
+    loop_max_area: float = 1.0
+    """... and at most this many patches ..."""
+    loop_hole: float = 0.3
+    """... and encloses holes of at least this share of its own area (a closed outline, not a clump)."""
+    loop_reach: float = 0.3
+    """Loops within twice this many patches of each other form one cluster ..."""
+    loop_min_count: int = 3
+    """... which marks tissue when it holds at least this many loops (glass holds one or two by chance) ..."""
+    loop_substrate_od: float = 0.04
+    """... and grows into the substrate whose wide mean OD (a quarter-patch window) is above this ..."""
+    loop_cap_od: float = 0.3
+    """... each pixel's OD counted up to this (membranes would lift a glass rim's mean) ..."""
+    loop_grow_reach: float = 0.5
+    """... up to this many patches beyond the loops' hull."""
 
 
 DEFAULT_MAP_PARAMS = MapParams()

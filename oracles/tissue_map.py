@@ -40,6 +40,11 @@ The rules, in order (``tissue_map``):
    half-inside edge (2-5% of the area, all outward). Twice, edge pixels whose OD is under 0.4x
    the mean OD of the tissue behind them (dark nuclei and fibres counted at a substrate's 0.35)
    are peeled; faint tissue (which grows no rim) and edges that face ink are left alone.
+8. Faint tissue found by its membranes (``oracles.membrane_loops``): where the map found nothing,
+   a cluster of three or more small dark loops (Jones or PAS basement membranes over a substrate
+   too faint to seed) marks a piece, grown into the faint substrate around it; a pen stroke
+   across it is given back as in rule 6. Glass, precipitate, pen and bubble rims hold no such
+   clusters.
 
 Not a VLM: every output that uses it is labelled classical.
 """
@@ -54,6 +59,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from tissue_oracle.oracles.map_params import DEFAULT_MAP_PARAMS, MapParams
+from tissue_oracle.oracles.membrane_loops import loop_tissue
 from tissue_oracle.oracles.precipitate import precipitate_pieces
 from tissue_oracle.oracles.under_ink import tissue_under_ink
 from tissue_oracle.tools.clean import remove_small_components
@@ -212,6 +218,9 @@ def tissue_map(
     if params.stain_under_ink:
         solid |= tissue_under_ink(od_rgb, ink, p)
     solid = _drop_small(_peel_halo(solid, od, ink, params), params.min_piece_area * patch_area)
+    if params.membrane_loops:
+        loops = _drop_small(loop_tissue(od, ink, solid, p, params), params.min_piece_area * patch_area)
+        solid |= loops | _under_ink(loops, ink, params.under_ink_reach * p)
     stained = (od_mean > 0.15) & (chroma_mean > params.seed_chroma) & ~ink
     return TissueMap(
         solid=solid,

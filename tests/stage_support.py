@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from tissue_oracle.oracles.classical import ClassicalOracle
 from tissue_oracle.store.memory import MemoryRecorder
@@ -185,3 +186,17 @@ def segment_two_cores(policy: Any, classifier: Any, out_dir: Any, classifier_spe
             segment_slide(slide, settings, RunDeps.for_run(settings, oracles=oracles, store=recorder))
         )
     return summary, recorder
+
+
+def granule_haze_on_glass(
+    od: np.ndarray, zone: np.ndarray, haze_colour: tuple[float, float, float], rng: np.random.Generator
+) -> np.ndarray:
+    """``od`` plus a precipitate zone (a patchy haze of ``haze_colour`` dotted with dark granules),
+    rendered over noisy glass (Beer-Lambert) as RGB uint8."""
+    h, w = zone.shape
+    haze = np.clip(ndi.gaussian_filter(rng.random((h, w)), 4) * 6 - 2.5, 0.3, 1.0)
+    od[zone] += np.array(haze_colour) * haze[zone, None]
+    grains = zone & (rng.random((h, w)) < 0.12)
+    od[grains] += np.array([0.6, 0.7, 0.5]) * rng.uniform(0.6, 1.2, (int(grains.sum()), 1))
+    glass = np.array([236.0, 233.0, 238.0]) + rng.normal(0, 1.5, (h, w, 1))
+    return np.clip(glass * 10 ** (-od), 0, 255).astype(np.uint8)

@@ -17,7 +17,7 @@ import pytest
 import shapely
 from scipy import ndimage as ndi
 from shapely.geometry import shape
-from stage_support import core_slide_pixels, dice
+from stage_support import core_slide_pixels, dice, granule_haze_on_glass
 
 from tissue_oracle.agent.controller import segment_slide
 from tissue_oracle.agent.oracle_setup import build_oracles
@@ -139,20 +139,6 @@ def test_a_precipitate_zone_beside_tissue_is_not_grown_into(seed: int) -> None:
     assert tmap.scope.kind == "brightfield"
     assert tmap.solid[zone].mean() < 0.05
     assert dice(tmap.solid, tissue) >= 0.95
-
-
-def granule_haze_on_glass(
-    od: np.ndarray, zone: np.ndarray, haze_colour: tuple[float, float, float], rng: np.random.Generator
-) -> np.ndarray:
-    """``od`` plus a precipitate zone (a patchy haze of ``haze_colour`` dotted with dark granules),
-    rendered over noisy glass (Beer-Lambert) as RGB uint8."""
-    h, w = zone.shape
-    haze = np.clip(ndi.gaussian_filter(rng.random((h, w)), 4) * 6 - 2.5, 0.3, 1.0)
-    od[zone] += np.array(haze_colour) * haze[zone, None]
-    grains = zone & (rng.random((h, w)) < 0.12)
-    od[grains] += np.array([0.6, 0.7, 0.5]) * rng.uniform(0.6, 1.2, (int(grains.sum()), 1))
-    glass = np.array([236.0, 233.0, 238.0]) + rng.normal(0, 1.5, (h, w, 1))
-    return np.clip(glass * 10 ** (-od), 0, 255).astype(np.uint8)
 
 
 def magenta_precipitate_beside_pale_tissue(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
