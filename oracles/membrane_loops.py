@@ -1,4 +1,4 @@
-"""Faint tissue found by its membranes: clusters of small dark loops (tissue_map rule 6).
+"""Faint tissue found by its membranes: clusters of small dark loops (tissue_map rule 8).
 
 A silver (Jones) or PAS stain can leave the substrate of a piece barely above glass (median OD
 0.05-0.08, under the map's seed level) while its basement membranes stay dark: the outlines of
@@ -41,14 +41,14 @@ def loop_tissue(
         return np.zeros(od.shape, dtype=bool)
     # The loops' hull: their dilated cluster closed and brought back halfway to the loops.
     hull = ndi.binary_closing(clustered[groups], iterations=reach)
-    hull = np.asarray(ndi.binary_erosion(hull, iterations=max(1, reach // 2))) & ~ink
-    # Grown into the faint substrate (a wide mean of capped OD) within half a patch of the hull.
+    hull = np.asarray(ndi.binary_erosion(hull, iterations=max(1, reach // 2)))
+    # Grown into the faint substrate (a wide mean of capped OD, never ink) within half a patch of the hull.
     window = max(3, patch_px // 4) | 1
     substrate = ndi.uniform_filter(np.minimum(od, params.loop_cap_od), window) > params.loop_substrate_od
     substrate &= ~ink
     within = ndi.distance_transform_edt(~hull) <= params.loop_grow_reach * patch_px
     piece = ndi.binary_propagation(hull & substrate, mask=substrate & within)
-    return np.asarray(ndi.binary_fill_holes(piece)) & ~solid & ~ink
+    return np.asarray(ndi.binary_fill_holes(piece)) & ~solid & ~ink  # a filled hole may be ink
 
 
 def membrane_loops(
