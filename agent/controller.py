@@ -397,6 +397,8 @@ async def segment_slide(
     store, sid = deps.store, slide_id or safe_slide_id(slide.name)
     store.begin_slide(slide_record(settings.run_id, sid, slide))
     try:
+        if settings.use_cache:  # a resumed slide: what its interrupted attempt paid for is handed back
+            store.resume_slide(settings.run_id, sid)
         folder = claim_slide_folder(settings.out_dir, sid, settings.run_id)
         summary = await SlideRun(slide=slide, slide_id=sid, settings=settings, deps=deps, folder=folder).run()
     except BaseException as exc:

@@ -86,7 +86,7 @@ def run_slide_task(task: SlideTask) -> SlideTaskResult:
         worker = f"{re.sub(r'[^A-Za-z0-9]', '', task.slide_id)[:24] or 'slide'}-{secrets.token_hex(4)}"
         shard_dir = shard_dir_of(settings.out_dir, settings.run_id)
         with ShardWriter(shard_dir, worker, flush_interval_s=0.0) as shards:
-            shards.seed_cache(task.cache_seed, resume_run=settings.run_id)
+            shards.seed_cache(task.cache_seed)
             return asyncio.run(_segment(task, shards))
     finally:
         lock.release()

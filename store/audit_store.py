@@ -25,6 +25,7 @@ import duckdb
 from tissue_oracle.store import rows as R
 from tissue_oracle.store.call_journal import CallJournal, replay
 from tissue_oracle.store.recorder import FINISHED_STATUSES
+from tissue_oracle.store.resumed_answers import ResumedAnswers
 from tissue_oracle.store.sandbox import READ_SANDBOX, vetted
 from tissue_oracle.store.schema import SCHEMA_VERSION, migrate
 from tissue_oracle.store.scrub import Scrubber
@@ -93,6 +94,7 @@ class AuditStore:
         self._pending_lock = threading.Lock()
         self._pending: dict[str, tuple[int, R.Row]] = {}  # request_hash -> newest unflushed ok call
         self._last_seq = 0
+        self._resumed = ResumedAnswers()
         self._journal = None if read_only else CallJournal(path)
         self._writer = Writer(conn, on_calls_flushed=self._forget_flushed)
 
@@ -201,7 +203,11 @@ class AuditStore:
             self._writer.put_call(seq, row)
 
     def cached_call(self, request_hash: str) -> CallRecord | None:
-        """The most recent ok call with this request hash (queued or stored), or None."""
+        """The next answer :meth:`resume_slide` queued for this hash, else the most recent ok call
+        with it (queued or stored), or None."""
+        resumed = self._resumed.take(request_hash)
+        if resumed is not None:
+            return resumed
         with self._pending_lock:
             hit = self._pending.get(request_hash)
         if hit is not None:
@@ -211,6 +217,23 @@ class AuditStore:
         # No flush needed: every queued ok call is in _pending, which was checked first.
         row = self._read(lambda conn: next(iter(conn.execute(sql, [request_hash]).fetchall()), None))
         return None if row is None else R.call_from_row(row)
+
+    def resumed_call(self, request_hash: str) -> CallRecord | None:
+        """The next answer :meth:`resume_slide` queued for this hash, for an ask that skips the
+        cache (a retry), or None."""
+        return self._resumed.take(request_hash)
+
+    def resume_slide(self, run_id: str, slide_id: str) -> int:
+        """Queue the answers ``run_id`` already paid for on ``slide_id`` (an interrupted attempt's,
+        on resume), to be handed back one per ask (see :mod:`tissue_oracle.store.resumed_answers`).
+        Returns how many were queued; a slide begun for the first time has none."""
+        cols = ", ".join(R.CALL_COLUMNS)
+        sql = (
+            f"SELECT {cols} FROM calls WHERE run_id = ? AND slide_id = ? AND ok AND NOT cache_hit "
+            "ORDER BY call_id"
+        )
+        rows = self._read(lambda conn: conn.execute(sql, [run_id, slide_id]).fetchall(), flush_calls=True)
+        return self._resumed.add((R.call_from_row(r) for r in rows), run_id=run_id, slide_id=slide_id)
 
     def _forget_flushed(self, last_seq: int) -> None:
         """Called by the writer once calls up to ``last_seq`` are committed."""

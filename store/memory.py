@@ -1,9 +1,10 @@
 """An in-memory ``AuditRecorder`` for tests and dry runs: the same contract as the DuckDB store.
 
-``cached_call`` follows the store's rule: the most recent successful record with that request
-hash (cache hits included, since they carry the original answer), or None. Failed calls are
-recorded but never served from the cache. Runs and slides keep their latest status, so
-``finished_slides`` answers a resume the way the store does.
+``cached_call`` follows the store's rule: any answer ``resume_slide`` queued for that request
+hash first, then the most recent successful record with it (cache hits included, since they
+carry the original answer), or None. Failed calls are recorded but never served from the
+cache. Runs and slides keep their latest status, so ``finished_slides`` answers a resume the
+way the store does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from tissue_oracle.store.recorder import FINISHED_STATUSES
+from tissue_oracle.store.resumed_answers import ResumedAnswers
 from tissue_oracle.tools.schemas import (
     CallRecord,
     DecisionRecord,
@@ -42,6 +44,7 @@ class MemoryRecorder:
     """(run id, slide id) -> the slide, with its latest status, error and flags."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _latest_ok: dict[str, CallRecord] = field(default_factory=dict, repr=False)
+    _resumed: ResumedAnswers = field(default_factory=ResumedAnswers, repr=False)
 
     def record_call(self, record: CallRecord) -> None:
         with self._lock:
@@ -50,8 +53,19 @@ class MemoryRecorder:
                 self._latest_ok[record.request_hash] = record
 
     def cached_call(self, request_hash: str) -> CallRecord | None:
+        resumed = self._resumed.take(request_hash)
+        if resumed is not None:
+            return resumed
         with self._lock:
             return self._latest_ok.get(request_hash)
+
+    def resumed_call(self, request_hash: str) -> CallRecord | None:
+        return self._resumed.take(request_hash)
+
+    def resume_slide(self, run_id: str, slide_id: str) -> int:
+        with self._lock:
+            earlier = list(self.calls)
+        return self._resumed.add(earlier, run_id=run_id, slide_id=slide_id)
 
     def begin_run(self, run: RunRecord) -> None:
         """Record a run as running (a run id begun again, on resume, is set back to running)."""

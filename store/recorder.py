@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from tissue_oracle.tools.schemas import (
+    CallRecord,
     CallRecorder,
     DecisionRecord,
     OutputRecord,
@@ -29,8 +30,10 @@ class AuditRecorder(CallRecorder, Protocol):
 
     A slide's records belong to the slide begun with ``begin_slide``; ``finish_slide`` sets its
     final status. ``finished_slides`` names the slides whose status is in ``FINISHED_STATUSES``,
-    ``finished_slide_hashes`` maps them to their content hash (resume matches by content), and
-    ``run_policy`` gives the policy YAML a run was begun under (resume refuses another).
+    ``finished_slide_hashes`` maps them to their content hash (resume matches by content),
+    ``run_policy`` gives the policy YAML a run was begun under (resume refuses another), and
+    ``resume_slide`` queues a resumed slide's paid answers so that it pays only for what its
+    interrupted attempt never received.
     """
 
     def begin_run(self, run: RunRecord) -> None: ...
@@ -44,6 +47,14 @@ class AuditRecorder(CallRecorder, Protocol):
     def run_policy(self, run_id: str) -> str | None: ...
 
     def begin_slide(self, slide: SlideRecord) -> None: ...
+
+    def resume_slide(self, run_id: str, slide_id: str) -> int:
+        """Queue the answers ``run_id`` already paid for on ``slide_id`` (an interrupted attempt's),
+        handed back one per ask of the same request hash by ``cached_call``, and by
+        ``resumed_call`` for an ask that skips the cache; returns how many were queued."""
+        ...
+
+    def resumed_call(self, request_hash: str) -> CallRecord | None: ...
 
     def finish_slide(
         self, run_id: str, slide_id: str, *, status: str, error: str | None = None, flags: Iterable[str] = ()

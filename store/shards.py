@@ -23,7 +23,6 @@ import itertools
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +31,7 @@ import duckdb
 
 from tissue_oracle.store import rows as R
 from tissue_oracle.store.audit_store import AuditStore
+from tissue_oracle.store.resumed_answers import ResumedAnswers
 from tissue_oracle.store.schema import TABLES, migrate
 from tissue_oracle.store.scrub import Scrubber
 from tissue_oracle.tools.hashing import sha256_file
@@ -65,7 +65,8 @@ class ShardWriter:
         self._slides: dict[tuple[str, str], dict[str, list[R.Row]]] = {}
         self._started: dict[tuple[str, str], R.Row] = {}
         self._cache: dict[str, CallRecord] = {}
-        self._resumed: dict[str, deque[CallRecord]] = {}
+        self._seeded: list[CallRecord] = []
+        self._resumed = ResumedAnswers()
         self._last_flush = time.monotonic()
         self._conn = duckdb.connect(":memory:")
         migrate(self._conn)
@@ -85,32 +86,31 @@ class ShardWriter:
                 self._write({"calls": self._take_calls()})
 
     def cached_call(self, request_hash: str) -> CallRecord | None:
+        resumed = self._resumed.take(request_hash)
+        if resumed is not None:
+            return resumed
         with self._lock:
-            return self._take_resumed(request_hash) or self._cache.get(request_hash)
+            return self._cache.get(request_hash)
 
     def resumed_call(self, request_hash: str) -> CallRecord | None:
         """The next answer the interrupted attempt paid for with this hash, even for a question
         asked without the cache (a retry): so a resumed slide pays again only what was in flight."""
-        with self._lock:
-            return self._take_resumed(request_hash)
+        return self._resumed.take(request_hash)
 
-    def _take_resumed(self, request_hash: str) -> CallRecord | None:
-        queue = self._resumed.get(request_hash)
-        return queue.popleft() if queue else None
-
-    def seed_cache(self, records: Iterable[CallRecord], *, resume_run: str | None = None) -> None:
-        """Answer these earlier ok calls from the cache (the coordinator's, on resume).
-
-        The paid calls of ``resume_run`` (in call order) are also handed back one by one, the
-        k-th ask of a request hash getting the k-th earlier answer, with or without the cache.
-        """
+    def seed_cache(self, records: Iterable[CallRecord]) -> None:
+        """Answer these earlier ok calls from the cache (the coordinator's, for this slide)."""
         with self._lock:
             for r in records:
-                if not r.ok:
-                    continue
-                self._cache[r.request_hash] = r
-                if resume_run is not None and r.run_id == resume_run and not r.cache_hit:
-                    self._resumed.setdefault(r.request_hash, deque()).append(r)
+                if r.ok:
+                    self._cache[r.request_hash] = r
+                    self._seeded.append(r)
+
+    def resume_slide(self, run_id: str, slide_id: str) -> int:
+        """Hand back the seeded calls ``run_id`` paid for on ``slide_id``, one per ask (see
+        :mod:`tissue_oracle.store.resumed_answers`); returns how many are queued."""
+        with self._lock:
+            seeded = list(self._seeded)
+        return self._resumed.add(seeded, run_id=run_id, slide_id=slide_id)
 
     def begin_slide(self, slide: SlideRecord) -> None:
         with self._lock:

@@ -91,6 +91,27 @@ def test_cache_serves_the_latest_successful_call_only(impl: Impl) -> None:
     assert r.cached_call("h2") is None
 
 
+def test_a_resumed_slide_gets_its_paid_answers_back_one_per_ask_cache_or_not(impl: Impl) -> None:
+    r = impl.recorder
+    # The interrupted attempt: a box answer, then the same request asked again past the cache (a
+    # retry after a rejected answer), answered differently; a failed try; other runs and slides.
+    r.record_call(call_record("box", response='{"n": 1}'))
+    r.record_call(call_record("box", ok=False, response=""))
+    r.record_call(call_record("box", response='{"n": 2}'))
+    r.record_call(call_record("box", response='{"n": 9}').model_copy(update={"cache_hit": True}))
+    r.record_call(call_record("box", run_id="other-run", response='{"n": 3}'))
+    r.record_call(call_record("box", slide_id="s2", response='{"n": 4}'))
+    assert r.resumed_call("box") is None  # nothing is handed back before a slide is resumed
+    assert r.resume_slide("run-1", "s1") == 2
+    first, second = r.cached_call("box"), r.resumed_call("box")
+    assert first is not None and first.response_raw == '{"n": 1}'
+    assert second is not None and second.response_raw == '{"n": 2}'
+    assert r.resumed_call("box") is None  # each paid answer is handed back once
+    latest = r.cached_call("box")  # then the cache serves the newest answer, as before
+    assert latest is not None and latest.response_raw == '{"n": 4}'
+    assert r.resume_slide("run-1", "never-begun") == 0
+
+
 def test_a_slide_finished_done_or_degraded_is_finished_and_failed_is_not(impl: Impl) -> None:
     r = impl.recorder
     r.begin_run(run_record("run-1"))

@@ -37,7 +37,11 @@ MODEL = "Qwen/Qwen3-VL-8B-Instruct"
 #: A request whose usable answer was sent at most this long before the kill may not have been
 #: recorded by the client yet (response in transit or being parsed): it was in flight. 2 s, not 1:
 #: with the reference run and both servers on 2 cores, one answer in a CI run (2026-12-04) was
-#: asked again after the resume though it was sent more than 1 s before the kill.
+#: asked again after the resume though it was sent more than 1 s before the kill. That re-ask may
+#: well have been the bug a CI run of 2026-12-05 showed (an answer sent 3.8 s before the kill, asked
+#: again): ground_boxes' retry skips the cache, and the in-process store had no queue handing a
+#: resumed slide its paid answers back (``store/resumed_answers.py`` fixed it). A re-ask this window
+#: doesn't explain is a loss to find, not a window to widen.
 IN_TRANSIT_S = 2.0
 
 
