@@ -323,13 +323,12 @@ async def answer_with_cache(
     cache hit writes one row here with ``cache_hit=True`` and returns zero usage.
     """
     started = time.perf_counter()
-    if ctx.use_cache or ctx.replay_only:
+    # A resumed slide first gets back, one per ask, what its interrupted attempt already paid for,
+    # cache or not (a stage's retry skips the cache): the recorder's ``resume_slide`` queued it.
+    resumed = getattr(ctx.recorder, "resumed_call", None)
+    cached = resumed(spec.request_hash) if resumed is not None else None
+    if cached is None and (ctx.use_cache or ctx.replay_only):
         cached = ctx.recorder.cached_call(spec.request_hash)
-    else:
-        # A resumed slide asking again what its interrupted attempt already paid for without the
-        # cache (a stage's retry): a recorder that kept that attempt's answers hands them back.
-        resumed = getattr(ctx.recorder, "resumed_call", None)
-        cached = resumed(spec.request_hash) if resumed is not None else None
     if cached is not None and cached.ok and cached.parsed_json is not None:
         try:
             answer = codec.load(cached.parsed_json)

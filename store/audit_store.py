@@ -203,11 +203,7 @@ class AuditStore:
             self._writer.put_call(seq, row)
 
     def cached_call(self, request_hash: str) -> CallRecord | None:
-        """The next answer :meth:`resume_slide` queued for this hash, else the most recent ok call
-        with it (queued or stored), or None."""
-        resumed = self._resumed.take(request_hash)
-        if resumed is not None:
-            return resumed
+        """The most recent ok call with this request hash (queued or stored), or None."""
         with self._pending_lock:
             hit = self._pending.get(request_hash)
         if hit is not None:
@@ -219,8 +215,8 @@ class AuditStore:
         return None if row is None else R.call_from_row(row)
 
     def resumed_call(self, request_hash: str) -> CallRecord | None:
-        """The next answer :meth:`resume_slide` queued for this hash, for an ask that skips the
-        cache (a retry), or None."""
+        """The next answer :meth:`resume_slide` queued for this hash (removed from the queue), or None.
+        Oracles ask it before the cache, and also for an ask that skips the cache (a retry)."""
         return self._resumed.take(request_hash)
 
     def resume_slide(self, run_id: str, slide_id: str) -> int:

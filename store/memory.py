@@ -1,10 +1,10 @@
 """An in-memory ``AuditRecorder`` for tests and dry runs: the same contract as the DuckDB store.
 
-``cached_call`` follows the store's rule: any answer ``resume_slide`` queued for that request
-hash first, then the most recent successful record with it (cache hits included, since they
-carry the original answer), or None. Failed calls are recorded but never served from the
-cache. Runs and slides keep their latest status, so ``finished_slides`` answers a resume the
-way the store does.
+``cached_call`` follows the store's rule: the most recent successful record with that request
+hash (cache hits included, since they carry the original answer), or None. Failed calls are
+recorded but never served from the cache. Runs and slides keep their latest status, so
+``finished_slides`` answers a resume the way the store does, and ``resume_slide`` queues a
+resumed slide's paid answers for ``resumed_call`` as the store does.
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ class MemoryRecorder:
                 self._latest_ok[record.request_hash] = record
 
     def cached_call(self, request_hash: str) -> CallRecord | None:
-        resumed = self._resumed.take(request_hash)
-        if resumed is not None:
-            return resumed
         with self._lock:
             return self._latest_ok.get(request_hash)
 

@@ -50,8 +50,8 @@ class AuditRecorder(CallRecorder, Protocol):
 
     def resume_slide(self, run_id: str, slide_id: str) -> int:
         """Queue the answers ``run_id`` already paid for on ``slide_id`` (an interrupted attempt's),
-        handed back one per ask of the same request hash by ``cached_call``, and by
-        ``resumed_call`` for an ask that skips the cache; returns how many were queued."""
+        handed back one per ask of the same request hash by ``resumed_call``, which oracles ask
+        before the cache and also for an ask that skips it; returns how many were queued."""
         ...
 
     def resumed_call(self, request_hash: str) -> CallRecord | None: ...

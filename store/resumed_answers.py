@@ -7,8 +7,9 @@ queue a resumed slide would pay for that retry a second time. With it, the k-th 
 hash gets the k-th answer the run paid for under that hash, cache or not, and only what the
 killed attempt never received (in flight at the kill, or never asked) is paid again.
 
-Every recorder (``AuditStore``, ``MemoryRecorder``, a worker's ``ShardWriter``) keeps one and
-fills it in ``resume_slide``.
+Every recorder (``AuditStore``, ``MemoryRecorder``, a worker's ``ShardWriter``) keeps one,
+fills it in ``resume_slide`` and empties it through ``resumed_call``, which
+``oracles.base.answer_with_cache`` asks before the cache.
 """
 
 from __future__ import annotations

@@ -86,9 +86,6 @@ class ShardWriter:
                 self._write({"calls": self._take_calls()})
 
     def cached_call(self, request_hash: str) -> CallRecord | None:
-        resumed = self._resumed.take(request_hash)
-        if resumed is not None:
-            return resumed
         with self._lock:
             return self._cache.get(request_hash)
 
