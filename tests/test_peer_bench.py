@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from stage_support import core_slide_pixels, dice
+from typer.testing import CliRunner
 
+from tissue_oracle.agent.cli import app
 from tissue_oracle.bench.evaluation import peer_bench
 from tissue_oracle.bench.evaluation.clam_segment import ClamParams, clam_mask, opencv_saturation
+from tissue_oracle.bench.synth.presets import PRESETS, build_spec
+from tissue_oracle.tools.errors import ConfigError
 
 
 def test_opencv_saturation_scale() -> None:
@@ -80,3 +84,55 @@ def test_run_case_scores_ours_against_the_best_threshold_and_times_a_segment_run
     assert row["ours_minus_best"] == pytest.approx(row["dice"]["ours"] - max(thresholds))
     # a real default-policy segment run of the slide, timed from its own summary.json
     assert row["seconds"]["ours_segment"] > 0 and "ours_segment" not in row["notes"]
+
+
+def test_seed_ranges_parse_and_bad_ones_are_named() -> None:
+    assert peer_bench.parse_seed_range("faint-hard:8401-8403") == ("faint-hard", [8401, 8402, 8403])
+    assert peer_bench.parse_seed_range("stress:7") == ("stress", [7])
+    for bad, says in (
+        ("stress", "PRESET:FIRST-LAST"),
+        ("stress:a-b", "PRESET:FIRST-LAST"),
+        ("stress:9-3", "below the first"),
+        ("bogus:1-2", "faint-stress"),  # the known presets are listed
+    ):
+        with pytest.raises(ConfigError, match=says):
+            peer_bench.parse_seed_range(bad)
+
+
+def test_faint_presets_make_every_piece_faint() -> None:
+    for name, base in (("faint-stress", "stress"), ("faint-hard", "hard")):
+        assert PRESETS[name].p_faint == 1.0 and PRESETS[base].p_faint < 1.0
+        spec = build_spec(name, 8401, width=2048, height=2048)
+        assert spec.pieces and all(piece.intensity < 0.6 for piece in spec.pieces)
+
+
+def test_bench_cli_refuses_bad_seed_options_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    bad = CliRunner().invoke(app, ["bench", "--suite", "peers", "--out", str(out), "--seeds", "stress"])
+    assert bad.exit_code == 2 and "PRESET:FIRST-LAST" in bad.output
+    alone = CliRunner().invoke(app, ["bench", "--suite", "peers", "--out", str(out), "--only-seeds"])
+    assert alone.exit_code == 2 and "--only-seeds needs" in alone.output
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_only_seeds_scores_the_extra_slides_alone(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(peer_bench, "ROOT", tmp_path)  # no peer envs here: each peer is skipped by name
+    said: list[str] = []
+    result = peer_bench.run_peer_bench(
+        tmp_path / "out",
+        data=tmp_path / "data",
+        real=tmp_path / "no-real",
+        size=2048,
+        echo=said.append,
+        seeds=["tiny:3-4"],
+        only_seeds=True,
+    )
+    assert [r["slide"].split()[0] for r in result["rows"]] == ["tiny_3", "tiny_4"]
+    assert {r["group"] for r in result["rows"]} == {"extra"} and result["extra_seeds"] == ["tiny:3-4"]
+    assert all(r["reference"] == "truth" and "ours" in r["dice"] for r in result["rows"])
+    text = (tmp_path / "out" / "peers.md").read_text()
+    assert "## extra" in text and "## tuning" not in text and "lazyslide: skipped" in text
+    # progress: each slide drawn is named, then each scored one is counted
+    assert sum(line.startswith("generating") for line in said) == 2
+    assert any(line.startswith("[2/2] tiny_4") for line in said)

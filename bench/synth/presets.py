@@ -1,15 +1,18 @@
 """Presets: seeded recipes that lay out tissue, stain and artefacts on a slide.
 
 ``leica-like`` mimics Leica-75 (H&E, Jones and EVG renal biopsy cores, ordinary artefacts);
-``stress`` mimics Stress-32 (artefact-heavy, mostly Jones and EVG); ``zoo`` shows every stain and
-every artefact; ``tiny`` is a small slide for unit tests. Same preset + seed -> same slide.
+``stress`` mimics Stress-32 (artefact-heavy, mostly Jones and EVG); ``hard`` is stress at real
+scale (marker strokes several patches wide, IHC too); ``faint-stress`` and ``faint-hard`` are
+those two with every piece faint (pale, under-stained: the hardest case for any detector, and
+the one thresholds fail on); ``zoo`` shows every stain and every artefact; ``tiny`` is a small
+slide for unit tests. Same preset + seed -> same slide.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import numpy as np
@@ -171,6 +174,9 @@ PRESETS: dict[str, Preset] = {
         seam_gain=0.03,
     ),
 }
+# Every piece faint: pale special stains and under-stained tissue, drawn on stress and hard slides.
+PRESETS["faint-stress"] = replace(PRESETS["stress"], p_faint=1.0)
+PRESETS["faint-hard"] = replace(PRESETS["hard"], p_faint=1.0)
 
 
 def get_preset(name: str) -> Preset:
