@@ -345,7 +345,7 @@ def run_peer_bench(
     cases = ([] if only_seeds else synthetic_cases(folder, size, echo=echo) + real_cases(real)) + extra
     rows = []
     for number, case in enumerate(cases, 1):
-        rows.append(run_case(case, lambda line, n=number: echo(f"[{n}/{len(cases)}] {line}")))
+        rows.append(run_case(case, _prefixed(echo, f"[{number}/{len(cases)}] ")))
     result = {
         "command": " ".join(["tissue-oracle", *sys.argv[1:]]),
         "patch_size": PATCH,
@@ -358,6 +358,10 @@ def run_peer_bench(
     (out / "peers.json").write_text(json.dumps(result, indent=2))
     (out / "peers.md").write_text(markdown(result))
     return result
+
+
+def _prefixed(echo: Callable[[str], Any], prefix: str) -> Callable[[str], Any]:
+    return lambda line: echo(prefix + line)
 
 
 def markdown(result: dict) -> str:
