@@ -112,6 +112,8 @@ def test_bench_cli_refuses_bad_seed_options_before_any_work(tmp_path: Path) -> N
     assert bad.exit_code == 2 and "PRESET:FIRST-LAST" in bad.output
     alone = CliRunner().invoke(app, ["bench", "--suite", "peers", "--out", str(out), "--only-seeds"])
     assert alone.exit_code == 2 and "--only-seeds needs" in alone.output
+    other = CliRunner().invoke(app, ["bench", "--suite", "quick", "--out", str(out), "--seeds", "stress:1"])
+    assert other.exit_code == 2 and "for --suite peers" in other.output
     assert not out.exists()
 
 

@@ -42,6 +42,9 @@ def bench(
     from tissue_oracle.bench.evaluation.suites import get_suite
     from tissue_oracle.tools.errors import TissueOracleError
 
+    if (seeds or only_seeds) and suite != "peers":
+        typer.echo(f"bench: --seeds and --only-seeds are for --suite peers, not {suite!r}", err=True)
+        raise typer.Exit(2)
     if suite == "peers":
         from tissue_oracle.bench.evaluation.peer_bench import SYNTH_SIZE, run_peer_bench
 
