@@ -40,32 +40,15 @@ def bench(
 ) -> None:
     """Benchmark segmentation, focus and review against ground truth; tables shaped like the paper's."""
     from tissue_oracle.bench.evaluation.suites import get_suite
-    from tissue_oracle.tools.errors import TissueOracleError
+    from tissue_oracle.tools.errors import ConfigError, TissueOracleError
 
-    if (seeds or only_seeds) and suite != "peers":
-        typer.echo(f"bench: --seeds and --only-seeds are for --suite peers, not {suite!r}", err=True)
-        raise typer.Exit(2)
-    if suite == "peers":
-        from tissue_oracle.bench.evaluation.peer_bench import SYNTH_SIZE, run_peer_bench
-
-        real = Path(os.environ.get("TISSUE_ORACLE_REAL_DATA", REAL_DEFAULT))
-        try:
-            run_peer_bench(
-                out,
-                data=data,
-                real=real,
-                size=SYNTH_SIZE,
-                echo=typer.echo,
-                seeds=seeds,
-                only_seeds=only_seeds,
-            )
-        except TissueOracleError as exc:
-            typer.echo(f"bench: {exc}", err=True)
-            raise typer.Exit(2) from exc
-        typer.echo(f"wrote {out / 'peers.md'} and {out / 'peers.json'}")
-        return
-    spec = get_suite(suite)
     try:
+        if suite == "peers":
+            typer.echo(_peers(out, data, seeds, only_seeds))
+            return
+        if seeds or only_seeds:
+            raise ConfigError(f"--seeds and --only-seeds are for --suite peers, not {suite!r}")
+        spec = get_suite(suite)
         if report_only:
             result = rerender(out)
         else:
@@ -74,6 +57,17 @@ def bench(
         typer.echo(f"bench: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"wrote {out / 'report.md'}, {out / 'results.json'} and {len(result['plots'])} plots")
+
+
+def _peers(out: Path, data: Path | None, seeds: list[str], only_seeds: bool) -> str:
+    """Run ``--suite peers`` (``bench.evaluation.peer_bench``); returns what it wrote."""
+    from tissue_oracle.bench.evaluation.peer_bench import SYNTH_SIZE, run_peer_bench
+
+    real = Path(os.environ.get("TISSUE_ORACLE_REAL_DATA", REAL_DEFAULT))
+    run_peer_bench(
+        out, data=data, real=real, size=SYNTH_SIZE, echo=typer.echo, seeds=seeds, only_seeds=only_seeds
+    )
+    return f"wrote {out / 'peers.md'} and {out / 'peers.json'}"
 
 
 def _cases(spec: Any, out: Path, data: Path | None, seed: int, echo: Any) -> tuple[list[Any], list[str]]:
