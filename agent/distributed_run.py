@@ -43,12 +43,22 @@ from tissue_oracle.agent.resume import prepare_resume
 from tissue_oracle.agent.run_settings import RunSettings
 from tissue_oracle.agent.runs import RunResult, SlideOutcome, run_record
 from tissue_oracle.agent.slide_ids import check_run_id
-from tissue_oracle.agent.slide_task import SlideTask, SlideTaskResult, run_slide_task, shard_dir_of
+from tissue_oracle.agent.slide_lock import clear_stale_locks
+from tissue_oracle.agent.slide_task import (
+    SlideTask,
+    SlideTaskResult,
+    lock_dir_of,
+    lock_prefix,
+    run_slide_task,
+    shard_dir_of,
+)
 from tissue_oracle.policies.ledger import Amount, Reservation
 from tissue_oracle.store import run_reports
 from tissue_oracle.store.shards import merge_shards
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import CallRecord, Role
+
+_log = logging.getLogger(__name__)
 
 #: Seconds between shard merges (and progress updates) while slides run.
 MERGE_INTERVAL_S = 1.0
@@ -139,6 +149,8 @@ def run_distributed(
     merge_and_clear(store, shard_dir)  # what a crashed attempt left behind
     settings, plans = prepare_resume(paths, settings, store, role_specs(settings.policy, overrides))
     run_id, policy = settings.run_id, settings.policy
+    for key in clear_stale_locks(lock_dir_of(settings.out_dir), lock_prefix(run_id)):
+        _log.info("removed the stale lock %s left by a worker that was killed", key)
     store.begin_run(run_record(run_id, policy))
     shares = BudgetShares(
         policy.budgets.run, policy.budgets.slide, spent_before=spent_in_store(store, run_id)

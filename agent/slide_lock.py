@@ -15,6 +15,10 @@ content. So two workers that both judged a lock stale can't both take it, and a 
 created meanwhile by a third is never removed (the race of TRIDENT's PR #213, where a checked
 then created lock let two workers process one slide). A guard older than ``guard_s`` belongs to
 a breaker that crashed and is removed.
+
+A worker killed after its slide was recorded but before it released the lock leaves a stale lock
+on a slide that the resumed run skips (it is done), so nobody would ever break it:
+:func:`clear_stale_locks` breaks such leftovers when a run starts.
 """
 
 from __future__ import annotations
@@ -168,6 +172,14 @@ class SlideLock:
             with contextlib.suppress(FileNotFoundError):
                 self._guard.unlink()
 
+    def break_if_stale(self) -> bool:
+        """Remove the lock when its owner is gone (without taking it); True when that stale lock is gone."""
+        found = _read(self.path)
+        if found is None or not self.is_stale(*found) or not self._break(found[0]):
+            return False
+        now = _read(self.path)
+        return now is None or now[0] != found[0]
+
     def refresh(self) -> None:
         """Renew the lease (the file's mtime) while this process holds the lock."""
         if self.held:
@@ -200,3 +212,18 @@ class SlideLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def clear_stale_locks(lock_dir: Path, prefix: str) -> list[str]:
+    """Break every stale ``<prefix>*.lock`` in ``lock_dir``; the keys of the locks removed.
+
+    Live owners' locks stay. Safe while other workers run: each break goes through the guard.
+    """
+    if not lock_dir.is_dir():
+        return []
+    removed = []
+    for path in sorted(lock_dir.glob("*.lock")):
+        key = path.name[: -len(".lock")]
+        if key.startswith(prefix) and SlideLock(lock_dir, key).break_if_stale():
+            removed.append(key)
+    return removed

@@ -49,7 +49,7 @@ class SlideTask:
 
     @property
     def lock_key(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.settings.run_id}--{self.slide_id}")
+        return lock_prefix(self.settings.run_id) + _file_safe(self.slide_id)
 
 
 @dataclass(kw_only=True)
@@ -62,8 +62,17 @@ class SlideTaskResult:
     """Another live worker holds the slide's lock: this task did nothing."""
 
 
+def _file_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def lock_prefix(run_id: str) -> str:
+    """How the lock files of this run's slides begin: ``<run>--``."""
+    return f"{_file_safe(run_id)}--"
+
+
 def shard_dir_of(out_dir: Path, run_id: str) -> Path:
-    return out_dir / "shards" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    return out_dir / "shards" / _file_safe(run_id)
 
 
 def lock_dir_of(out_dir: Path) -> Path:

@@ -79,4 +79,6 @@ def test_kill_9_mid_run_then_resume_pays_only_what_was_in_flight(tmp_path: Path)
     assert twice <= IN_FLIGHT + WORKERS, f"{twice} requests answered before and after the kill"
     assert sum(after.values()) > 0  # the resumed run did ask the rest
     assert hits > 0 or twice == 0  # the interrupted slides' answered calls came from the cache
-    assert not list((out / "locks").glob("*.lock"))  # the killed workers' locks were broken, then released
+    # the killed workers' locks were broken, then released; a slide recorded as finished just before
+    # the kill is skipped on resume, so its lock goes in the sweep at the start of the run
+    assert not list((out / "locks").glob("*.lock"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from scale_support import app, fake_args, tiny_slides
 from typer.testing import CliRunner
 
+from tissue_oracle.agent.slide_lock import LockOwner
 from tissue_oracle.bench.fakes.server import FakeOpenAIServer
 from tissue_oracle.oracles.profiles import PROFILES
 from tissue_oracle.policies.policy import load_policy
@@ -54,7 +57,14 @@ def test_workers_share_the_in_flight_limit_and_the_run_budget(slides: Path, tmp_
     assert "<polyline" in report  # the priced calls' cumulative cost is plotted
     assert (out / "escalations.csv").exists()
 
+    # a worker killed after its slide was recorded, before it released the lock: the resumed run
+    # skips that finished slide, so only the sweep at the start of a run can remove the lock
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = LockOwner(pid=gone.pid, host=LockOwner.me().host, started=1.0, token="killed")
+    (out / "locks" / "r1--tiny_0_000.lock").write_text(dead.to_json())
     again = runner.invoke(app, args)  # the same run id: resume
     assert again.exit_code == 0, again.output
+    assert list((out / "locks").glob("*.lock")) == []
     (paid_after,) = _store(out / "audit.duckdb", "SELECT count(*) FROM calls WHERE NOT cache_hit")[0]
     assert paid_after == paid  # finished slides are kept; the broken one fails again without a call

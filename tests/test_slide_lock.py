@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from tissue_oracle.agent.slide_lock import LockOwner, SlideLock
+from tissue_oracle.agent.slide_lock import LockOwner, SlideLock, clear_stale_locks
 
 
 def _dead_pid() -> int:
@@ -86,3 +86,20 @@ def test_release_never_removes_someone_elses_lock(tmp_path: Path) -> None:
     mine.path.write_text(other.to_json())  # e.g. taken over after this holder was judged dead
     mine.release()
     assert SlideLock(tmp_path, "s6").holder() == other
+
+
+def test_clearing_stale_locks_removes_only_dead_owners_locks_of_that_run(tmp_path: Path) -> None:
+    host = LockOwner.me().host
+    dead = LockOwner(pid=_dead_pid(), host=host, started=time.time() - 5, token="dead")
+    for key in ("run--a", "run--b", "other--c"):
+        (tmp_path / f"{key}.lock").write_text(dead.to_json())
+    live = SlideLock(tmp_path, "run--d")
+    assert live.acquire()
+    try:
+        assert clear_stale_locks(tmp_path, "run--") == ["run--a", "run--b"]
+        left = sorted(p.name for p in tmp_path.glob("*.lock"))
+        assert left == ["other--c.lock", "run--d.lock"]  # another run's lock, and a live holder's
+        assert live.holder() == live.owner
+        assert clear_stale_locks(tmp_path / "missing", "run--") == []
+    finally:
+        live.release()
