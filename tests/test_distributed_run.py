@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from scale_support import app, fake_args, tiny_slides
+from scale_support import app, dead_pid, fake_args, tiny_slides
 from typer.testing import CliRunner
 
 from tissue_oracle.agent.slide_lock import LockOwner
@@ -59,9 +57,7 @@ def test_workers_share_the_in_flight_limit_and_the_run_budget(slides: Path, tmp_
 
     # a worker killed after its slide was recorded, before it released the lock: the resumed run
     # skips that finished slide, so only the sweep at the start of a run can remove the lock
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    dead = LockOwner(pid=gone.pid, host=LockOwner.me().host, started=1.0, token="killed")
+    dead = LockOwner(pid=dead_pid(), host=LockOwner.me().host, started=1.0, token="killed")
     (out / "locks" / "r1--tiny_0_000.lock").write_text(dead.to_json())
     again = runner.invoke(app, args)  # the same run id: resume
     assert again.exit_code == 0, again.output

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
+from scale_support import dead_pid
+
 from tissue_oracle.agent.slide_lock import LockOwner, SlideLock, clear_stale_locks
-
-
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 def test_one_holder_at_a_time_and_release_frees_it(tmp_path: Path) -> None:
@@ -31,7 +25,7 @@ def test_one_holder_at_a_time_and_release_frees_it(tmp_path: Path) -> None:
 
 def test_a_dead_owners_lock_is_broken(tmp_path: Path) -> None:
     lock = SlideLock(tmp_path, "s2")
-    dead = LockOwner(pid=_dead_pid(), host=lock.owner.host, started=time.time() - 5, token="dead")
+    dead = LockOwner(pid=dead_pid(), host=lock.owner.host, started=time.time() - 5, token="dead")
     lock.path.write_text(dead.to_json())
     assert lock.acquire()
     assert lock.holder() == lock.owner
@@ -57,7 +51,7 @@ def test_another_hosts_lock_is_stale_only_after_its_lease(tmp_path: Path) -> Non
 
 
 def test_many_workers_breaking_one_stale_lock_leave_exactly_one_holder(tmp_path: Path) -> None:
-    dead = LockOwner(pid=_dead_pid(), host=LockOwner.me().host, started=1.0, token="dead")
+    dead = LockOwner(pid=dead_pid(), host=LockOwner.me().host, started=1.0, token="dead")
     for _round in range(20):
         (tmp_path / "s5.lock").write_text(dead.to_json())
         locks = [SlideLock(tmp_path, "s5") for _ in range(8)]
@@ -90,7 +84,7 @@ def test_release_never_removes_someone_elses_lock(tmp_path: Path) -> None:
 
 def test_clearing_stale_locks_removes_only_dead_owners_locks_of_that_run(tmp_path: Path) -> None:
     host = LockOwner.me().host
-    dead = LockOwner(pid=_dead_pid(), host=host, started=time.time() - 5, token="dead")
+    dead = LockOwner(pid=dead_pid(), host=host, started=time.time() - 5, token="dead")
     for key in ("run--a", "run--b", "other--c"):
         (tmp_path / f"{key}.lock").write_text(dead.to_json())
     live = SlideLock(tmp_path, "run--d")
