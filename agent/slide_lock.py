@@ -24,6 +24,7 @@ on a slide that the resumed run skips (it is done), so nobody would ever break i
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import secrets
@@ -221,9 +222,5 @@ def clear_stale_locks(lock_dir: Path, prefix: str) -> list[str]:
     """
     if not lock_dir.is_dir():
         return []
-    removed = []
-    for path in sorted(lock_dir.glob("*.lock")):
-        key = path.name[: -len(".lock")]
-        if key.startswith(prefix) and SlideLock(lock_dir, key).break_if_stale():
-            removed.append(key)
-    return removed
+    keys = (path.name[: -len(".lock")] for path in sorted(lock_dir.glob(f"{glob.escape(prefix)}*.lock")))
+    return [key for key in keys if SlideLock(lock_dir, key).break_if_stale()]
