@@ -17,12 +17,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tissue_oracle.oracles.evidence import focus_from_sharpness, optical_density, sharpness
-from tissue_oracle.oracles.tissue_map import PATCH_PX, SlideScope, empty_grid_scope, tissue_map
+from tissue_oracle.oracles.tissue_map import (
+    PATCH_PX,
+    SlideScope,
+    empty_grid_scope,
+    small_image_scope,
+    tissue_map,
+)
 from tissue_oracle.tools.classify_patches import ClassifyPatchesOutput, patch_coverage
 from tissue_oracle.tools.focus import NO_FOCUS, focus_code
 from tissue_oracle.tools.schemas import PatchGrid, PatchLabel
 from tissue_oracle.tools.slide_base import Slide
 from tissue_oracle.tools.stage_deps import StageDeps
+from tissue_oracle.tools.stage_settings import MIN_PATCH_SIZE
 
 _FOCUS_OD = 0.15
 """Summed OD above which a crop pixel counts as stained when focus is graded."""
@@ -33,7 +40,7 @@ class ClassifyDenseInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    patch_size: int = Field(default=512, ge=32, le=8192)
+    patch_size: int = Field(default=512, ge=MIN_PATCH_SIZE, le=8192)
     """Grid patch side, level-0 pixels."""
     tissue_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     """A patch is tissue when the map covers at least this share of it."""
@@ -98,7 +105,10 @@ def dense_labels(inp: ClassifyDenseInput, slide: Slide) -> DenseClassifyOutput:
                     source="zero_shot",
                 )
             )
-    scope: SlideScope = tmap.scope if tissue.any() else empty_grid_scope(tmap)
+    scope: SlideScope = tmap.scope
+    if not tissue.any() and tmap.scope.kind != "fluorescence":
+        small = small_image_scope(width, height, inp.patch_size, inp.patch_px)
+        scope = small or empty_grid_scope(tmap)
     return DenseClassifyOutput(
         grid=grid,
         mode="zero_shot",

@@ -63,11 +63,14 @@ from tissue_oracle.oracles.membrane_loops import loop_tissue
 from tissue_oracle.oracles.precipitate import precipitate_pieces
 from tissue_oracle.oracles.under_ink import tissue_under_ink
 from tissue_oracle.tools.clean import remove_small_components
+from tissue_oracle.tools.stage_settings import MIN_PATCH_SIZE
 
 PATCH_PX = 32
 """Pixels per grid patch side the rules were calibrated at (512 px level-0 patches at 16x)."""
 
-ScopeKind = Literal["brightfield", "fluorescence", "all_glass", "nearly_all_tissue", "no_tissue_kept"]
+ScopeKind = Literal[
+    "brightfield", "fluorescence", "all_glass", "nearly_all_tissue", "no_tissue_kept", "image_too_small"
+]
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -275,16 +278,48 @@ def empty_grid_scope(tmap: TissueMap) -> SlideScope:
     """
     if tmap.scope.kind != "brightfield":
         return tmap.scope
-    stain, ink = 100 * tmap.stain_share, 100 * float(tmap.ink.mean())
+    stain, ink = percent(tmap.stain_share), percent(float(tmap.ink.mean()))
     return SlideScope(
         kind="no_tissue_kept",
         message=(
-            f"no tissue patch kept, though the slide is not clean glass ({stain:.2g}% shows stain, "
-            f"{ink:.2g}% ink or dark marks): tissue smaller than half a patch, faint tissue or tissue "
+            f"no tissue patch kept, though the slide is not clean glass ({stain}% shows stain, "
+            f"{ink}% ink or dark marks): tissue smaller than half a patch, faint tissue or tissue "
             "under pen that the classical map could not tell from precipitate or glass; check the "
             "overlay, or run this slide with a VLM oracle (--oracle)"
         ),
     )
+
+
+def small_image_scope(width: int, height: int, patch_size: int, patch_px: int) -> SlideScope | None:
+    """The scope of an image smaller than a patch on which no patch was kept, or None otherwise.
+
+    The map is read at ``patch_size / patch_px`` downsample and drops pieces under a quarter of a
+    patch, so an image smaller than a patch is a few map pixels (a 50 px tile at 512 px patches:
+    3 x 3), too coarse to find tissue in or to see glass by. A smaller patch reads it finer.
+    """
+    if width >= patch_size and height >= patch_size:
+        return None
+    scale = patch_size / patch_px
+    seen = f"{max(1, round(width / scale))} x {max(1, round(height / scale))} px"
+    side = min(width, height)
+    advice = (
+        f"for tiles, use a policy file whose classify.patch_size is at most {side} (the image's shorter side)"
+        if side >= MIN_PATCH_SIZE
+        else f"an image under {MIN_PATCH_SIZE} px a side is below the smallest patch the tool reads"
+    )
+    return SlideScope(
+        kind="image_too_small",
+        message=(
+            f"no tissue patch kept: the image is {width} x {height} px, smaller than one {patch_size} px "
+            f"patch, and the map reads it at 1/{scale:.3g} scale ({seen}), too coarse to tell tissue "
+            f"from glass; {advice}"
+        ),
+    )
+
+
+def percent(share: float) -> str:
+    """A share (0-1) as a percentage with three significant figures: '100', '2.3', '0.04'."""
+    return f"{100 * share:.3g}"
 
 
 def _peel_halo(solid: np.ndarray, od: np.ndarray, ink: np.ndarray, params: MapParams) -> np.ndarray:

@@ -25,7 +25,7 @@ from tissue_oracle.agent.run_settings import RunDeps, RunSettings
 from tissue_oracle.oracles.classical_dense import ClassifyDenseInput, dense_labels
 from tissue_oracle.oracles.map_params import MapParams
 from tissue_oracle.oracles.precipitate import _line_share
-from tissue_oracle.oracles.tissue_map import tissue_map
+from tissue_oracle.oracles.tissue_map import percent, tissue_map
 from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools.focus import NO_FOCUS
@@ -296,6 +296,35 @@ def test_stain_without_a_tissue_patch_is_named_not_a_silent_zero() -> None:
     with open_slide(np.full_like(image, 236), name="glass") as slide:
         glass = dense_labels(ClassifyDenseInput(patch_size=PATCH, focus_crop=0), slide)
     assert glass.scope_kind == "all_glass"
+
+
+def test_shares_read_as_plain_percentages() -> None:
+    assert [percent(x) for x in (1.0, 0.9996, 0.254, 0.023, 0.0004, 0.0)] == [
+        "100",
+        "100",
+        "25.4",
+        "2.3",
+        "0.04",
+        "0",
+    ]
+
+
+def test_a_tile_smaller_than_a_patch_is_told_to_use_a_smaller_patch() -> None:
+    image, _ = core_slide_pixels()
+    tile = np.ascontiguousarray(image[1100:1140, 1000:1040])  # 40 x 40 px inside one core: all tissue
+    with open_slide(tile, name="tile") as slide:
+        out = dense_labels(ClassifyDenseInput(patch_size=PATCH, focus_crop=0), slide)
+    # not "clean glass": a few map pixels of tissue show no glass to compare with
+    assert not out.tissue.any() and out.scope_kind == "image_too_small"
+    message = out.scope_message or ""
+    assert "40 x 40 px" in message and "classify.patch_size" in message, message
+    assert "classify.patch_size is at most 40" in message, message
+    with open_slide(tile, name="tile") as slide:
+        fitted = dense_labels(ClassifyDenseInput(patch_size=32, focus_crop=0), slide)
+    assert fitted.tissue.all(), fitted.scope_message
+    with open_slide(tile[:20, :20].copy(), name="speck") as slide:
+        speck = dense_labels(ClassifyDenseInput(patch_size=PATCH, focus_crop=0), slide)
+    assert speck.scope_kind == "image_too_small" and "under 32 px" in (speck.scope_message or "")
 
 
 def test_default_policy_labels_from_one_map_and_asks_no_patch_question(tmp_path: Path) -> None:

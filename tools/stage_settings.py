@@ -13,6 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MIN_PATCH_SIZE = 32
+"""The smallest grid patch side (level-0 pixels) a policy may set."""
+
 
 class GroundBoxesSettings(BaseModel):
     """The settings of ground_boxes a policy sets (``policies.policy.GroundParams`` holds them)."""
@@ -48,7 +51,7 @@ class ClassifyPatchesSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    patch_size: int = Field(default=512, ge=32, le=8192)
+    patch_size: int = Field(default=512, ge=MIN_PATCH_SIZE, le=8192)
     """Grid patch side, level-0 pixels."""
     gate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     """A patch is sent only if M1 covers at least this fraction of it (0 sends every patch in scope)."""
