@@ -114,6 +114,7 @@ def budgeted(oracles: OracleSet, ledger: BudgetLedger, policy: Policy) -> dict[R
             student=BudgetedOracle(oracles.cascade_student, ledger, free),
             threshold=oracles.cascade_threshold,
             oracle_batch=policy.classify.batch_size,
+            request_batch=policy.cascade.request_batch,
         )
     return route_questions(by_role, oracles.routes)
 

@@ -24,6 +24,7 @@ from tissue_oracle.policies.model_settings import ModelSettings
 from tissue_oracle.tools.errors import ConfigError
 from tissue_oracle.tools.schemas import Role
 from tissue_oracle.tools.stage_settings import (
+    CASCADE_REQUEST_BATCH,
     ClassifyPatchesSettings,
     CleanSettings,
     ClusterColoursSettings,
@@ -221,6 +222,9 @@ class CascadeParams(_Section):
     """Spec of the student (``student:PATH``) that answers first."""
     confidence: float = Field(default=0.9, ge=0.0, le=1.0)
     """Student answers at or above this confidence are kept; the rest go to the classifier."""
+    request_batch: int = Field(default=CASCADE_REQUEST_BATCH, ge=8, le=4096)
+    """Patches the student labels per cascade question; its unsure ones are then asked
+    ``classify.batch_size`` per oracle question, so a larger request leaves fewer part-filled."""
 
     @model_validator(mode="after")
     def _student_when_enabled(self) -> CascadeParams:

@@ -14,7 +14,7 @@ from tissue_oracle.oracles.student import StudentOracle, build
 from tissue_oracle.store.memory import MemoryRecorder
 from tissue_oracle.tools import distil_train as fit
 from tissue_oracle.tools.distil import save_checkpoint
-from tissue_oracle.tools.errors import ConfigError
+from tissue_oracle.tools.errors import BudgetExceededError, ConfigError, OracleError
 from tissue_oracle.tools.oracle_protocol import CallContext
 from tissue_oracle.tools.schemas import (
     BoxesRequest,
@@ -233,7 +233,8 @@ def test_policy_cascade_puts_the_student_before_the_budgeted_classifier(checkpoi
     roles = budgeted(oracles, BudgetLedger(), policy)
     classifier = roles["classifier"]
     assert isinstance(classifier, cascade.CascadeOracle) and classifier.threshold == 0.8
-    assert classifier.oracle_batch == policy.classify.batch_size and classifier.request_batch == 64
+    assert classifier.oracle_batch == policy.classify.batch_size
+    assert classifier.request_batch == policy.cascade.request_batch == 256
     # Both sides are budgeted: each oracle question the cascade asks reserves its own budget.
     assert isinstance(classifier.student, BudgetedOracle) and isinstance(classifier.oracle, BudgetedOracle)
     assert classifier.oracle.inner is oracles.by_role["classifier"]
@@ -253,3 +254,69 @@ def test_the_cascade_batches_unsure_patches_for_the_oracle(checkpoint: Path) -> 
     answer = asyncio.run(wrapped.patch_labels(req, ctx(rec)))
     assert [a.ref for a in answer.labels] == req.patches and wrapped.stats.sent_to_oracle == 40
     assert sum(c.backend == "classical" for c in rec.calls) == 5 == wrapped.stats.oracle_calls  # 40 / 8
+
+
+class FailingOnce:
+    """The classical oracle, except that its ``fail_on``-th patch question raises ``error``."""
+
+    def __init__(self, error: Exception, fail_on: int = 2) -> None:
+        self.inner = build_oracle("classical")
+        self.backend, self.model, self.is_vlm = "classical", "classical-v1", False
+        self.questions = self.inner.questions
+        self.error, self.fail_on, self.asked = error, fail_on, 0
+
+    async def patch_labels(self, req: PatchLabelsRequest, ctx: CallContext):  # type: ignore[no-untyped-def]
+        self.asked += 1
+        if self.asked == self.fail_on:
+            raise self.error
+        return await self.inner.patch_labels(req, ctx)
+
+
+@pytest.mark.parametrize(
+    ("error", "budget"),
+    [(OracleError("upstream 503 after retries"), False), (BudgetExceededError("calls cap 3 reached"), True)],
+)
+def test_a_failed_oracle_question_loses_only_its_own_patches(
+    checkpoint: Path, error: Exception, budget: bool
+) -> None:
+    """40 unsure patches, 5 oracle questions of 8; the second fails: the other 32 answers are kept."""
+    from tissue_oracle.tools.classify_patches import ClassifyPatchesInput, classify_patches
+    from tissue_oracle.tools.slides import open_slide
+    from tissue_oracle.tools.stage_deps import StageDeps
+
+    student = build(str(checkpoint), device="cpu")
+    failing = FailingOnce(error)
+    wrapped = cascade.CascadeOracle(student=student, oracle=failing, threshold=1.01, oracle_batch=8)  # type: ignore[arg-type]
+    rec = MemoryRecorder()
+    with pytest.raises(cascade.PartialCascade) as caught:
+        asyncio.run(wrapped.patch_labels(request(40), ctx(rec)))
+    partial = caught.value
+    assert sorted(partial.answered) == [*range(8), *range(16, 40)]  # the second question's 8 are missing
+    assert all(label.source == "zero_shot" for label in partial.answered.values())
+    assert (
+        partial.budget_exhausted is budget and partial.usage.calls == 4 + 1
+    )  # 4 oracle rows + the student's
+    assert wrapped.stats.oracle_failed == 8 and wrapped.stats.oracle_calls == 4
+
+    # Through the stage: one 64-patch grid, one cascade question; 8 patches fall back to M1
+    image = np.random.default_rng(3).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    slide = open_slide(image)
+    failing.asked = 0
+    roles = {
+        "classifier": cascade.CascadeOracle(student=student, oracle=failing, threshold=1.01, oracle_batch=8)
+    }
+    deps = StageDeps(
+        slide=slide,
+        oracles=roles,  # type: ignore[arg-type]
+        context=lambda stage, role: CallContext(
+            run_id="r", slide_id="s", stage=stage, role=role, recorder=rec
+        ),
+    )
+    inp = ClassifyPatchesInput(
+        patch_size=64, send_size=64, batch_size=8, coarse_mask=np.ones((8, 8), bool), mask_downsample=64
+    )
+    out = asyncio.run(classify_patches(inp, deps))
+    sources = [label.source for label in out.labels]
+    assert out.answered == 56 and out.failed == 8 and sources.count("coarse") == 8
+    assert sources.count("zero_shot") == 56 and out.budget_exhausted is budget
+    assert out.errors and "8 of 64 patches unanswered" in out.errors[0]

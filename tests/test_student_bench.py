@@ -55,10 +55,12 @@ def test_calls_count_batches_within_64_patch_requests_and_worst_slide_is_reporte
     unsure = [(False, 0.99)] * 70
     unsure[0], unsure[64] = (True, 0.5), (True, 0.5)  # one unsure patch in each of two requests
     per = {"sure": sure, "unsure": slide(many, unsure)}
-    (row,) = cascade_curve(per, (0.9,), 8)
+    (row,) = cascade_curve(per, (0.9,), 8, request=64)
     assert row["plain_calls"] == 2 * (8 + 1)  # 64 = 8 questions, then 6 patches = 1
     assert row["oracle_calls"] == 2  # the two unsure patches sit in different requests
     assert row["worst_slide_dice_lost_vs_teacher"] == 0.0  # no tissue anywhere: both empty masks agree
+    (packed,) = cascade_curve(per, (0.9,), 8)  # the default request, 256 patches, holds both
+    assert packed["plain_calls"] == 2 * 9 and packed["oracle_calls"] == 1
     (low,) = cascade_curve(per, (0.4,), 8)
     assert low["worst_slide_dice_lost_vs_teacher"] == 1.0 and low["mean_dice_lost_vs_teacher"] == 0.5
 

@@ -6,8 +6,9 @@ the rest are background labelled ``coarse``. Patches are read in threads at ``se
 pixels, sent ``batch_size`` per question, with at most ``deps.max_in_flight`` questions in flight
 for the slide. A question that fails (``OracleError``) or that a budget refuses
 (``BudgetExceededError``, after which nothing more is sent) leaves its patches with the coarse
-label: tissue when M1 covers at least ``coarse_tissue_fraction`` of them. The stage itself never
-raises on an oracle's account.
+label: tissue when M1 covers at least ``coarse_tissue_fraction`` of them; when part of a question
+was answered (``PartialPatchLabels``, from the cascade), only the unanswered patches do. The stage
+itself never raises on an oracle's account.
 
 Per-patch arrays are (rows, cols) in the patch-grid frame. ``focus`` holds ``tools.focus`` codes
 (``FOCUS_CODES``) and ``NO_FOCUS`` where no focus grade exists.
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tissue_oracle.tools.clean import CleanOutput
 from tissue_oracle.tools.errors import BudgetExceededError, OracleError, SlideError
 from tissue_oracle.tools.focus import NO_FOCUS, focus_code
+from tissue_oracle.tools.oracle_protocol import PartialPatchLabels
 from tissue_oracle.tools.schemas import (
     Box,
     Exemplar,
@@ -297,6 +299,14 @@ async def _ask(
             run.budget_exhausted = True
             run.failed += len(batch)
             run.note(f"budget: {exc}")
+            return
+        except PartialPatchLabels as exc:  # keep what was answered (and paid for)
+            run.usage = run.usage + exc.usage
+            run.budget_exhausted = run.budget_exhausted or exc.budget_exhausted
+            run.failed += len(batch) - len(exc.answered)
+            run.note(f"{type(exc).__name__}: {exc}")
+            for i, label in exc.answered.items():
+                run.answers[batch[i]] = label.model_copy(update={"ref": refs[i]})
             return
         except (OracleError, SlideError) as exc:
             run.failed += len(batch)

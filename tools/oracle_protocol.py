@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from tissue_oracle.tools.errors import OracleError
 from tissue_oracle.tools.schemas import (
     BoxesAnswer,
     BoxesRequest,
     CallRecorder,
+    PatchLabel,
     PatchLabelsAnswer,
     PatchLabelsRequest,
     PointsAnswer,
@@ -27,10 +29,28 @@ from tissue_oracle.tools.schemas import (
     ReviewRequest,
     Role,
     Stage,
+    Usage,
 )
 
 VLM_BACKENDS: frozenset[str] = frozenset({"openai", "gemini"})
 """The backend families whose answers come from a real vision-language model."""
+
+
+class PartialPatchLabels(OracleError):
+    """Some of a patch request was answered and the rest failed: keep what was answered (and paid).
+
+    A composite backend (the cascade) raises it instead of losing every answer to one failed
+    question. ``answered`` maps request indices to their labels, ``usage`` is what the answered
+    part cost, and ``budget_exhausted`` says the failure was a budget refusal.
+    """
+
+    def __init__(
+        self, message: str, *, answered: dict[int, PatchLabel], usage: Usage, budget_exhausted: bool
+    ) -> None:
+        super().__init__(message)
+        self.answered = answered
+        self.usage = usage
+        self.budget_exhausted = budget_exhausted
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MIN_PATCH_SIZE = 32
 """The smallest grid patch side (level-0 pixels) a policy may set."""
+CASCADE_REQUEST_BATCH = 256
+"""Patches the stage sends a student-first cascade per question (``Policy.cascade.request_batch``)."""
 
 
 class GroundBoxesSettings(BaseModel):

@@ -23,7 +23,7 @@ figure below comes from it and from the student; none is a VLM result.
    (``teacher_pp``'s ``zero_shot``/``few_shot`` rows) go to the student first; at each threshold the
    patches under its calibrated confidence are answered by the teacher (the map's label), the
    rest keep the student's. Oracle calls are ``classify.batch_size`` patches per question within
-   64-patch requests, against asking about all of them. Dice lost is the teacher run's mask
+   ``cascade.request_batch``-patch requests, against asking about all of them. Dice lost is the teacher run's mask
    against the mask with those labels replaced; a map run's mask *is* its labels (no patch
    clean-up, no review), so the replay is exact for the teacher's own flow, per slide.
 5. Optionally (``--cascade-threshold``) real cascade runs through the CLI in the per-patch flow,
@@ -54,6 +54,7 @@ from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.tools import distil_train as fit
 from tissue_oracle.tools.distil_data import grid_cells
 from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef
+from tissue_oracle.tools.stage_settings import CASCADE_REQUEST_BATCH
 from tissue_oracle.tools.slides import open_slide
 
 LABEL = "classical oracle teacher (no VLM) and its distilled student; synthetic held-out slides"
@@ -200,7 +201,10 @@ def student_confidences(student: Any, slide: Path, cells: list[tuple[int, int]],
 
 
 def cascade_curve(
-    per_slide: dict[str, dict[str, Any]], thresholds: tuple[float, ...], batch: int, request: int = 64
+    per_slide: dict[str, dict[str, Any]],
+    thresholds: tuple[float, ...],
+    batch: int,
+    request: int = CASCADE_REQUEST_BATCH,
 ) -> list[dict[str, Any]]:
     """Calls saved and Dice lost per threshold, over all slides (see the module docstring, step 4).
 
@@ -374,14 +378,16 @@ def main(
         for k in ("end_to_end_patches_per_s", "grid_patches_per_s", "classify_patches_per_s")
         if totals["student"][k] and totals["teacher"][k]
     }
-    batch = load_policy("default").classify.batch_size
+    policy = load_policy("default")
+    batch, request = policy.classify.batch_size, policy.cascade.request_batch
     figures: dict[str, Any] = {
         "label": LABEL,
         "student": str(student),
         "spec": oracle.spec.model_dump(),
         "per_slide": per_slide,
         "speed": {**totals, "model_load_s": timed["model_load_s"], "student_over_teacher": ratios},
-        "cascade_curve": cascade_curve(replay, THRESHOLDS, batch),
+        "cascade_request_batch": request,
+        "cascade_curve": cascade_curve(replay, THRESHOLDS, batch, request),
         "real_cascade": [
             real_cascade(paths, out, student, t, out / "teacher_pp", patch_size) for t in cascade_threshold
         ],
