@@ -16,7 +16,8 @@ batch of their own: oracle calls fall with the number of unsure patches, not wit
 stage batches that hold one.
 
 The request is 256 patches by default (``cascade.request_batch``): the unsure patches of a larger
-request fill the oracle's questions better, with the same labels (figures in docs/distil.md).
+request fill the oracle's questions better, with the same labels (on the held-out slides at a
+threshold of 0.9, 84-89% of calls saved became 87-93%: docs/distil.md).
 
 Label sources: a patch the student kept is marked ``cascade`` (so distillation never learns from
 it, and reports can count what the cascade saved); a patch the oracle answered keeps the oracle's
