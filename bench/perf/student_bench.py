@@ -23,9 +23,10 @@ figure below comes from it and from the student; none is a VLM result.
    (``teacher_pp``'s ``zero_shot``/``few_shot`` rows) go to the student first; at each threshold the
    patches under its calibrated confidence are answered by the teacher (the map's label), the
    rest keep the student's. Oracle calls are ``classify.batch_size`` patches per question within
-   ``cascade.request_batch``-patch requests, against asking about all of them. Dice lost is the teacher run's mask
-   against the mask with those labels replaced; a map run's mask *is* its labels (no patch
-   clean-up, no review), so the replay is exact for the teacher's own flow, per slide.
+   requests of ``cascade.request_batch`` patches, against asking about all of them. Dice lost is
+   the teacher run's mask against the mask with those labels replaced; a map run's mask *is* its
+   labels (no patch clean-up, no review), so the replay is exact for the teacher's own flow, per
+   slide.
 5. Optionally (``--cascade-threshold``) real cascade runs through the CLI in the per-patch flow,
    against ``teacher_pp``: oracle calls counted from both stores, Dice of the final masks. There
    the oracle is the per-patch classical oracle, a different classical teacher from the map the
@@ -54,8 +55,8 @@ from tissue_oracle.policies.policy import load_policy
 from tissue_oracle.tools import distil_train as fit
 from tissue_oracle.tools.distil_data import grid_cells
 from tissue_oracle.tools.schemas import PatchLabelsRequest, PatchRef
-from tissue_oracle.tools.stage_settings import CASCADE_REQUEST_BATCH
 from tissue_oracle.tools.slides import open_slide
+from tissue_oracle.tools.stage_settings import CASCADE_REQUEST_BATCH
 
 LABEL = "classical oracle teacher (no VLM) and its distilled student; synthetic held-out slides"
 ORACLE_SOURCES = ("zero_shot", "few_shot")
