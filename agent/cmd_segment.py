@@ -28,9 +28,11 @@ def build_policy(
     max_calls: int | None,
     self_hosted: bool = False,
     planner: str | None = None,
+    patch_size: int | None = None,
 ) -> Policy:
     """The named or given policy with the command line's run caps (and planner) applied;
-    ``self_hosted`` prices every ``openai:`` model at $0 (the user's own server)."""
+    ``self_hosted`` prices every ``openai:`` model at $0 (the user's own server), and
+    ``patch_size`` sets the grid (``classify.patch_size``)."""
     from tissue_oracle.policies.policy import load_policy
 
     loaded = load_policy(policy)
@@ -44,6 +46,8 @@ def build_policy(
         updates["models"] = {**models, "openai:*": {**models.get("openai:*", {}), "price": "self-hosted"}}
     if planner:
         updates["roles.planner"] = planner.strip()
+    if patch_size is not None:
+        updates["classify.patch_size"] = patch_size
     return loaded.with_updates(updates) if updates else loaded
 
 
@@ -198,6 +202,13 @@ def segment(
     mpp: Annotated[
         float | None, typer.Option(help="Microns per pixel, for slides that don't record it.")
     ] = None,
+    patch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Grid patch side in level-0 pixels (the policy's classify.patch_size, 512 by default); "
+            "smaller for tiles.",
+        ),
+    ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Ask again instead of answering from the store.")
     ] = False,
@@ -220,7 +231,12 @@ def segment(
         settings = RunSettings(
             run_id=run_id or new_run_id(),
             policy=build_policy(
-                policy, max_usd=max_usd, max_calls=max_calls, self_hosted=self_hosted, planner=planner
+                policy,
+                max_usd=max_usd,
+                max_calls=max_calls,
+                self_hosted=self_hosted,
+                planner=planner,
+                patch_size=patch_size,
             ),
             out_dir=out,
             use_cache=not no_cache,

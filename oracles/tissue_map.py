@@ -303,7 +303,8 @@ def small_image_scope(width: int, height: int, patch_size: int, patch_px: int) -
     seen = f"{max(1, round(width / scale))} x {max(1, round(height / scale))} px"
     side = min(width, height)
     advice = (
-        f"for tiles, use a policy file whose classify.patch_size is at most {side} (the image's shorter side)"
+        f"for tiles, run with --patch-size {side} or less (the image's shorter side; a policy's "
+        "classify.patch_size)"
         if side >= MIN_PATCH_SIZE
         else f"an image under {MIN_PATCH_SIZE} px a side is below the smallest patch the tool reads"
     )

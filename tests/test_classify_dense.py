@@ -318,7 +318,7 @@ def test_a_tile_smaller_than_a_patch_is_told_to_use_a_smaller_patch() -> None:
     assert not out.tissue.any() and out.scope_kind == "image_too_small"
     message = out.scope_message or ""
     assert "40 x 40 px" in message and "classify.patch_size" in message, message
-    assert "classify.patch_size is at most 40" in message, message
+    assert "--patch-size 40 or less" in message, message
     with open_slide(tile, name="tile") as slide:
         fitted = dense_labels(ClassifyDenseInput(patch_size=32, focus_crop=0), slide)
     assert fitted.tissue.all(), fitted.scope_message

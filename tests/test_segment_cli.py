@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from stage_support import core_slide_pixels
@@ -88,3 +90,31 @@ def test_paths_that_match_nothing_are_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["segment", str(tmp_path / "*.svs"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "matches no slide files" in result.output
+
+
+def test_a_tile_smaller_than_a_patch_is_flagged_and_patch_size_reads_it(tmp_path: Path) -> None:
+    image, truth = core_slide_pixels()
+    tile = tmp_path / "tile.png"
+    Image.fromarray(image[1140:1260, 460:580]).save(tile)  # 120 x 120 px across a core's edge
+    assert 0.5 < truth[1140:1260, 460:580].mean() < 0.8
+    plain = runner.invoke(app, ["segment", str(tile), "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output
+    summary = json.loads((tmp_path / "plain" / "tile" / "summary.json").read_text())
+    assert "out_of_scope_image_too_small" in summary["flags"]
+    assert any("--patch-size 120 or less" in r for r in summary["reasons"]), summary["reasons"]
+    args = ["segment", str(tile), "--out", str(tmp_path / "fitted"), "--patch-size", "40"]
+    fitted = runner.invoke(app, args)
+    assert fitted.exit_code == 0, fitted.output
+    summary = json.loads((tmp_path / "fitted" / "tile" / "summary.json").read_text())
+    assert (summary["patches"]["patch_size"], summary["patches"]["rows"], summary["patches"]["cols"]) == (
+        40,
+        3,
+        3,
+    )
+    assert summary["flags"] == []
+    mask = np.load(tmp_path / "fitted" / "tile" / "mask.npy") > 0
+    expected = truth[1140:1260, 460:580].reshape(3, 40, 3, 40).mean(axis=(1, 3)) >= 0.5
+    assert 2 * (mask & expected).sum() / (mask.sum() + expected.sum()) >= 0.8, (mask, expected)
+    args = ["segment", str(tile), "--out", str(tmp_path / "bad"), "--patch-size", "8"]
+    too_small = runner.invoke(app, args)
+    assert too_small.exit_code == 2 and "classify.patch_size" in too_small.output
