@@ -339,7 +339,8 @@ def main(
     """Held-out agreement, end-to-end speed and the cascade curve of a student (classical teacher)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = synthetic_slides(slides)
-    patch_size = load_policy("default").classify.patch_size
+    policy = load_policy("default")
+    patch_size = policy.classify.patch_size
     runs = {
         "teacher": (write_policy(out, "teacher", {}), []),
         "student": (write_policy(out, "teacher", {}), ["--classifier", f"student:{student}"]),
@@ -379,7 +380,6 @@ def main(
         for k in ("end_to_end_patches_per_s", "grid_patches_per_s", "classify_patches_per_s")
         if totals["student"][k] and totals["teacher"][k]
     }
-    policy = load_policy("default")
     batch, request = policy.classify.batch_size, policy.cascade.request_batch
     figures: dict[str, Any] = {
         "label": LABEL,
