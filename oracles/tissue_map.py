@@ -15,7 +15,7 @@ The rules, in order (``tissue_map``):
 3. Tissue has a *coloured substrate*: seeds are areas whose local-minimum OD and local colour
    are both clearly above glass. Stain precipitate and dust are dots on clear glass (their local
    minimum is glass); pen, slide borders, coverslip edges and bubble rims are neutral or pure
-   blue/green, which no stain is.
+   blue/green, which no stain is, or near-black with a tint (``oracles.ink_marks``).
 4. Tissue grows from the seeds into weaker, still coloured or dense, evidence (edges, faint and
    blurred parts, folds, dark fibres), then small gaps are closed, holes filled and crumbs
    dropped. Growth reads 3x3 means, which spread it one pixel into glass: an edge pixel stays
@@ -58,6 +58,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from tissue_oracle.oracles.ink_marks import channel_sum, ink_mask, saturation
 from tissue_oracle.oracles.map_params import DEFAULT_MAP_PARAMS, MapParams
 from tissue_oracle.oracles.membrane_loops import loop_tissue
 from tissue_oracle.oracles.precipitate import precipitate_pieces
@@ -104,27 +105,9 @@ class TissueMap:
     scope: SlideScope
 
 
-def _channel_max(rgb: np.ndarray) -> np.ndarray:
-    # element-wise over the three planes: numpy's reduction over a length-3 last axis is slow
-    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
-
-
-def _channel_min(rgb: np.ndarray) -> np.ndarray:
-    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
-
-
-def _channel_sum(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., 0] + rgb[..., 1] + rgb[..., 2]
-
-
-def _saturation(rgb: np.ndarray) -> np.ndarray:
-    high, low = _channel_max(rgb), _channel_min(rgb)
-    return (high - low) / np.maximum(high, 1.0)
-
-
 def is_fluorescence(rgb: np.ndarray, params: MapParams = DEFAULT_MAP_PARAMS) -> bool:
     """A dark background: most of the image is near black (DAPI, FITC...)."""
-    lum = _channel_sum(rgb.astype(np.float32)) / 3
+    lum = channel_sum(rgb.astype(np.float32)) / 3
     return float(np.median(lum)) < params.fluorescence_luminance
 
 
@@ -140,8 +123,8 @@ def glass_reference(rgb: np.ndarray, block: int) -> np.ndarray:
     padded = np.pad(rgb.astype(np.float32), ((0, bh * block - h), (0, bw * block - w), (0, 0)), mode="edge")
     blocks = padded.reshape(bh, block, bw, block, 3).transpose(0, 2, 1, 3, 4).reshape(bh, bw, -1, 3)
     level = np.percentile(blocks, 90, axis=2).astype(np.float32)  # (bh, bw, 3)
-    lum = _channel_sum(level) / 3
-    sat = _saturation(level)
+    lum = channel_sum(level) / 3
+    sat = saturation(level)
     brightest = float(np.percentile(lum, 95))
     # Glass is the brightest and the most neutral level among its neighbours; a pale stain is
     # only slightly darker than glass but measurably more coloured.
@@ -157,27 +140,6 @@ def glass_reference(rgb: np.ndarray, block: int) -> np.ndarray:
     return np.asarray(ndi.uniform_filter(full, size=(block, block, 1), mode="nearest"), dtype=np.float32)
 
 
-def ink_mask(rgb: np.ndarray, patch_px: int) -> np.ndarray:
-    """Pen ink (saturated pure blue/green) and wide neutral-dark areas (black pen, borders, rims).
-
-    Marker ink is cyan-blue (G well above R); haematoxylin and aniline blue are violet-blue (G no
-    higher than R). Silver and elastic fibres are thin.
-    """
-    arr = rgb.astype(np.float32)
-    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
-    sat = _saturation(arr)
-    blue = (b > r + 40) & (g > r + 10) & (sat > 0.35)
-    green = (g > r + 15) & (g > b - 5) & (sat > 0.25)
-    brightest = _channel_max(arr)
-    neutral_dark = (brightest < 150) & (sat < 0.15)
-    radius = max(1, patch_px // 16)
-    wide_dark = ndi.binary_opening(neutral_dark, iterations=radius)
-    # Near-black neutral pixels at this scale are slide borders, label shadows and black ink;
-    # dark stain (silver, elastic, dense nuclei) is thin and averages with its coloured substrate.
-    black = (brightest < 110) & (sat < 0.12)
-    return np.asarray(ndi.binary_dilation(blue | green | wide_dark | black, iterations=max(1, radius)))
-
-
 def tissue_map(
     rgb: np.ndarray, patch_px: float = PATCH_PX, params: MapParams = DEFAULT_MAP_PARAMS
 ) -> TissueMap:
@@ -191,9 +153,9 @@ def tissue_map(
     img = arr.astype(np.float32)
     glass = glass_reference(arr, p)
     od_rgb = np.log10((glass + 1.0) / (img + 1.0)).clip(0.0)
-    od = _channel_sum(od_rgb).astype(np.float32)
-    img_sat = _saturation(img)
-    chroma = np.clip(img_sat - _saturation(glass), 0.0, None)
+    od = channel_sum(od_rgb).astype(np.float32)
+    img_sat = saturation(img)
+    chroma = np.clip(img_sat - saturation(glass), 0.0, None)
     k = max(3, p // 8) | 1
     od_mean = ndi.uniform_filter(od, k)
     chroma_mean = ndi.uniform_filter(chroma, k)

@@ -1,0 +1,88 @@
+"""Marks that are not tissue: pen ink, slide borders, label shadows, coverslip and bubble rims.
+
+The classical map (``oracles.tissue_map``) keeps these out of its seeds and growth. Three kinds:
+
+- marker ink of pure blue or green (cyan-blue: G well above R; haematoxylin and aniline blue are
+  violet-blue, G no higher than R);
+- wide neutral-dark areas and near-black pixels (black pen, slide borders, label shadows, rims);
+  dark stain (silver, elastic, dense nuclei) is thin and averages with its coloured substrate;
+- near-black strokes with a tint (``tinted_black_strokes``). A real black marker is rarely
+  neutral: HistoQC's ``pen_black`` example stroke is RGB (24, 20, 14) at its core. HSV saturation
+  is (max - min) / max, so at that brightness a channel spread of 10 reads as a strong colour
+  (0.42), and the neutral tests above miss the stroke. Its optical densities (1.03, 1.09, 1.23),
+  though, are nearly equal: the test is made in OD.
+
+Not a VLM: part of the classical map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+TINTED_BLACK_MAX = 60.0
+"""A tinted-black core pixel: every channel under this (0-255) ..."""
+TINTED_BLACK_OD_SPREAD = 0.1
+"""... and its three channel ODs spread by under this share of their sum (a grey, black or
+brown-black ink; a dark purple nucleus or a green stroke over eosin spreads by 0.25 or more) ..."""
+TINTED_RIM_OD_SPREAD = 0.15
+"""... and the stroke's paler rim and tip: pixels within a third of a patch of the core, under
+``TINTED_RIM_MAX`` in every channel and neutral to this spread."""
+TINTED_RIM_MAX = 200.0
+
+
+def channel_max(rgb: np.ndarray) -> np.ndarray:
+    """The brightest channel of each pixel (element-wise over the three planes: numpy's reduction
+    over a length-3 last axis is slow)."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+def channel_min(rgb: np.ndarray) -> np.ndarray:
+    """The darkest channel of each pixel."""
+    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+def channel_sum(rgb: np.ndarray) -> np.ndarray:
+    """The sum of the three channels of each pixel."""
+    return rgb[..., 0] + rgb[..., 1] + rgb[..., 2]
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation, (max - min) / max."""
+    high, low = channel_max(rgb), channel_min(rgb)
+    return (high - low) / np.maximum(high, 1.0)
+
+
+def ink_mask(rgb: np.ndarray, patch_px: int) -> np.ndarray:
+    """Pen ink (pure blue/green, black, tinted black) and wide neutral-dark areas, dilated a little."""
+    arr = rgb.astype(np.float32)
+    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+    sat = saturation(arr)
+    blue = (b > r + 40) & (g > r + 10) & (sat > 0.35)
+    green = (g > r + 15) & (g > b - 5) & (sat > 0.25)
+    brightest = channel_max(arr)
+    neutral_dark = (brightest < 150) & (sat < 0.15)
+    radius = max(1, patch_px // 16)
+    wide_dark = ndi.binary_opening(neutral_dark, iterations=radius)
+    black = (brightest < 110) & (sat < 0.12)
+    tinted = tinted_black_strokes(arr, brightest, patch_px)
+    return np.asarray(ndi.binary_dilation(blue | green | wide_dark | black | tinted, iterations=radius))
+
+
+def tinted_black_strokes(arr: np.ndarray, brightest: np.ndarray, patch_px: int) -> np.ndarray:
+    """Near-black strokes whose OD is neutral, wider than an eighth of a patch, with their rims.
+
+    The core must be wide (an opening of a sixteenth of a patch), so thin dark stain never
+    starts one. The rim grows from it only within a third of a patch, so it cannot run along a
+    dark slide border into the rest of the image.
+    """
+    od = np.log10(256.0 / (arr + 1.0))
+    spread = (channel_max(od) - channel_min(od)) / np.maximum(channel_sum(od), 1e-3)
+    radius = max(1, patch_px // 16)
+    dark_neutral = (brightest < TINTED_BLACK_MAX) & (spread < TINTED_BLACK_OD_SPREAD)
+    core = ndi.binary_opening(dark_neutral, iterations=radius)
+    if not core.any():
+        return core
+    near = ndi.binary_dilation(core, iterations=max(1, patch_px // 3))
+    rim = (brightest < TINTED_RIM_MAX) & (spread < TINTED_RIM_OD_SPREAD) & near
+    return np.asarray(ndi.binary_propagation(core, mask=rim | core))
