@@ -14,7 +14,7 @@ from stage_support import core_slide_pixels, dice
 from typer.testing import CliRunner
 
 from tissue_oracle.agent.cli import app
-from tissue_oracle.bench.evaluation import peer_bench
+from tissue_oracle.bench.evaluation import peer_bench, peer_methods
 from tissue_oracle.bench.evaluation.clam_segment import ClamParams, clam_mask, opencv_saturation
 from tissue_oracle.bench.synth.presets import PRESETS, build_spec
 from tissue_oracle.tools.errors import ConfigError
@@ -35,7 +35,7 @@ def test_clam_finds_the_cores_and_its_area_filter_drops_small_pieces() -> None:
 
 
 def test_a_missing_peer_env_is_skipped_with_its_name(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(peer_bench, "ROOT", tmp_path)
+    monkeypatch.setattr(peer_methods, "ROOT", tmp_path)
     got = peer_bench._peer("histolab", tmp_path / "slide.tiff")
     assert isinstance(got, str) and got.startswith("skipped") and "install.sh" in got
 
@@ -119,7 +119,7 @@ def test_bench_cli_refuses_bad_seed_options_before_any_work(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_only_seeds_scores_the_extra_slides_alone(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(peer_bench, "ROOT", tmp_path)  # no peer envs here: each peer is skipped by name
+    monkeypatch.setattr(peer_methods, "ROOT", tmp_path)  # no peer envs here: each peer is skipped by name
     said: list[str] = []
     result = peer_bench.run_peer_bench(
         tmp_path / "out",

@@ -37,6 +37,9 @@ def bench(
         "scored in their own 'extra' group; repeatable.",
     ),
     only_seeds: bool = typer.Option(False, help="Suite 'peers': score only the --seeds slides."),
+    only_real: bool = typer.Option(
+        False, help="Suite 'peers': score only the real slides, CMU-1 and the HistoQC pen thumbnails."
+    ),
 ) -> None:
     """Benchmark segmentation, focus and review against ground truth; tables shaped like the paper's."""
     from tissue_oracle.bench.evaluation.suites import get_suite
@@ -44,10 +47,10 @@ def bench(
 
     try:
         if suite == "peers":
-            typer.echo(_peers(out, data, seeds, only_seeds))
+            typer.echo(_peers(out, data, seeds, only_seeds, only_real))
             return
-        if seeds or only_seeds:
-            raise ConfigError(f"--seeds and --only-seeds are for --suite peers, not {suite!r}")
+        if seeds or only_seeds or only_real:
+            raise ConfigError(f"--seeds, --only-seeds and --only-real are for --suite peers, not {suite!r}")
         spec = get_suite(suite)
         if report_only:
             result = rerender(out)
@@ -59,13 +62,20 @@ def bench(
     typer.echo(f"wrote {out / 'report.md'}, {out / 'results.json'} and {len(result['plots'])} plots")
 
 
-def _peers(out: Path, data: Path | None, seeds: list[str], only_seeds: bool) -> str:
+def _peers(out: Path, data: Path | None, seeds: list[str], only_seeds: bool, only_real: bool) -> str:
     """Run ``--suite peers`` (``bench.evaluation.peer_bench``); returns what it wrote."""
     from tissue_oracle.bench.evaluation.peer_bench import SYNTH_SIZE, run_peer_bench
 
     real = Path(os.environ.get("TISSUE_ORACLE_REAL_DATA", REAL_DEFAULT))
     run_peer_bench(
-        out, data=data, real=real, size=SYNTH_SIZE, echo=typer.echo, seeds=seeds, only_seeds=only_seeds
+        out,
+        data=data,
+        real=real,
+        size=SYNTH_SIZE,
+        echo=typer.echo,
+        seeds=seeds,
+        only_seeds=only_seeds,
+        only_real=only_real,
     )
     return f"wrote {out / 'peers.md'} and {out / 'peers.json'}"
 

@@ -43,8 +43,16 @@ from typing import Any
 
 import numpy as np
 
-from tissue_oracle.bench.evaluation.clam_segment import ClamParams, clam_mask
+from tissue_oracle.bench.evaluation.clam_segment import ClamParams
 from tissue_oracle.bench.evaluation.labelled import mask_to_patches
+from tissue_oracle.bench.evaluation.peer_methods import (
+    METHODS,
+    PEER_ENVS,
+    ROOT,
+    clam_slide_mask,
+    peer_mask,
+)
+from tissue_oracle.bench.evaluation.peer_pen import pen_cases, pen_markdown, run_pen_case
 from tissue_oracle.tools.errors import ConfigError
 
 PRESETS = ("leica-like", "stress", "hard", "zoo")
@@ -69,22 +77,6 @@ SPEED_CASES = (("stress", 0), ("hard", 1))
 THRESHOLDS = ("clam_otsu", "tiatoolbox_otsu", "tiatoolbox_morph", "lazyslide")
 """The thresholds ours is held to on every slide (issue 14's "never worse than the best threshold")."""
 GOAL_MARGIN = 0.02
-ROOT = Path(__file__).resolve().parents[2]
-PEER_ENVS = {
-    "tiatoolbox_otsu": "tiatoolbox",
-    "tiatoolbox_morph": "tiatoolbox",
-    "lazyslide": "lazyslide",
-    "histolab": "histolab",
-}
-METHODS = (
-    "clam_otsu",
-    "clam_sthresh8",
-    "tiatoolbox_otsu",
-    "tiatoolbox_morph",
-    "lazyslide",
-    "histolab",
-    "ours",
-)
 REAL_REFERENCES = {
     "tcga-cr-7395-01a-01-ts1.svs": "tissue-mask-tcga-cr-7395.npy",
     "kidney-48-5.tif": "tissue-mask-kidney-48-5.npy",
@@ -206,15 +198,8 @@ def _reference(slide: Path, mask: Path) -> np.ndarray:
 
 
 def _clam(path: Path, params: ClamParams) -> tuple[np.ndarray, float]:
-    from tissue_oracle.tools.slides import open_slide
-
-    started = time.perf_counter()
-    with open_slide(path) as slide:
-        width, height = slide.dimensions
-        downsample = min(64.0, max(1.0, max(width, height) / 512))
-        mask = clam_mask(slide.thumbnail(downsample), downsample, params)
-    labels = mask_to_patches(mask, width, height, PATCH, 0.5)
-    return labels, time.perf_counter() - started
+    mask, width, height, seconds = clam_slide_mask(path, params)
+    return mask_to_patches(mask, width, height, PATCH, 0.5), seconds
 
 
 def _ours(path: Path) -> tuple[np.ndarray, float, str]:
@@ -245,21 +230,10 @@ def _ours_segment_seconds(path: Path) -> float | str:
 
 def _peer(name: str, path: Path) -> tuple[np.ndarray, float] | str:
     """A subprocess peer's patch labels and seconds, or why it did not run."""
-    env = ROOT / ".peers" / PEER_ENVS[name]
-    python = env / "bin" / "python"
-    if not (env / ".ok").is_file() or not python.is_file():  # install.sh writes .ok when done
-        return f"skipped: {env} is missing or incomplete (bash bench/peers/install.sh)"
-    runner = ROOT / "bench" / "peers" / "peer_runner.py"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "mask.npz"
-        proc = subprocess.run(
-            [str(python), str(runner), name, str(path), str(out)], capture_output=True, text=True, timeout=900
-        )
-        if proc.returncode != 0 or not out.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return f"failed: {tail[0][:200]}"
-        data = np.load(out)
-        mask, seconds = np.asarray(data["mask"], dtype=bool), float(data["seconds"])
+    got = peer_mask(name, path)
+    if isinstance(got, str):
+        return got
+    mask, seconds = got
     from tissue_oracle.tools.slides import open_slide
 
     with open_slide(path) as slide:
@@ -332,20 +306,31 @@ def run_peer_bench(
     echo: Callable[[str], Any],
     seeds: list[str] | None = None,
     only_seeds: bool = False,
+    only_real: bool = False,
 ) -> dict:
     """Generate (once) and score every case; write ``peers.md`` and ``peers.json`` under ``out``.
 
-    ``seeds`` adds ``extra`` slides (``PRESET:FIRST-LAST`` each); ``only_seeds`` skips the rest.
+    ``seeds`` adds ``extra`` slides (``PRESET:FIRST-LAST`` each); ``only_seeds`` skips the rest;
+    ``only_real`` scores the real slides, CMU-1 and the ``pen`` group (``peer_pen``) alone.
     """
     folder = data or out / "data"
     if only_seeds and not seeds:
         raise ConfigError("--only-seeds needs at least one --seeds PRESET:FIRST-LAST")
+    if only_seeds and only_real:
+        raise ConfigError("--only-seeds and --only-real exclude each other: give one")
     extra = extra_cases(folder, seeds or [], size, echo)
     out.mkdir(parents=True, exist_ok=True)
-    cases = ([] if only_seeds else synthetic_cases(folder, size, echo=echo) + real_cases(real)) + extra
+    synthetic = [] if only_seeds or only_real else synthetic_cases(folder, size, echo=echo)
+    cases = synthetic + ([] if only_seeds else real_cases(real)) + extra
+    pens = [] if only_seeds else pen_cases(real)
+    total = len(cases) + len(pens)
     rows = []
     for number, case in enumerate(cases, 1):
-        rows.append(run_case(case, _prefixed(echo, f"[{number}/{len(cases)}] ")))
+        rows.append(run_case(case, _prefixed(echo, f"[{number}/{total}] ")))
+    pen_rows = [
+        run_pen_case(case, _prefixed(echo, f"[{number}/{total}] "))
+        for number, case in enumerate(pens, len(cases) + 1)
+    ]
     result = {
         "command": " ".join(["tissue-oracle", *sys.argv[1:]]),
         "patch_size": PATCH,
@@ -354,6 +339,7 @@ def run_peer_bench(
         "held_out_seeds": list(HELD_OUT_SEEDS),
         "extra_seeds": list(seeds or []),
         "rows": rows,
+        "pen_rows": pen_rows,
     }
     (out / "peers.json").write_text(json.dumps(result, indent=2))
     (out / "peers.md").write_text(markdown(result))
@@ -386,7 +372,9 @@ def markdown(result: dict) -> str:
         if rows:
             lines += ["", f"## {group}", "", head, "|" + "---|" * (len(METHODS) + 6), *map(_row, rows)]
             lines.append(_means(rows))
-    notes = sorted({f"{m}: {n}" for r in result["rows"] for m, n in r["notes"].items()})
+    lines += pen_markdown(result.get("pen_rows", []))
+    scored = result["rows"] + result.get("pen_rows", [])
+    notes = sorted({f"{m}: {n}" for r in scored for m, n in r["notes"].items()})
     if notes:
         lines += ["", "Notes:", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
