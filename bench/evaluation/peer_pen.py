@@ -8,8 +8,10 @@ tissue, so no Dice against tissue truth exists. Per method and image, at the ima
   mark lies on glass, every such pixel is a false positive: pen_black's stroke and both coverslip
   edges lie on glass. pen_green's loop and pen_red's strokes partly cross or touch tissue, where
   "tissue" is a fair answer, so their figures mix both.
-- ``agreement off the marks``: Dice against the majority of the other methods (ours excluded),
-  outside the marks grown by ``MARK_MARGIN`` of the image's long side. A method cannot win the
+- ``agreement off the marks``: Dice against the majority of ``VOTERS`` (one method per package, so
+  that tiatoolbox's two maskers, identical on an image without a pixel size, and CLAM's two
+  thresholds do not vote twice; ours never votes), outside the marks grown by ``MARK_MARGIN`` of the
+  image's long side. A method cannot win the
   first figure by calling nothing without losing this one. It is agreement, not accuracy, and it
   is not scored where that majority finds no tissue off the marks (pen_black: glass and a stroke).
 
@@ -46,6 +48,8 @@ PEN_IMAGES = {
 """The HistoQC images with a human mask, and what their marks are."""
 THUMB_PATCH = 32
 """Grid patch side (pixels) ours reads a thumbnail at."""
+VOTERS = ("clam_otsu", "tiatoolbox_otsu", "lazyslide", "histolab")
+"""The methods whose majority (of those that ran) is the reference off the marks."""
 MARK_MARGIN = 0.01
 """The marks are grown by this share of the image's long side before 'off the marks' is scored."""
 
@@ -116,8 +120,8 @@ def run_pen_case(case: PenCase, echo: Callable[[str], Any]) -> dict[str, Any]:
     ours, seconds["ours"], scope = _ours_pixels(case.path)
     masks["ours"] = _resized(ours, shape)
     grown = ndi.binary_dilation(marks, iterations=max(1, round(MARK_MARGIN * max(shape))))
-    others = [m for n, m in masks.items() if n != "ours"]
-    majority = np.sum(others, axis=0) * 2 > len(others)
+    voters = [masks[n] for n in VOTERS if n in masks]
+    majority = np.sum(voters, axis=0) * 2 > len(voters)
     off = ~grown
     called = {n: float(m[marks].mean()) for n, m in masks.items()}
     agreement = (
@@ -148,10 +152,11 @@ def pen_markdown(rows: list[dict]) -> list[str]:
         "## pen (real thumbnails, HUMAN pen / coverslip-edge masks)",
         "",
         "Each cell: share of the human-marked pixels called tissue (lower is better on glass) / Dice "
-        "against the other methods' majority off the marks (agreement, not accuracy; n/a where that "
-        "majority finds no tissue off the marks). Means over the images scored. pen_black's "
-        "stroke and the coverslip edges lie on glass; pen_green's loop and pen_red's strokes partly "
-        "touch tissue. Ours reads the thumbnails at 32 px patches; tiatoolbox reads them whole.",
+        f"against the majority of {', '.join(VOTERS)} (those that ran) off the marks (agreement, "
+        "not accuracy; n/a where that majority finds no tissue off the marks). Means over the images "
+        "scored. pen_black's stroke and the coverslip edges lie on glass; pen_green's loop and "
+        "pen_red's strokes partly touch tissue. Ours reads the thumbnails at 32 px patches; "
+        "tiatoolbox reads them whole.",
         "",
         head,
         "|" + "---|" * (len(METHODS) + 3),
