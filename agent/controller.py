@@ -55,7 +55,7 @@ from tissue_oracle.oracles.classical_dense import (
     cut_to_patches,
 )
 from tissue_oracle.oracles.routing import route_questions
-from tissue_oracle.policies.decide import DensePath, dense_path, judge_slide
+from tissue_oracle.policies.decide import DensePath, coarse_grid_note, dense_path, judge_slide
 from tissue_oracle.policies.ledger import BudgetLedger
 from tissue_oracle.policies.policy import Policy, stage_settings
 from tissue_oracle.policies.prices import FREE
@@ -296,6 +296,7 @@ class SlideRun:
     ) -> SlideSummary:
         """``summary.json`` of this run (outputs and seconds are filled in by ``run``)."""
         zero, grid, slide = coarse.zero_shot, final.grid, self.slide
+        width, height = slide.dimensions
         verdict = judge_slide(
             exhausted_reason=self.ledger.exhausted_reason,
             stage_refused=final.budget_exhausted,
@@ -307,12 +308,12 @@ class SlideRun:
                 if isinstance(zero, DenseClassifyOutput) and zero.scope_message
                 else None
             ),
+            grid_note=coarse_grid_note(width, height, grid.patch_size, slide.mpp),
         )
         if self.folder.note:
             verdict.flags.append("folder_taken")
             verdict.reasons.append(self.folder.note)
         left = self.ledger.remaining()
-        width, height = slide.dimensions
         return SlideSummary(
             run_id=self.run_id,
             slide_id=self.slide_id,

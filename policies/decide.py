@@ -184,6 +184,7 @@ def judge_slide(
     boxes_fallback: bool,
     escalated: Sequence[tuple[int, str]],
     out_of_scope: tuple[str, str] | None = None,
+    grid_note: str | None = None,
 ) -> SlideVerdict:
     """Flag a finished slide.
 
@@ -193,6 +194,7 @@ def judge_slide(
     the slide; it, oracle errors and escalated regions all ask for human review. ``out_of_scope``
     is (kind, message) for a slide the tool is not made for (fluorescence, all glass, nearly all
     tissue): flagged ``out_of_scope_<kind>`` with its message, for a human to check.
+    ``grid_note`` (``coarse_grid_note``) flags ``coarse_grid`` and says why; it asks for no review.
     """
     flags: list[str] = []
     reasons: list[str] = []
@@ -208,7 +210,39 @@ def judge_slide(
     if out_of_scope is not None:
         flags.append(f"out_of_scope_{out_of_scope[0]}")
         reasons.append(out_of_scope[1])
+    if grid_note is not None:
+        flags.append("coarse_grid")
+        reasons.append(grid_note)
     if escalated or out_of_scope or {"budget_exhausted", "oracle_errors"} & set(flags):
         flags.append("needs_human_review")
     status: Literal["done", "degraded"] = "degraded" if "budget_exhausted" in flags else "done"
     return SlideVerdict(status=status, flags=flags, reasons=reasons)
+
+
+COARSE_GRID_CELLS = 16
+"""A grid of fewer patches than this on an image without a pixel size may be a thumbnail's."""
+THUMBNAIL_PATCH = 32
+"""The patch side (pixels) suggested for a whole-slide thumbnail (the benches read them so)."""
+SLIDE_PATCH_MIN = 256
+"""Patch sides from this up are whole-slide patch sizes; a smaller one was chosen for the image."""
+
+
+def coarse_grid_note(width: int, height: int, patch_size: int, mpp: float | None) -> str | None:
+    """Advice for an image that records no pixel size and holds only a few patches, else None.
+
+    Such an image may be a tile seen at its scan's resolution, where the grid is right, or a
+    thumbnail of a whole slide (HistoQC's and histolab's examples are), where each patch is a
+    large part of the slide and the map reads it too coarsely to find tissue. The tool cannot
+    tell them apart, so it says both. Not said when the patch side was already made small, or when
+    the image is smaller than one patch (the map's ``image_too_small`` scope advises then).
+    """
+    rows, cols = -(-height // patch_size), -(-width // patch_size)
+    if mpp is not None or rows * cols >= COARSE_GRID_CELLS or patch_size < SLIDE_PATCH_MIN:
+        return None
+    if min(width, height) < patch_size:
+        return None
+    return (
+        f"the grid is {rows} x {cols} patches of {patch_size} px and the image records no pixel size: "
+        f"if it is a thumbnail of a whole slide, run with --patch-size {THUMBNAIL_PATCH} (a policy's "
+        "classify.patch_size); if it is a tile at its scan's resolution, the grid is right"
+    )

@@ -8,6 +8,7 @@ from typing import Literal
 import pytest
 
 from tissue_oracle.policies.decide import (
+    coarse_grid_note,
     decide,
     decide_review,
     judge_slide,
@@ -203,3 +204,34 @@ def test_judge_slide_table(
     assert verdict.status == status and verdict.flags == flags
     assert len(verdict.reasons) == len(reasons)
     assert all(want in got for want, got in zip(reasons, verdict.reasons, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "patch", "mpp", "says"),
+    [
+        (1000, 853, 512, None, "2 x 2 patches of 512 px"),  # HistoQC's pen_green thumbnail
+        (644, 2231, 512, None, "5 x 2 patches"),
+        (1000, 853, 512, 0.25, None),  # a pixel size: the grid is what the scan says
+        (4443, 3567, 512, None, None),  # the TCGA slide without a pixel size: 63 patches
+        (1000, 853, 32, None, None),  # already read as a thumbnail
+        (120, 120, 40, None, None),  # a tile read at a patch size chosen for it
+        (300, 900, 512, None, None),  # narrower than a patch: the map's image_too_small advises
+    ],
+)
+def test_a_coarse_grid_without_a_pixel_size_is_flagged_with_advice(
+    width: int, height: int, patch: int, mpp: float | None, says: str | None
+) -> None:
+    note = coarse_grid_note(width, height, patch, mpp)
+    if says is None:
+        assert note is None
+        return
+    assert note is not None and says in note and "--patch-size 32" in note
+    verdict = judge_slide(
+        exhausted_reason=None,
+        stage_refused=False,
+        failed_patches=0,
+        boxes_fallback=False,
+        escalated=[],
+        grid_note=note,
+    )
+    assert verdict.flags == ["coarse_grid"] and verdict.reasons == [note] and verdict.status == "done"

@@ -118,3 +118,21 @@ def test_a_tile_smaller_than_a_patch_is_flagged_and_patch_size_reads_it(tmp_path
     args = ["segment", str(tile), "--out", str(tmp_path / "bad"), "--patch-size", "8"]
     too_small = runner.invoke(app, args)
     assert too_small.exit_code == 2 and "classify.patch_size" in too_small.output
+
+
+def test_a_thumbnail_sized_image_without_a_pixel_size_gets_the_thumbnail_advice(tmp_path: Path) -> None:
+    """HistoQC's pen_green thumbnail at the default 512 px patches is a 2 x 2 grid, and the map
+    found nothing in it; the CLI names the grid and the patch size that reads a thumbnail."""
+    image, _ = core_slide_pixels()
+    thumb = tmp_path / "thumb.png"
+    Image.fromarray(image[::2, ::2]).save(thumb)  # the two-core slide at half size: no pixel size
+    result = runner.invoke(app, ["segment", str(thumb), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "thumb" / "summary.json").read_text())
+    assert "coarse_grid" in summary["flags"] and summary["status"] == "done"
+    note = next(r for r in summary["reasons"] if r.startswith("the grid is"))
+    assert "--patch-size 32" in note and "thumb: the grid is" in " ".join(result.output.split())
+    read = runner.invoke(app, ["segment", str(thumb), "--out", str(tmp_path / "fine"), "--patch-size", "32"])
+    assert read.exit_code == 0, read.output
+    fine = json.loads((tmp_path / "fine" / "thumb" / "summary.json").read_text())
+    assert "coarse_grid" not in fine["flags"]
