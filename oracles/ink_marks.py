@@ -10,7 +10,7 @@ The classical map (``oracles.tissue_map``) keeps these out of its seeds and grow
   neutral: HistoQC's ``pen_black`` example stroke is RGB (24, 20, 14) at its core. HSV saturation
   is (max - min) / max, so at that brightness a channel spread of 10 reads as a strong colour
   (0.42), and the neutral tests above miss the stroke. Its optical densities (1.03, 1.09, 1.23),
-  though, are nearly equal: the test is made in OD.
+  though, are nearly equal: the test is made in OD, and the stroke must lie beside glass.
 
 Not a VLM: part of the classical map.
 """
@@ -65,16 +65,22 @@ def ink_mask(rgb: np.ndarray, patch_px: int) -> np.ndarray:
     radius = max(1, patch_px // 16)
     wide_dark = ndi.binary_opening(neutral_dark, iterations=radius)
     black = (brightest < 110) & (sat < 0.12)
-    tinted = tinted_black_strokes(arr, brightest, patch_px)
-    return np.asarray(ndi.binary_dilation(blue | green | wide_dark | black | tinted, iterations=radius))
+    found = blue | green | wide_dark | black
+    tinted = tinted_black_strokes(arr, brightest, patch_px, glass=(brightest > 200) & (sat < 0.1) & ~found)
+    return np.asarray(ndi.binary_dilation(found | tinted, iterations=radius))
 
 
-def tinted_black_strokes(arr: np.ndarray, brightest: np.ndarray, patch_px: int) -> np.ndarray:
+def tinted_black_strokes(
+    arr: np.ndarray, brightest: np.ndarray, patch_px: int, glass: np.ndarray | None = None
+) -> np.ndarray:
     """Near-black strokes whose OD is neutral, wider than an eighth of a patch, with their rims.
 
     The core must be wide (an opening of a sixteenth of a patch), so thin dark stain never
     starts one. The rim grows from it only within a third of a patch, so it cannot run along a
-    dark slide border into the rest of the image.
+    dark slide border into the rest of the image. With ``glass`` (bright, neutral pixels that no
+    other ink test took), a stroke must lie beside glass somewhere: a marker stroke is drawn on the
+    slide, while a near-black sum boxed in by other strokes (a blue stroke crossing a grey-black one
+    over tissue) is left to the under-ink rules, as before this rule existed.
     """
     od = np.log10(256.0 / (arr + 1.0))
     spread = (channel_max(od) - channel_min(od)) / np.maximum(channel_sum(od), 1e-3)
@@ -85,4 +91,11 @@ def tinted_black_strokes(arr: np.ndarray, brightest: np.ndarray, patch_px: int) 
         return core
     near = ndi.binary_dilation(core, iterations=max(1, patch_px // 3))
     rim = (brightest < TINTED_RIM_MAX) & (spread < TINTED_RIM_OD_SPREAD) & near
-    return np.asarray(ndi.binary_propagation(core, mask=rim | core))
+    strokes = np.asarray(ndi.binary_propagation(core, mask=rim | core))
+    if glass is None:
+        return strokes
+    labels, _ = ndi.label(strokes)
+    distance, (rows, cols) = ndi.distance_transform_edt(~strokes, return_indices=True)
+    beside = glass & (distance <= radius + 1)
+    touching = np.unique(labels[rows[beside], cols[beside]])
+    return np.isin(labels, touching[touching > 0])

@@ -66,6 +66,30 @@ def test_tissue_under_a_tinted_black_stroke_stays_tissue(grid) -> None:
     assert dice(tmap.solid, piece) >= 0.95
 
 
+def test_a_tinted_dark_area_that_faces_no_glass_is_not_a_tinted_stroke(grid) -> None:
+    """Seen on a synthetic hard slide: where a blue stroke crosses a grey-black one (over tissue),
+    the sum is near black with a blue tint, boxed in by the strokes, which the older tests already
+    find. A marker stroke lies on glass somewhere; that crossing does not, and the under-ink rules
+    decide it as before the tinted rule existed."""
+    ys, xs = grid
+    box = (np.abs(ys - 190) < 30) & (np.abs(xs - 190) < 30)
+    frame = (np.abs(ys - 190) < 62) & (np.abs(xs - 190) < 62) & ~box
+    od = np.zeros((SIDE, SIDE, 3))
+    od[frame] = 0.5  # grey-black ink (RGB about 75): the neutral test finds it, the tinted core does not
+    od[box] = TINTED_BLACK_INK
+    rgb = render(od, 4)
+    arr = rgb.astype(np.float32)
+    brightest = channel_max(arr)
+    glass = (brightest > 200) & (saturation(arr) < 0.1)
+    assert ink_mask(rgb, 32)[frame].mean() > 0.95
+    assert tinted_black_strokes(arr, brightest, 32)[box].mean() > 0.99  # without the glass test
+    assert not tinted_black_strokes(arr, brightest, 32, glass=glass)[box].any()
+    # the same box on open glass is a stroke
+    alone = render(np.where(box[..., None], TINTED_BLACK_INK, 0.0), 4).astype(np.float32)
+    alone_glass = (channel_max(alone) > 200) & (saturation(alone) < 0.1)
+    assert tinted_black_strokes(alone, channel_max(alone), 32, glass=alone_glass)[box].mean() > 0.99
+
+
 def test_dark_nuclei_and_thin_dark_fibres_are_not_a_tinted_stroke(grid) -> None:
     """Dense nuclei are violet, not neutral; thin black fibres (silver, elastic) are narrower than
     the stroke's core must be."""
