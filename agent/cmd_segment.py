@@ -168,11 +168,12 @@ def print_result(result: RunResult) -> None:
     console = make_console()
     console.print(table)
     for o in result.outcomes:  # out-of-scope slides say why, never a silent 0%; so do coarse grids
-        flags = [] if o.summary is None else o.summary.flags
-        if o.summary is not None and any(f.startswith("out_of_scope_") or f == "coarse_grid" for f in flags):
-            for reason in o.summary.reasons:
-                if not reason.startswith("region "):  # escalated regions are in escalations.csv
-                    console.print(cell(f"{o.slide_id}: {reason}"))
+        s = o.summary
+        if s is None or not any(f.startswith("out_of_scope_") or f == "coarse_grid" for f in s.flags):
+            continue
+        for reason in s.reasons:
+            if not reason.startswith("region "):  # escalated regions are in escalations.csv
+                console.print(cell(f"{o.slide_id}: {reason}"))
     store_path = result.out_dir / "audit.duckdb"
     console.print(cell(f"outputs in {str(result.out_dir)!r}; audit store {str(store_path)!r}"))
 

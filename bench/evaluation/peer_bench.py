@@ -54,6 +54,7 @@ from tissue_oracle.bench.evaluation.peer_methods import (
     PEER_ENVS,
     ROOT,
     clam_slide_mask,
+    mask_dice,
     peer_mask,
 )
 from tissue_oracle.bench.evaluation.peer_pen import pen_cases, pen_markdown, run_pen_case
@@ -271,7 +272,7 @@ def run_case(case: PeerCase, echo: Callable[[str], Any]) -> dict[str, Any]:
     if truth is None and case.group == "cmu":
         peers = [labels[n] for n in labels if n != "ours"]
         truth = np.sum(peers, axis=0) * 2 > len(peers)
-    dice = {name: _dice(pred, truth) for name, pred in labels.items()} if truth is not None else {}
+    dice = {name: mask_dice(pred, truth) for name, pred in labels.items()} if truth is not None else {}
     best = max((dice[m] for m in THRESHOLDS if m in dice), default=None)
     row = {
         "slide": case.name,
@@ -290,12 +291,6 @@ def run_case(case: PeerCase, echo: Callable[[str], Any]) -> dict[str, Any]:
         f"{case.name}: " + ", ".join(f"{n} {dice.get(n, float('nan')):.3f}/{seconds[n]:.1f}s" for n in labels)
     )
     return row
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    tp = float((pred & truth).sum())
-    denom = float(pred.sum() + truth.sum())
-    return 1.0 if denom == 0 else 2 * tp / denom
 
 
 # --------------------------------------------------------------------------- report

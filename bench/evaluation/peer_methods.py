@@ -63,3 +63,9 @@ def peer_mask(name: str, path: Path, scale: float | None = None) -> tuple[np.nda
             return f"failed: {tail[0][:200]}"
         data = np.load(out)
         return np.asarray(data["mask"], dtype=bool), float(data["seconds"])
+
+
+def mask_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks (patch grids or pixels); 1.0 when both are empty."""
+    denom = float(pred.sum() + ref.sum())
+    return 1.0 if denom == 0 else 2 * float((pred & ref).sum()) / denom

@@ -35,7 +35,13 @@ from scipy import ndimage as ndi
 
 from tissue_oracle.bench.evaluation.clam_segment import ClamParams
 from tissue_oracle.bench.evaluation.labelled import load_mask
-from tissue_oracle.bench.evaluation.peer_methods import METHODS, PEER_ENVS, clam_slide_mask, peer_mask
+from tissue_oracle.bench.evaluation.peer_methods import (
+    METHODS,
+    PEER_ENVS,
+    clam_slide_mask,
+    mask_dice,
+    peer_mask,
+)
 from tissue_oracle.bench.evaluation.suites import SMALL_SIDE
 
 PEN_IMAGES = {
@@ -93,11 +99,6 @@ def _resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(mask[np.ix_(rows, cols)], dtype=bool)
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    denom = float(pred.sum() + ref.sum())
-    return 1.0 if denom == 0 else 2 * float((pred & ref).sum()) / denom
-
-
 def run_pen_case(case: PenCase, echo: Callable[[str], Any]) -> dict[str, Any]:
     """Every method's mask on one thumbnail, scored on and off its human marks."""
     marks = load_mask(case.marks)
@@ -125,7 +126,7 @@ def run_pen_case(case: PenCase, echo: Callable[[str], Any]) -> dict[str, Any]:
     off = ~grown
     called = {n: float(m[marks].mean()) for n, m in masks.items()}
     agreement = (
-        {n: _dice(m & off, majority & off) for n, m in masks.items()} if (majority & off).any() else {}
+        {n: mask_dice(m & off, majority & off) for n, m in masks.items()} if (majority & off).any() else {}
     )
     row: dict[str, Any] = {
         "image": case.name,
