@@ -98,6 +98,23 @@ def test_every_stain_renders_distinct_colours() -> None:
     assert min(dists) > 8
 
 
+def test_red_pen_preset_draws_red_marker_like_the_real_stroke() -> None:
+    """HistoQC's pen_red stroke core is RGB about (202, 42, 63); the other presets keep their inks
+    (and their draws: a preset's seed gives the slide it gave before red existed)."""
+    reds = []
+    for seed in range(6):
+        spec = build_spec("red-pen", seed)
+        reds += [ink for ink in spec.inks if getattr(ink, "colour", None) == "red"]
+    assert reds
+    pen = reds[0]
+    x, y = pen.path[0]
+    core = render_block(build_spec("red-pen", 0), int(x) - 32, int(y) - 32, 64, 64, 1).reshape(-1, 3)
+    assert np.abs(np.median(core, axis=0) - (202, 42, 63)).max() < 35, np.median(core, axis=0)
+    for name in ("leica-like", "stress", "hard", "zoo", "faint-hard"):
+        for seed in range(4):
+            assert all(getattr(ink, "colour", None) != "red" for ink in build_spec(name, seed).inks)
+
+
 def test_unknown_preset_lists_the_presets() -> None:
     with pytest.raises(ConfigError, match="leica-like, stress, hard, zoo, tiny"):
         build_spec("bogus", 0)

@@ -43,8 +43,16 @@ ARTEFACT_TYPES = (
 )
 
 Box = tuple[float, float, float, float]
-PenColour = Literal["blue", "green", "black"]
-_PEN_OD = {"blue": (0.85, 0.55, 0.08), "green": (0.85, 0.18, 0.62), "black": (0.75, 0.75, 0.72)}
+PenColour = Literal["blue", "green", "black", "red"]
+# Red: the core of HistoQC's pen_red example stroke (../shared/data/real/pen) is RGB about
+# (202, 42, 63) on glass of about 245: natural-log ODs (the renderer's light * exp(-od)) of
+# (0.19, 1.77, 1.36), which x1.4 below gives back.
+_PEN_OD = {
+    "blue": (0.85, 0.55, 0.08),
+    "green": (0.85, 0.18, 0.62),
+    "black": (0.75, 0.75, 0.72),
+    "red": (0.14, 1.26, 0.97),
+}
 _NEUTRAL = np.array([0.58, 0.58, 0.57], np.float32)
 
 
@@ -101,7 +109,7 @@ class Speckle:
 
 @dataclass(frozen=True, kw_only=True)
 class Pen:
-    """A marker stroke (a thick rough polyline), in blue, green or black ink; may cross tissue."""
+    """A marker stroke (a thick rough polyline), in blue, green, black or red ink; may cross tissue."""
 
     kind: ClassVar[str] = "pen"
     path: tuple[tuple[float, float], ...]

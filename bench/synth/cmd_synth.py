@@ -10,7 +10,7 @@ import typer
 def synth(
     out: Path = typer.Argument(..., help="Folder for NAME.tiff slides and their NAME.truth/ folders."),
     preset: str = typer.Option(
-        "leica-like", help="leica-like | stress | hard | faint-stress | faint-hard | zoo | tiny"
+        "leica-like", help="leica-like | stress | hard | faint-stress | faint-hard | red-pen | zoo | tiny"
     ),
     count: int = typer.Option(4, min=1, help="How many slides."),
     seed: int = typer.Option(0, help="Seed: the same preset, count and seed give the same files."),

@@ -4,8 +4,9 @@
 ``stress`` mimics Stress-32 (artefact-heavy, mostly Jones and EVG); ``hard`` is stress at real
 scale (marker strokes several patches wide, IHC too); ``faint-stress`` and ``faint-hard`` are
 those two with every piece faint (pale, under-stained: the hardest case for any detector, and
-the one thresholds fail on); ``zoo`` shows every stain and every artefact; ``tiny`` is a small
-slide for unit tests. Same preset + seed -> same slide.
+the one thresholds fail on); ``red-pen`` is hard with red marker among H&E and EVG; ``zoo``
+shows every stain and every artefact; ``tiny`` is a small slide for unit tests. Same preset +
+seed -> same slide.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class Preset:
     pen_width_px: tuple[float, float] | None = None
     """Marker stroke width range in level-0 px, not scaled with the slide (a real marker is
     0.1-1 mm: 400-4000 px at 0.25 mpp); None: 90-220 px scaled with the slide."""
+    pen_colours: tuple[PenColour, ...] = ("blue", "green", "black")
+    """The marker inks drawn from (in turn on slides with three or more strokes)."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -177,6 +180,13 @@ PRESETS: dict[str, Preset] = {
 # Every piece faint: pale special stains and under-stained tissue, drawn on stress and hard slides.
 PRESETS["faint-stress"] = replace(PRESETS["stress"], p_faint=1.0)
 PRESETS["faint-hard"] = replace(PRESETS["hard"], p_faint=1.0)
+# Red marker at real scale among the stains whose red it must not be taken for: eosin (H&E) and
+# van Gieson's fuchsin (EVG). Red is the third common marker colour, and the one closest to stain.
+PRESETS["red-pen"] = replace(
+    PRESETS["hard"],
+    stains={"he": 0.4, "evg": 0.4, "jones": 0.1, "ihc": 0.1},
+    pen_colours=("red", "red", "blue"),
+)
 
 
 def get_preset(name: str) -> Preset:
@@ -383,11 +393,8 @@ def _pens(
 ) -> list[Pen]:
     out = []
     for k in range(_count(rng, cfg.pens)):
-        colour = (
-            ["blue", "green", "black"][k % 3]
-            if cfg.pens[0] >= 3
-            else str(rng.choice(["blue", "green", "black"]))
-        )
+        inks = list(cfg.pen_colours)
+        colour = inks[k % len(inks)] if cfg.pens[0] >= 3 else str(rng.choice(inks))
         x, y = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
         if pieces and rng.random() < 0.5:  # over tissue: pen circles or ticks a lesion
             x, y = _point_in(pieces[int(rng.integers(len(pieces)))], rng, 0.8)
