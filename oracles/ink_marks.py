@@ -10,7 +10,12 @@ The classical map (``oracles.tissue_map``) keeps these out of its seeds and grow
   neutral: HistoQC's ``pen_black`` example stroke is RGB (24, 20, 14) at its core. HSV saturation
   is (max - min) / max, so at that brightness a channel spread of 10 reads as a strong colour
   (0.42), and the neutral tests above miss the stroke. Its optical densities (1.03, 1.09, 1.23),
-  though, are nearly equal: the test is made in OD, and the stroke must lie beside glass.
+  though, are nearly equal: the test is made in OD, and the stroke must lie beside glass;
+- crimson marker strokes on glass (``red_strokes``). HistoQC's ``pen_red`` stroke cores are RGB
+  about (190-220, 30-80, 45-105): saturation 0.6-0.85, blue only a little above green. Eosin
+  and fuchsin are pinker (blue well above green: TCGA's bright eosin at saturation 0.45-0.7 has
+  blue - green 0.31-0.47 of the channel span, the strokes 0.09-0.23). Red stain that passes the
+  colour test lies inside tissue, so a red stroke, too, must lie on glass.
 
 Not a VLM: part of the classical map.
 """
@@ -29,10 +34,19 @@ TINTED_RIM_OD_SPREAD = 0.15
 """... and the stroke's paler rim and tip: pixels within a third of a patch of the core, under
 ``TINTED_RIM_MAX`` in every channel and neutral to this spread."""
 TINTED_RIM_MAX = 200.0
-TINTED_GLASS_SHARE = 0.1
+STROKE_GLASS_SHARE = 0.1
 """A stroke lies on glass: at least this share of the ring around it is within a sixteenth of a
 patch of glass (HistoQC's pen_black: 0.77; a blue stroke crossing a grey-black one over tissue on
-a synthetic slide: 0.003)."""
+a synthetic slide: 0.003; HistoQC's pen_red strokes 0.2-0.6, TCGA's green-pen stroma beside fat
+cells, which read as glass, 0.0-0.33)."""
+RED_CORE_SATURATION = 0.6
+"""A red stroke's core: saturation above this, red the brightest channel, green at most a tenth
+of the channel span above blue, and blue at most ``RED_CORE_BLUE`` of it above green ..."""
+RED_CORE_BLUE = 0.25
+RED_RIM_SATURATION = 0.3
+"""... and its paler streaks within a third of a patch of the core: saturation above this, blue at
+most ``RED_RIM_BLUE`` of the span above green."""
+RED_RIM_BLUE = 0.33
 
 
 def channel_max(rgb: np.ndarray) -> np.ndarray:
@@ -70,8 +84,10 @@ def ink_mask(rgb: np.ndarray, patch_px: int) -> np.ndarray:
     wide_dark = ndi.binary_opening(neutral_dark, iterations=radius)
     black = (brightest < 110) & (sat < 0.12)
     found = blue | green | wide_dark | black
-    tinted = tinted_black_strokes(arr, brightest, patch_px, glass=(brightest > 200) & (sat < 0.1) & ~found)
-    return np.asarray(ndi.binary_dilation(found | tinted, iterations=radius))
+    glass = (brightest > 200) & (sat < 0.1) & ~found
+    tinted = tinted_black_strokes(arr, brightest, patch_px, glass=glass)
+    red = red_strokes(arr, brightest, sat, patch_px, glass)
+    return np.asarray(ndi.binary_dilation(found | tinted | red, iterations=radius))
 
 
 def tinted_black_strokes(
@@ -82,7 +98,7 @@ def tinted_black_strokes(
     The core must be wide (an opening of a sixteenth of a patch), so thin dark stain never
     starts one. The rim grows from it only within a third of a patch, so it cannot run along a
     dark slide border into the rest of the image. With ``glass`` (bright, neutral pixels that no
-    other ink test took), a stroke must lie on glass (``TINTED_GLASS_SHARE`` of the ring around it):
+    other ink test took), a stroke must lie on glass (``STROKE_GLASS_SHARE`` of the ring around it):
     a marker stroke is drawn on the slide, while a near-black sum boxed in by other strokes (a blue
     stroke crossing a grey-black one over tissue) is left to the under-ink rules, as before this rule
     existed. (A test of the distance to the nearest glass pixel was fragile: that sum came within 3-4
@@ -98,12 +114,51 @@ def tinted_black_strokes(
     near = ndi.binary_dilation(core, iterations=max(1, patch_px // 3))
     rim = (brightest < TINTED_RIM_MAX) & (spread < TINTED_RIM_OD_SPREAD) & near
     strokes = np.asarray(ndi.binary_propagation(core, mask=rim | core))
-    if glass is None:
+    return strokes if glass is None else strokes_on_glass(strokes, glass, radius)
+
+
+def red_strokes(
+    arr: np.ndarray, brightest: np.ndarray, sat: np.ndarray, patch_px: int, glass: np.ndarray
+) -> np.ndarray:
+    """Crimson marker strokes lying on glass: a saturated core wider than an eighth of a patch,
+    grown within a third of a patch into its paler streaks (constants ``RED_*``).
+
+    Left alone: red ink over tissue (the under-ink rules keep the tissue), faint streaks with no
+    saturated core nearby, and red that is not ink but passes the colour test on glass, such as
+    a blood clot beside the tissue (it would be taken for ink).
+    """
+    red, green, blue = arr[..., 0], arr[..., 1], arr[..., 2]
+    span = np.maximum(sat * brightest, 1.0)  # max - min
+    reddest = (red >= green) & (red >= blue) & (green - blue <= 0.1 * span)
+    radius = max(1, patch_px // 16)
+    core_px = reddest & (blue - green <= RED_CORE_BLUE * span) & (sat > RED_CORE_SATURATION)
+    core = ndi.binary_opening(core_px, iterations=radius)
+    if not core.any():
+        return core
+    near = ndi.binary_dilation(core, iterations=max(1, patch_px // 3))
+    rim = reddest & (blue - green <= RED_RIM_BLUE * span) & (sat > RED_RIM_SATURATION) & near
+    strokes = np.asarray(ndi.binary_propagation(core, mask=rim | core))
+    return strokes_on_glass(strokes, glass, radius)
+
+
+def strokes_on_glass(strokes: np.ndarray, glass: np.ndarray, radius: int) -> np.ndarray:
+    """The strokes (connected pieces) of which at least ``STROKE_GLASS_SHARE`` of the one-pixel
+    ring around lies within ``radius`` pixels of glass (worked out in the strokes' bounding box)."""
+    rows, cols = np.flatnonzero(strokes.any(axis=1)), np.flatnonzero(strokes.any(axis=0))
+    if rows.size == 0:
         return strokes
-    labels, count = ndi.label(strokes)
+    margin = radius + 2
+    box = (
+        slice(max(0, int(rows[0]) - margin), int(rows[-1]) + margin + 1),
+        slice(max(0, int(cols[0]) - margin), int(cols[-1]) + margin + 1),
+    )
+    local = strokes[box]
+    labels, count = ndi.label(local)
     grown = ndi.grey_dilation(labels, size=(3, 3))  # the ring around each stroke takes its label
-    ring = (grown > 0) & ~strokes
-    near_glass = ndi.binary_dilation(glass, iterations=radius)
+    ring = (grown > 0) & ~local
+    near_glass = ndi.binary_dilation(glass[box], iterations=radius)
     share = ndi.mean(near_glass[ring], labels=grown[ring], index=np.arange(1, count + 1))
-    keep = np.concatenate([[False], np.nan_to_num(np.asarray(share, dtype=float)) >= TINTED_GLASS_SHARE])
-    return keep[labels]
+    keep = np.concatenate([[False], np.nan_to_num(np.asarray(share, dtype=float)) >= STROKE_GLASS_SHARE])
+    out = np.zeros_like(strokes)
+    out[box] = keep[labels]
+    return out

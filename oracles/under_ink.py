@@ -6,7 +6,7 @@ edges change how much ink there is, not its colour. Where the stroke crosses tis
 OD adds a colour the ink does not have.
 
 Per stroke (a connected piece of the ink mask), the rule first finds its inks: the colour classes
-(black, green, blue) that its rim shows where it faces glass, and wide, even areas of one colour (a
+(black, green, blue, red) that its rim shows where it faces glass, and wide, even areas of one colour (a
 stroke drawn over another one; tissue is mottled). It then measures how far each pixel's OD lies
 from any mix of one or two of those inks, in any amounts (so streaks, soft edges and crossings
 of two strokes lie on it). Pixels that lie off it by more than a fixed floor and a multiple of the
@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from tissue_oracle.tools.clean import remove_small_components
 
-_NEUTRAL, _GREEN, _BLUE = 1, 2, 3
+_NEUTRAL, _GREEN, _BLUE, _RED = 1, 2, 3, 4
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -55,12 +55,17 @@ DEFAULT_UNDER_INK = UnderInkParams()
 
 
 def pen_colour(od_rgb: np.ndarray) -> np.ndarray:
-    """Ink colour class per pixel from its OD colour: neutral (black), green (red and blue absorbed
-    most) or blue (blue absorbed least)."""
+    """Ink colour class per pixel from its OD colour: neutral (black), red (red absorbed least),
+    green (red and blue absorbed most) or blue (blue absorbed least).
+
+    Without the red class, a red stroke and a blue one that crosses it fell in one class whose
+    median is neither ink, and both inks read as tissue under it."""
     high, low = od_rgb.max(axis=-1), od_rgb.min(axis=-1)
     neutral = (high - low) < 0.35 * np.maximum(od_rgb.mean(axis=-1), 1e-3)
+    red = (od_rgb[..., 0] < od_rgb[..., 1]) & (od_rgb[..., 0] < od_rgb[..., 2])
     green = od_rgb[..., 1] <= od_rgb[..., 2]
-    return np.where(neutral, _NEUTRAL, np.where(green, _GREEN, _BLUE)).astype(np.uint8)
+    colour = np.where(red, _RED, np.where(green, _GREEN, _BLUE))
+    return np.where(neutral, _NEUTRAL, colour).astype(np.uint8)
 
 
 def tissue_under_ink(
@@ -99,7 +104,7 @@ def _stroke_inks(
     patch_area: int,
     params: UnderInkParams,
 ) -> list[np.ndarray]:
-    """The median OD of each ink colour (black, green, blue) of one stroke.
+    """The median OD of each ink colour (black, green, blue, red) of one stroke.
 
     A colour is an ink when the stroke's rim shows it where it faces glass (a stroke's rim over
     glass shows its inks alone), or when it covers a wide, even area of the stroke (a stroke drawn
@@ -110,7 +115,7 @@ def _stroke_inks(
     rim = in_stroke & (depth > k) & (depth <= 2 * k) & ndi.binary_dilation(glass, iterations=2 * k)
     colour = pen_colour(local)
     inks = []
-    for c in (_NEUTRAL, _GREEN, _BLUE):
+    for c in (_NEUTRAL, _GREEN, _BLUE, _RED):
         group = in_stroke & (colour == c)
         if group.sum() < params.min_group_area * patch_area:
             continue

@@ -105,17 +105,21 @@ def test_dark_nuclei_and_thin_dark_fibres_are_not_a_tinted_stroke(grid) -> None:
     assert dice(tissue_map(rgb, 32).solid, piece) >= 0.95
 
 
-def test_the_real_black_pen_thumbnail_is_not_tissue(real_data, tmp_path) -> None:
-    """HistoQC's pen_black thumbnail: glass, dust and one stroke a human traced. ``segment`` at 32 px
-    patches called 263 patches tissue, the whole stroke; a few at its pale tip may stay."""
-    image = real_data / "pen" / "pen__1k_version__pen_black.png"
-    traced = real_data / "pen" / "pen__1k_version__pen_black_mask.png"
+def segment_pen_thumbnail(real_data, tmp_path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``segment`` one of HistoQC's pen thumbnails at 32 px patches: (patch mask, traced strokes)."""
+    image = real_data / "pen" / f"{name}.png"
+    traced = real_data / "pen" / f"{name}_mask.png"
     if not (image.is_file() and traced.is_file()):
         pytest.skip(f"{image.name} or its mask is absent from {str(real_data)!r}")
     result = CliRunner().invoke(app, ["segment", str(image), "--out", str(tmp_path), "--patch-size", "32"])
     assert result.exit_code == 0, result.output
-    mask = np.load(tmp_path / image.stem / "mask.npy") > 0
-    stroke = np.asarray(Image.open(traced).convert("L")) > 0
+    return np.load(tmp_path / image.stem / "mask.npy") > 0, np.asarray(Image.open(traced).convert("L")) > 0
+
+
+def test_the_real_black_pen_thumbnail_is_not_tissue(real_data, tmp_path) -> None:
+    """HistoQC's pen_black thumbnail: glass, dust and one stroke a human traced. ``segment`` at 32 px
+    patches called 263 patches tissue, the whole stroke; a few at its pale tip may stay."""
+    mask, stroke = segment_pen_thumbnail(real_data, tmp_path, "pen__1k_version__pen_black")
     rows, cols = mask.shape
     stroke_cells = np.zeros_like(mask)
     for r, c in zip(*np.nonzero(stroke), strict=True):
