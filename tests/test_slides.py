@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -286,6 +287,18 @@ def test_truncated_pyramid_tiff(tmp_path: Path, image: np.ndarray) -> None:
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(CorruptSlideError, match=r"cut\.tif"), open_slide(path) as slide:
         slide.read_region(0, 0, 0, (1700, 1300))
+
+
+def test_a_tiff_cut_before_its_first_page_says_so_once(tmp_path: Path, caplog) -> None:
+    """A scan copied only in part (the first 5000 bytes of TCGA's svs): tifffile logged "invalid
+    offset to first page" to the console before our error, which names the file and what to do."""
+    path = tmp_path / "head.svs"
+    path.write_bytes(b"II*\x00" + (2_769_012).to_bytes(4, "little") + bytes(4992))
+    advice = r"head\.svs.*copy it again"
+    with caplog.at_level(logging.WARNING), pytest.raises(CorruptSlideError, match=advice):
+        open_slide(path)
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")], caplog.text
+    assert logging.getLogger("tifffile").level == logging.NOTSET
 
 
 def test_unreadable_tile_raises_at_read_time(tmp_path: Path, image: np.ndarray) -> None:

@@ -6,7 +6,10 @@ opens associated images (label, macro, thumbnail): see ``slide_base``.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -194,10 +197,24 @@ def _decode_flat(path: Path) -> tuple[np.ndarray, str, float | None]:
     return _decode_pil(path)
 
 
+@contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    """tifffile logs a damaged file's fault (e.g. "invalid offset to first page") before it raises;
+    the error we raise names the file and says what to do, so the log line is only noise in the
+    run's console."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _decode_tiff(path: Path) -> np.ndarray:
     """The first page only: later pages of a flat TIFF may be labels or macros."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             axes, shape = page.axes, page.shape
             _check_flat_size(path, int(shape[axes.index("X")]), int(shape[axes.index("Y")]))
@@ -227,7 +244,7 @@ def _decode_tiff(path: Path) -> np.ndarray:
 
 def _tiff_mpp(path: Path) -> float | None:
     """Microns per pixel from XResolution + ResolutionUnit (inch or cm), if plausible."""
-    with tifffile.TiffFile(path) as tif:
+    with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
         tags = tif.pages.first.tags
         resolution, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
         if resolution is None or unit is None or unit.value not in (2, 3):
