@@ -14,7 +14,7 @@ The classical map (``oracles.tissue_map``) keeps these out of its seeds and grow
 - crimson marker strokes on glass (``red_strokes``). HistoQC's ``pen_red`` stroke cores are RGB
   about (190-220, 30-80, 45-105): saturation 0.6-0.85, blue only a little above green. Eosin
   and fuchsin are pinker (blue well above green: TCGA's bright eosin at saturation 0.45-0.7 has
-  blue - green 0.31-0.47 of the channel span, the strokes 0.09-0.23). Red stain that passes the
+  blue - green 0.31-0.47 of the channel span, the strokes 0.09-0.26). Red stain that passes the
   colour test lies inside tissue, so a red stroke, too, must lie on glass.
 
 Not a VLM: part of the classical map.
@@ -37,8 +37,9 @@ TINTED_RIM_MAX = 200.0
 STROKE_GLASS_SHARE = 0.1
 """A stroke lies on glass: at least this share of the ring around it is within a sixteenth of a
 patch of glass (HistoQC's pen_black: 0.77; a blue stroke crossing a grey-black one over tissue on
-a synthetic slide: 0.003; HistoQC's pen_red strokes 0.2-0.6, TCGA's green-pen stroma beside fat
-cells, which read as glass, 0.0-0.33)."""
+a synthetic slide: 0.003; HistoQC's pen_red strokes on glass 0.22-0.99, the part of one that lies
+over the section 0.05. TCGA's green-pen stroma beside fat cells, which read as glass, reaches
+0.33: the red colour test, not this one, leaves it alone)."""
 RED_CORE_SATURATION = 0.6
 """A red stroke's core: saturation above this, red the brightest channel, green at most a tenth
 of the channel span above blue, and blue at most ``RED_CORE_BLUE`` of it above green ..."""
@@ -123,9 +124,12 @@ def red_strokes(
     """Crimson marker strokes lying on glass: a saturated core wider than an eighth of a patch,
     grown within a third of a patch into its paler streaks (constants ``RED_*``).
 
-    Left alone: red ink over tissue (the under-ink rules keep the tissue), faint streaks with no
-    saturated core nearby, and red that is not ink but passes the colour test on glass, such as
-    a blood clot beside the tissue (it would be taken for ink).
+    Tissue under a red stroke that faces glass is kept only where the map closes around the
+    stroke (``MapParams.under_ink_reach``): red ink adds OD in the colours of eosin, fuchsin and
+    DAB, so the under-ink colour test (``oracles.under_ink``) cannot see those stains under it.
+    Left alone: faint streaks with no saturated core nearby (eosin's colour), and red on glass
+    that is not ink but passes the colour test, such as a blood clot beside the tissue (it
+    would be taken for ink).
     """
     red, green, blue = arr[..., 0], arr[..., 1], arr[..., 2]
     span = np.maximum(sat * brightest, 1.0)  # max - min

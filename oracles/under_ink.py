@@ -58,8 +58,8 @@ def pen_colour(od_rgb: np.ndarray) -> np.ndarray:
     """Ink colour class per pixel from its OD colour: neutral (black), red (red absorbed least),
     green (red and blue absorbed most) or blue (blue absorbed least).
 
-    Without the red class, a red stroke and a blue one that crosses it fell in one class whose
-    median is neither ink, and both inks read as tissue under it."""
+    Without the red class, a red stroke and a blue one that crosses or touches it fell in one
+    class whose median is neither ink, and both inks read as tissue under it."""
     high, low = od_rgb.max(axis=-1), od_rgb.min(axis=-1)
     neutral = (high - low) < 0.35 * np.maximum(od_rgb.mean(axis=-1), 1e-3)
     red = (od_rgb[..., 0] < od_rgb[..., 1]) & (od_rgb[..., 0] < od_rgb[..., 2])
