@@ -48,9 +48,6 @@ RED_RIM_SATURATION = 0.3
 """... and its paler streaks within a third of a patch of the core: saturation above this, blue at
 most ``RED_RIM_BLUE`` of the span above green."""
 RED_RIM_BLUE = 0.33
-INK_CROSSING_MAX = 100.0
-"""A hole in the ink this dark (median brightest channel, 0-255), closed in by a red stroke and
-another ink, is where the two cross."""
 
 
 def channel_max(rgb: np.ndarray) -> np.ndarray:
@@ -91,57 +88,7 @@ def ink_mask(rgb: np.ndarray, patch_px: int) -> np.ndarray:
     glass = (brightest > 200) & (sat < 0.1) & ~found
     tinted = tinted_black_strokes(arr, brightest, patch_px, glass=glass)
     red = red_strokes(arr, brightest, sat, patch_px, glass)
-    inked = np.asarray(ndi.binary_dilation(found | tinted | red, iterations=radius))
-    if not red.any():
-        return inked
-    other = np.asarray(ndi.binary_dilation(found | tinted, iterations=radius))
-    red_inked = np.asarray(ndi.binary_dilation(red, iterations=radius))
-    return inked | crossings(inked, red_inked, other, brightest, seal=max(1, patch_px // 8))
-
-
-def crossings(
-    inked: np.ndarray, red: np.ndarray, other: np.ndarray, brightest: np.ndarray, seal: int
-) -> np.ndarray:
-    """Where a red stroke and another ink cross: areas the ink closes around (gaps of ``2 * seal``
-    px sealed: at the crossing's corners the two strokes' soft edges mix to a pale purple that
-    neither test takes) that touch both and are darker than ``INK_CROSSING_MAX`` (median of
-    their brightest channel). Their inks add up to a dark mix that neither colour test takes (a
-    blue stroke over a red one is RGB about 77, 30, 71). A dark hole in one ink alone is left as
-    it was: under a stroke over tissue, dark nuclei read so.
-
-    Worked out within the red strokes' bounding box grown by ``4 * seal``: an area that reaches
-    past it is not counted as closed in.
-    """
-    out = np.zeros_like(inked)
-    box = _bounding_box(red, 4 * seal)
-    if box is None:
-        return out
-    local = inked[box]
-    sealed = np.asarray(ndi.binary_closing(local, iterations=seal, border_value=0)) | local
-    holes = np.asarray(ndi.binary_fill_holes(sealed)) & ~local
-    labels, count = ndi.label(holes)
-    if count == 0:
-        return out
-    index = np.arange(1, count + 1)
-    level = np.asarray(ndi.median(brightest[box], labels=labels, index=index), dtype=float)
-    grown = ndi.grey_dilation(labels, size=(3, 3))  # the ring around each hole takes its label
-    ring = (grown > 0) & ~holes
-    touches_red = np.asarray(ndi.maximum(red[box][ring], labels=grown[ring], index=index), dtype=bool)
-    touches_other = np.asarray(ndi.maximum(other[box][ring], labels=grown[ring], index=index), dtype=bool)
-    keep = (level < INK_CROSSING_MAX) & touches_red & touches_other
-    out[box] = np.concatenate([[False], keep])[labels]
-    return out
-
-
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
-    """The slices of ``mask``'s bounding box grown by ``margin`` px (clipped), None when empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return (
-        slice(max(0, int(rows[0]) - margin), int(rows[-1]) + margin + 1),
-        slice(max(0, int(cols[0]) - margin), int(cols[-1]) + margin + 1),
-    )
+    return np.asarray(ndi.binary_dilation(found | tinted | red, iterations=radius))
 
 
 def tinted_black_strokes(
@@ -201,9 +148,14 @@ def red_strokes(
 def strokes_on_glass(strokes: np.ndarray, glass: np.ndarray, radius: int) -> np.ndarray:
     """The strokes (connected pieces) of which at least ``STROKE_GLASS_SHARE`` of the one-pixel
     ring around lies within ``radius`` pixels of glass (worked out in the strokes' bounding box)."""
-    box = _bounding_box(strokes, radius + 2)
-    if box is None:
+    rows, cols = np.flatnonzero(strokes.any(axis=1)), np.flatnonzero(strokes.any(axis=0))
+    if rows.size == 0:
         return strokes
+    margin = radius + 2
+    box = (
+        slice(max(0, int(rows[0]) - margin), int(rows[-1]) + margin + 1),
+        slice(max(0, int(cols[0]) - margin), int(cols[-1]) + margin + 1),
+    )
     local = strokes[box]
     labels, count = ndi.label(local)
     grown = ndi.grey_dilation(labels, size=(3, 3))  # the ring around each stroke takes its label

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 from stage_support import dice
 from test_ink_marks import segment_pen_thumbnail, soft
-from test_under_ink import GREEN_INK, PINK_STAIN, SIDE, render, streaky, textured
+from test_under_ink import PINK_STAIN, SIDE, render, streaky, textured
 
 from tissue_oracle.oracles.ink_marks import channel_max, ink_mask, red_strokes, saturation
 from tissue_oracle.oracles.tissue_map import tissue_map
@@ -91,36 +91,6 @@ def test_a_blue_stroke_against_a_red_one_on_glass_is_not_tissue_under_ink(grid) 
     tmap = tissue_map(render(od, 5), 32)
     assert tmap.ink[red | blue].mean() > 0.99
     assert not tmap.solid.any()
-
-
-def test_where_a_blue_stroke_crosses_a_red_one_on_glass_is_ink(grid) -> None:
-    """Their inks add up to a dark purple that neither colour test takes, closed in by the two
-    strokes: it read as a piece of tissue (on a synthetic red-pen slide, 4 patches)."""
-    ys, xs = grid
-    red = np.abs(ys - 190) < 24
-    blue = np.abs(xs - 190) < 24
-    od = soft(red)[..., None] * streaky(np.ones_like(red), RED_INK, 7)
-    od += soft(blue)[..., None] * streaky(np.ones_like(blue), BLUE_INK, 8)
-    rgb = render(od, 7)
-    assert channel_max(rgb.astype(np.float32))[red & blue].mean() < 100
-    tmap = tissue_map(rgb, 32)
-    assert tmap.ink[red & blue].all()
-    assert not tmap.solid.any()
-
-
-def test_a_dark_hole_in_one_ink_alone_is_not_a_crossing(grid) -> None:
-    """Dark nuclei under a green stroke over tissue are holes in the ink too; with no red stroke
-    beside them they stay as they were (tissue)."""
-    ys, xs = grid
-    stroke = np.abs(xs - 190) < 60
-    nest = (xs - 190) ** 2 + (ys - 190) ** 2 <= 14**2
-    piece = (xs - 190) ** 2 + (ys - 190) ** 2 <= 130**2
-    od = textured(piece, PINK_STAIN, 9) + streaky(stroke, GREEN_INK, 9)
-    od[nest] += (0.6, 0.7, 0.35)  # a dark nest of nuclei under the ink
-    rgb = render(od, 9)
-    arr = rgb.astype(np.float32)
-    assert channel_max(arr)[nest].mean() < 100
-    assert tissue_map(rgb, 32).solid[nest].mean() > 0.95
 
 
 def test_the_real_red_pen_thumbnail_loses_its_strokes_on_glass(real_data, tmp_path) -> None:
