@@ -99,16 +99,18 @@ def test_every_stain_renders_distinct_colours() -> None:
 
 
 def test_red_pen_preset_draws_red_marker_like_the_real_stroke() -> None:
-    """HistoQC's pen_red stroke core is RGB about (202, 42, 63); the other presets keep their inks
-    (and their draws: a preset's seed gives the slide it gave before red existed)."""
-    reds = []
-    for seed in range(6):
-        spec = build_spec("red-pen", seed)
-        reds += [ink for ink in spec.inks if getattr(ink, "colour", None) == "red"]
-    assert reds
-    pen = reds[0]
+    """HistoQC's pen_red stroke core is RGB about (202, 42, 63); the other presets keep to blue,
+    green and black."""
+    found = [
+        (spec, ink)
+        for spec in (build_spec("red-pen", seed) for seed in range(6))
+        for ink in spec.inks
+        if getattr(ink, "colour", None) == "red"
+    ]
+    assert found
+    spec, pen = found[0]
     x, y = pen.path[0]
-    core = render_block(build_spec("red-pen", 0), int(x) - 32, int(y) - 32, 64, 64, 1).reshape(-1, 3)
+    core = render_block(spec, int(x) - 32, int(y) - 32, 64, 64, 1).reshape(-1, 3)
     assert np.abs(np.median(core, axis=0) - (202, 42, 63)).max() < 35, np.median(core, axis=0)
     for name in ("leica-like", "stress", "hard", "zoo", "faint-hard"):
         for seed in range(4):
