@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,12 @@ from tissue_oracle.tools.errors import (
 )
 from tissue_oracle.tools.slide_base import Slide, check_dimensions
 from tissue_oracle.tools.slide_pixels import build_pyramid, plausible_mpp, to_rgb_uint8
+
+# tifffile logs a damaged file's fault ("invalid offset to first page") before it raises. With no
+# handler anywhere, Python's last-resort handler printed that line to the console beside our own
+# error, which names the file and says what to do. A NullHandler keeps it off the console; an
+# application that configures logging still receives it.
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 #: Flat images are decoded whole into memory; past this they must be converted to a pyramid.
 FLAT_MAX_PIXELS = 1 << 28
@@ -197,24 +201,10 @@ def _decode_flat(path: Path) -> tuple[np.ndarray, str, float | None]:
     return _decode_pil(path)
 
 
-@contextmanager
-def _tifffile_quiet() -> Iterator[None]:
-    """tifffile logs a damaged file's fault (e.g. "invalid offset to first page") before it raises;
-    the error we raise names the file and says what to do, so the log line is only noise in the
-    run's console."""
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def _decode_tiff(path: Path) -> np.ndarray:
     """The first page only: later pages of a flat TIFF may be labels or macros."""
     try:
-        with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             axes, shape = page.axes, page.shape
             _check_flat_size(path, int(shape[axes.index("X")]), int(shape[axes.index("Y")]))
@@ -244,7 +234,7 @@ def _decode_tiff(path: Path) -> np.ndarray:
 
 def _tiff_mpp(path: Path) -> float | None:
     """Microns per pixel from XResolution + ResolutionUnit (inch or cm), if plausible."""
-    with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
+    with tifffile.TiffFile(path) as tif:
         tags = tif.pages.first.tags
         resolution, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
         if resolution is None or unit is None or unit.value not in (2, 3):
