@@ -73,6 +73,14 @@ class MapParams:
     not precipitate (granules: dots and clusters) ..."""
     line_piece_area: float = 2.0
     """... when the piece covers at least this many patches (a smaller one's share is noise)."""
+    attached_share: float = 0.2
+    """A weak piece the speckle test drops is kept when at least this share of the ring just outside
+    it is stained tissue the map keeps (loose stroma and fat continuing a section) ..."""
+    attached_min_area: float = 2.0
+    """... it covers at least this many patches ..."""
+    attached_iso: float = 0.031
+    """... and under this share of its pixels are isolated dark dots (sparse nuclei; precipitate
+    against tissue is denser)."""
     membrane_loops: bool = True
     """Find faint tissue by its membranes: clusters of small dark loops where the map found nothing."""
     loop_dark: float = 0.1

@@ -30,6 +30,8 @@ def precipitate_pieces(
     precipitate (granules much darker than the haze under them, one or two pixels each at this
     scale). Within strong stain, a saturated precipitate haze beside pale tissue looks the same.
     Pieces of each are tested apart (``_speckled``), so that tissue touching a haze keeps its piece.
+    A weak piece the test drops is given back when it continues kept stained tissue and its dots
+    are sparse (``_attached``: loose stroma and fat).
     """
     sat = np.round(saturation * 255.0).astype(np.uint8)
     # CLAM blurs with a 7x7 median; a 1x7 then 7x1 median smooths speckle alike, at a quarter the cost
@@ -42,10 +44,45 @@ def precipitate_pieces(
     spikes, n_spikes = ndi.label(spike, structure=np.ones((3, 3), dtype=bool))
     spike_size = np.bincount(spikes.ravel(), minlength=n_spikes + 1)
     isolated = spike & (spike_size[spikes] <= 2)
-    dropped = strips | _speckled(weak & ~strips, isolated, od, params, patch_area)
-    if params.speckle_strong:
-        dropped |= _speckled(solid & strong, isolated, od, params, patch_area)
-    return dropped
+    hazes = _speckled(weak & ~strips, isolated, od, params, patch_area)
+    dropped_strong = (
+        _speckled(solid & strong, isolated, od, params, patch_area)
+        if params.speckle_strong
+        else np.zeros(solid.shape, dtype=bool)
+    )
+    hazes &= ~_attached(hazes, solid & strong & ~dropped_strong, isolated, params, patch_area)
+    return strips | hazes | dropped_strong
+
+
+def _attached(
+    hazes: np.ndarray, stained: np.ndarray, isolated: np.ndarray, params: MapParams, patch_area: float
+) -> np.ndarray:
+    """The pieces of ``hazes`` (weak pieces the speckle test took for precipitate) that are the pale
+    part of a stained piece: at least ``attached_min_area`` patches, with at least ``attached_share``
+    of the ring just outside them on ``stained`` tissue the map keeps, and granules only a little
+    above the speckle test's floor (an isolated-dot share under ``attached_iso``).
+
+    Loose stroma and fat hold sparse nuclei on a pale substrate, dots on a haze as precipitate does,
+    and they continue a stained piece: HistoQC's coverslip-edge H&E thumbnail has 49 patches of fat
+    beside a tumour, 0.60 of their ring on it, with 0.027 of their pixels isolated dots. Precipitate
+    can lie against tissue too, but its granules are denser: on the 160 synthetic slides that no
+    held-out set uses, every dropped haze of 2 patches or more with at least 0.2 of its ring on
+    tissue had 0.034 or more, and the one tissue piece the test dropped there had 0.027.
+    """
+    pieces, count = ndi.label(hazes)
+    if count == 0 or not stained.any():
+        return np.zeros(hazes.shape, dtype=bool)
+    index = np.arange(1, count + 1)
+    area = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+    iso_share = ndi.sum_labels(isolated, pieces, index) / np.maximum(area, 1)
+    reach = max(1, round(np.sqrt(patch_area) / 16))
+    grown = ndi.grey_dilation(pieces, size=2 * reach + 1)
+    ring = (grown > 0) & (pieces == 0)
+    ring_area = np.maximum(ndi.sum_labels(ring, grown, index), 1)
+    on_stained = ndi.sum_labels(stained & ring, grown, index) / ring_area
+    keep = (area >= params.attached_min_area * patch_area) & (on_stained >= params.attached_share)
+    keep &= iso_share < params.attached_iso
+    return np.asarray(np.concatenate([[False], keep])[pieces])
 
 
 def _speckled(

@@ -29,7 +29,9 @@ The rules, in order (``tissue_map``):
    stains are joined lines, not dots: a piece of two patches or more whose dark pixels lie
    mostly in joined components no larger than a patch (membranes and fibres; precipitate's
    granules are dots and small clusters, and a coverslip edge merged into a haze is one long
-   line) is kept as tissue. Weak pixels within a patch of the image's edge that run along it (4
+   line) is kept as tissue, and so is a weak piece of two patches or more that continues a
+   stained piece and whose dots are sparse (loose stroma and fat: nuclei on a pale substrate).
+   Weak pixels within a patch of the image's edge that run along it (4
    patches long, 4x their depth) are the slide's border, a label shadow or a tinted strip beyond
    the coverslip (reaching the edge directly or through the slide's dark border), and are
    dropped too.
