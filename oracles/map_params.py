@@ -45,6 +45,9 @@ class MapParams:
     would raise it above the substrate a rim pixel is blended from."""
     max_hole_area: float = 4.0
     """Holes up to this many patches are filled (lumina, pale cytoplasm)."""
+    stained_hole_od: float = 0.03
+    """A larger hole of the final map is filled too when its median OD (ink aside) is above this:
+    a fat lobule or pale stroma enclosed by a section, not a lumen or a tear (glass)."""
     fluorescence_luminance: float = 60.0
     """Median luminance below which the background is dark: fluorescence."""
     nearly_all_tissue: float = 0.9

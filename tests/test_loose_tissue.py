@@ -1,9 +1,12 @@
-"""Loose stroma and fat beside a section are tissue, not precipitate (``oracles.precipitate._attached``).
+"""Loose stroma and fat beside or inside a section are tissue.
 
-Their sparse nuclei on a pale, lacy substrate are dots on a haze, as precipitate is, so the speckle
-test alone drops them. A weak piece that continues stained tissue and whose dots are sparse is given
-back. A haze on glass, or one as densely granular as precipitate, is still dropped. The real case is
-HistoQC's coverslip-edge H&E thumbnail (skipped when ../shared is absent).
+Beside it (``oracles.precipitate._attached``): their sparse nuclei on a pale, lacy substrate are dots
+on a haze, as precipitate is, so the speckle test alone drops them. A weak piece that continues
+stained tissue and whose dots are sparse is given back. A haze on glass, or one as densely granular as
+precipitate, is still dropped. Inside it (``oracles.tissue_map._stained_holes``): a fat lobule
+enclosed by the section is a hole too large for the small-hole fill, but it is stained where a lumen
+shows glass. The real case is HistoQC's coverslip-edge H&E thumbnail (skipped when ../shared is
+absent).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from tissue_oracle.oracles.map_params import MapParams
-from tissue_oracle.oracles.tissue_map import tissue_map
+from tissue_oracle.oracles.tissue_map import _stained_holes, tissue_map
 
 WITHOUT_RULE = MapParams(attached_share=2.0)
 """No ring is more than wholly on tissue: the map as it was before the rule."""
+WITHOUT_HOLE_RULE = MapParams(stained_hole_od=1e9)
 
 
 def loose_piece(seed: int, *, dots: float, apart: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,3 +87,30 @@ def test_a_real_section_keeps_its_fat(real_data: Path) -> None:
     fat = (slice(250, 480), slice(790, 950))
     assert tissue_map(rgb, 32, WITHOUT_RULE).solid[fat].mean() < 0.1
     assert tissue_map(rgb, 32).solid[fat].mean() > 0.9
+
+
+def test_a_stained_hole_is_filled_and_a_glass_hole_or_an_inked_one_is_not() -> None:
+    """``_stained_holes`` on a ring of tissue round a hole of about 8 patches (32 px patches): a fat
+    lobule's OD (median 0.066 on the real thumbnail below) fills it, glass (0.01) does not, nor does
+    a hole mostly of ink; a small stained hole is left to the small-hole fill before it."""
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[:384, :384]
+    r = np.hypot(xs - 192, ys - 192)
+    solid, hole = (r > 52) & (r <= 150), r <= 52
+    min_area = 4.0 * 32 * 32
+    lobule_od = np.where(hole, rng.uniform(0.03, 0.1, r.shape), 0.5).astype(np.float32)
+    no_ink = np.zeros(r.shape, dtype=bool)
+    assert np.array_equal(_stained_holes(solid, lobule_od, no_ink, min_area, 0.03), hole)
+    glass_od = np.where(hole, rng.uniform(0.0, 0.02, r.shape), 0.5).astype(np.float32)
+    assert not _stained_holes(solid, glass_od, no_ink, min_area, 0.03).any()
+    assert not _stained_holes(solid, lobule_od, hole & (xs < 200), min_area, 0.03).any()
+    assert not _stained_holes(solid, lobule_od, no_ink, float(hole.sum()), 0.03).any()
+
+
+def test_a_real_fat_lobule_inside_a_section_is_tissue(real_data: Path) -> None:
+    """The same thumbnail: a fat lobule enclosed by the tumour (7 patches, a box drawn by eye inside it)."""
+    path = real_data / "pen" / "models__coverslip_edge_he__coverslip_edge.png"
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    lobule = (slice(410, 480), slice(640, 720))
+    assert tissue_map(rgb, 32, WITHOUT_HOLE_RULE).solid[lobule].mean() < 0.4
+    assert tissue_map(rgb, 32).solid[lobule].mean() > 0.99
