@@ -21,9 +21,10 @@ from scipy import ndimage as ndi
 from tissue_oracle.oracles.map_params import MapParams
 from tissue_oracle.oracles.tissue_map import _stained_holes, tissue_map
 
-WITHOUT_RULE = MapParams(attached_share=2.0)
-"""No ring is more than wholly on tissue: the map as it was before the rule."""
+WITHOUT_ATTACHED_RULE = MapParams(attached_share=2.0)
+"""No ring is more than wholly on tissue: the map without ``_attached``."""
 WITHOUT_HOLE_RULE = MapParams(stained_hole_od=1e9)
+"""No hole's median OD reaches this: the map without ``_stained_holes``."""
 
 
 def loose_piece(seed: int, *, dots: float, apart: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,7 +56,7 @@ def loose_piece(seed: int, *, dots: float, apart: bool = False) -> tuple[np.ndar
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_loose_stroma_continuing_a_stained_piece_is_tissue(seed: int) -> None:
     rgb, core, loose = loose_piece(seed, dots=0.03)
-    before = tissue_map(rgb, 32, WITHOUT_RULE).solid
+    before = tissue_map(rgb, 32, WITHOUT_ATTACHED_RULE).solid
     assert before[loose].mean() < 0.05  # the speckle test alone takes it for precipitate
     solid = tissue_map(rgb, 32).solid
     assert solid[loose].mean() > 0.9
@@ -68,7 +69,7 @@ def test_the_same_piece_alone_on_glass_is_still_dropped(seed: int) -> None:
     solid = tissue_map(rgb, 32).solid
     assert solid[loose].mean() < 0.05
     assert solid[core].mean() > 0.99
-    assert np.array_equal(solid, tissue_map(rgb, 32, WITHOUT_RULE).solid)
+    assert np.array_equal(solid, tissue_map(rgb, 32, WITHOUT_ATTACHED_RULE).solid)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -85,7 +86,7 @@ def test_a_real_section_keeps_its_fat(real_data: Path) -> None:
     path = real_data / "pen" / "models__coverslip_edge_he__coverslip_edge.png"
     rgb = np.asarray(Image.open(path).convert("RGB"))
     fat = (slice(250, 480), slice(790, 950))
-    assert tissue_map(rgb, 32, WITHOUT_RULE).solid[fat].mean() < 0.1
+    assert tissue_map(rgb, 32, WITHOUT_ATTACHED_RULE).solid[fat].mean() < 0.1
     assert tissue_map(rgb, 32).solid[fat].mean() > 0.9
 
 
