@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from tissue_oracle.oracles.piece_rings import padded_box, ring_shares
+
 TINTED_BLACK_MAX = 60.0
 """A tinted-black core pixel: every channel under this (0-255) ..."""
 TINTED_BLACK_OD_SPREAD = 0.1
@@ -148,21 +150,12 @@ def red_strokes(
 def strokes_on_glass(strokes: np.ndarray, glass: np.ndarray, radius: int) -> np.ndarray:
     """The strokes (connected pieces) of which at least ``STROKE_GLASS_SHARE`` of the one-pixel
     ring around lies within ``radius`` pixels of glass (worked out in the strokes' bounding box)."""
-    rows, cols = np.flatnonzero(strokes.any(axis=1)), np.flatnonzero(strokes.any(axis=0))
-    if rows.size == 0:
+    if not strokes.any():
         return strokes
-    margin = radius + 2
-    box = (
-        slice(max(0, int(rows[0]) - margin), int(rows[-1]) + margin + 1),
-        slice(max(0, int(cols[0]) - margin), int(cols[-1]) + margin + 1),
-    )
-    local = strokes[box]
-    labels, count = ndi.label(local)
-    grown = ndi.grey_dilation(labels, size=(3, 3))  # the ring around each stroke takes its label
-    ring = (grown > 0) & ~local
+    box = padded_box(strokes, radius + 2)
+    labels, count = ndi.label(strokes[box])
     near_glass = ndi.binary_dilation(glass[box], iterations=radius)
-    share = ndi.mean(near_glass[ring], labels=grown[ring], index=np.arange(1, count + 1))
-    keep = np.concatenate([[False], np.nan_to_num(np.asarray(share, dtype=float)) >= STROKE_GLASS_SHARE])
+    keep = np.concatenate([[False], ring_shares(labels, count, near_glass, 1) >= STROKE_GLASS_SHARE])
     out = np.zeros_like(strokes)
     out[box] = keep[labels]
     return out

@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 
 from tissue_oracle.oracles.edge_strips import border_strips
 from tissue_oracle.oracles.map_params import MapParams
+from tissue_oracle.oracles.piece_rings import padded_box, ring_shares
 
 
 def precipitate_pieces(
@@ -79,26 +80,10 @@ def _attached(
         return np.zeros(hazes.shape, dtype=bool)
     iso_share = ndi.sum_labels(isolated, pieces, index) / np.maximum(area, 1)
     reach = max(1, round(np.sqrt(patch_area) / 16))
-    # The ring is worked out in the box round the large pieces, padded so that every ring pixel's
-    # neighbourhood lies inside it: the same as over the whole image, at the box's cost.
-    window = _padded_box(np.isin(pieces, index[large]), 2 * reach)
-    sub = pieces[window]
-    grown = ndi.grey_dilation(sub, size=2 * reach + 1)
-    ring = (grown > 0) & (sub == 0)
-    ring_area = np.maximum(ndi.sum_labels(ring, grown, index), 1)
-    on_stained = ndi.sum_labels(stained[window] & ring, grown, index) / ring_area
+    window = padded_box(np.isin(pieces, index[large]), 2 * reach)
+    on_stained = ring_shares(pieces[window], count, stained[window], reach)
     keep = large & (on_stained >= params.attached_share) & (iso_share < params.attached_iso)
     return np.asarray(np.concatenate([[False], keep])[pieces])
-
-
-def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
-    """The bounding box of ``mask``'s pixels (some must be set), grown by ``pad`` within the image."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (
-        slice(max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)),
-        slice(max(0, cols[0] - pad), min(w, cols[-1] + 1 + pad)),
-    )
 
 
 def _speckled(

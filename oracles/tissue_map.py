@@ -67,7 +67,7 @@ from tissue_oracle.oracles.map_params import DEFAULT_MAP_PARAMS, MapParams
 from tissue_oracle.oracles.membrane_loops import loop_tissue
 from tissue_oracle.oracles.precipitate import precipitate_pieces
 from tissue_oracle.oracles.under_ink import tissue_under_ink
-from tissue_oracle.tools.clean import remove_small_components
+from tissue_oracle.tools.clean import enclosed_holes, fill_small_holes, remove_small_components
 from tissue_oracle.tools.stage_settings import MIN_PATCH_SIZE
 
 PATCH_PX = 32
@@ -174,7 +174,7 @@ def tissue_map(
     weak &= ~ink
     evidence = ndi.binary_propagation(seeds, mask=weak | seeds) if seeds.any() else seeds
     closed = ndi.binary_closing(evidence, iterations=max(1, p // 16), border_value=0) | evidence
-    solid = _fill_small_holes(closed, params.max_hole_area * patch_area)
+    solid = fill_small_holes(closed, math.floor(params.max_hole_area * patch_area) + 1)[0]
     # The 3x3 means growth reads spread tissue one pixel into glass: take back the edge pixels
     # whose own OD is weak (a blurred rim), as the truth's "half inside" edge would.
     inner = np.asarray(ndi.binary_erosion(solid, border_value=1))
@@ -322,19 +322,14 @@ def _stained_holes(
     membranes and substrate (HistoQC's coverslip-edge H&E thumbnail: a lobule of 7 patches, median
     OD 0.066, where glass holes read 0.01 or less). A hole mostly of ink is left to the ink rules.
     """
-    # The holes are the parts of the background that do not reach the image's edge (as
-    # binary_fill_holes finds them, at a fraction of its cost on a large map).
-    labels, count = ndi.label(~solid)
-    area = np.bincount(labels.ravel(), minlength=count + 1)
-    large = area > min_area
-    large[0] = False
-    large[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = False
+    labels, sizes = enclosed_holes(solid)
+    large = sizes > min_area
     if not large.any():
         return np.zeros(solid.shape, dtype=bool)
     index = np.flatnonzero(large)
     median = np.asarray(ndi.median(od, np.where(ink, 0, labels), index), dtype=np.float64)
     ink_share = np.asarray(ndi.mean(ink, labels, index), dtype=np.float64)
-    keep = np.zeros(count + 1, dtype=bool)
+    keep = np.zeros(len(sizes), dtype=bool)
     keep[index] = (np.nan_to_num(median) > min_od) & (ink_share < 0.5)
     return np.asarray(keep[labels])
 
@@ -351,14 +346,3 @@ def _under_ink(solid: np.ndarray, ink: np.ndarray, reach: float) -> np.ndarray:
 def _drop_small(mask: np.ndarray, min_area: float) -> np.ndarray:
     """``mask`` without its components smaller than ``min_area`` pixels."""
     return remove_small_components(mask, math.ceil(min_area))[0]
-
-
-def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
-    holes = np.asarray(ndi.binary_fill_holes(mask)) & ~mask
-    if not holes.any():
-        return mask
-    labels, count = ndi.label(holes)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    fill = sizes <= max_area
-    fill[0] = False
-    return mask | fill[labels]

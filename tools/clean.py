@@ -78,15 +78,23 @@ def fill_small_holes(tissue: np.ndarray, max_size: int, connectivity: int = 4) -
     reaches the border is open to the outside and never filled.
     """
     mask = np.asarray(tissue, dtype=bool)
-    labels, count = ndimage.label(~mask, structure=_STRUCTURE[connectivity])
-    if count == 0 or max_size <= 1:
+    if max_size <= 1:
         return mask.copy(), 0
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = sizes < max_size
-    fill[0] = False
-    fill[border] = False
+    labels, sizes = enclosed_holes(mask, connectivity)
+    fill = (sizes > 0) & (sizes < max_size)
     return mask | fill[labels], int(fill.sum())
+
+
+def enclosed_holes(mask: np.ndarray, connectivity: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The background components of ``mask``, labelled, and each label's hole size: its cell count
+    when it is enclosed, 0 when it reaches the border (open to the outside) and for label 0 (the
+    mask itself). The holes ``binary_fill_holes`` fills, at a fraction of its cost on a large mask.
+    """
+    labels, count = ndimage.label(~np.asarray(mask, dtype=bool), structure=_STRUCTURE[connectivity])
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    sizes[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = 0
+    return labels, sizes
 
 
 def clean(inp: CleanInput) -> CleanOutput:
