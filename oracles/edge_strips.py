@@ -1,8 +1,11 @@
-"""Weak strips along the image's edge that are not tissue (the classical map's rule 5, second part).
+"""Strips along the image's edge that are not tissue (the classical map's rules 5, second part, and 9).
 
 A scan's edge shows the slide's dark border, a label's shadow or tinted mounting medium beyond the
 coverslip. Where the map holds weak (unsaturated) pixels within a patch of the edge that run along
-it, at least 4 patches long and 4x their depth, they are one of those, not tissue. Not a VLM.
+it, at least 4 patches long and 4x their depth, they are one of those, not tissue
+(``border_strips``). A tint can be as saturated as stain; a piece of any strength lying along the
+edge in that shape is one of them too when it is flat, with none of the texture that nuclei,
+fibres and glands give tissue (``flat_strips``). Not a VLM.
 """
 
 from __future__ import annotations
@@ -73,3 +76,42 @@ def _touching_frame(mask: np.ndarray) -> np.ndarray:
     keep[edge] = True
     keep[0] = False
     return np.asarray(keep[labels])
+
+
+def flat_strips(solid: np.ndarray, od: np.ndarray, patch: float, max_texture: float) -> np.ndarray:
+    """Pieces of ``solid`` lying along the image's edge that are flat: a tint, not tissue.
+
+    A piece lies along an edge when its box comes within a patch of that edge and runs parallel to
+    it for at least 4 patches and 4x its depth (``border_strips``'s shape, whatever its saturation).
+    It is flat when its pixels' mean OD residual from a 5x5 median is under ``max_texture`` of its
+    median OD. Mounting medium beyond a coverslip is even (0.033 on a synthetic Jones slide, 0.038
+    on HistoQC's IHC coverslip-edge thumbnail, where the strip is as saturated as the stain); tissue
+    is not (0.25 or more for the strip-shaped tissue pieces of the tuning slides, 0.07 or more for
+    whole sections on the real thumbnails).
+    """
+    h, w = solid.shape
+    pieces, count = ndi.label(solid)
+    if count == 0:
+        return np.zeros(solid.shape, dtype=bool)
+    flat = np.zeros(count + 1, dtype=bool)
+    for index, window in enumerate(ndi.find_objects(pieces), start=1):
+        if window is None or not _along_edge(window, h, w, patch):
+            continue
+        rows, cols = window
+        box = (slice(max(rows.start - 2, 0), rows.stop + 2), slice(max(cols.start - 2, 0), cols.stop + 2))
+        inside = pieces[box] == index
+        residual = np.abs(od[box] - ndi.median_filter(od[box], size=5, mode="nearest"))[inside]
+        median = float(np.median(od[box][inside]))
+        flat[index] = median > 0 and float(residual.mean()) < max_texture * median
+    return np.asarray(flat[pieces])
+
+
+def _along_edge(window: tuple[slice, slice], h: int, w: int, patch: float) -> bool:
+    """Whether a box comes within ``patch`` of an edge and runs along it (4 patches, 4x its depth)."""
+    rows, cols = window
+    height, width = rows.stop - rows.start, cols.stop - cols.start
+    near_top_or_bottom = rows.start < patch or h - rows.stop < patch
+    near_left_or_right = cols.start < patch or w - cols.stop < patch
+    along_rows = near_top_or_bottom and width >= max(4 * patch, 4 * height)
+    along_cols = near_left_or_right and height >= max(4 * patch, 4 * width)
+    return along_rows or along_cols

@@ -84,6 +84,12 @@ class MapParams:
     attached_iso: float = 0.031
     """... and under this share of its pixels are isolated dark dots (sparse nuclei; precipitate
     against tissue is denser)."""
+    flat_strip_texture: float = 0.06
+    """A piece lying along the image's edge (long side parallel to it, at least 4 patches and 4x its
+    depth) is a tint or shadow, not tissue, when its mean OD residual from a 5x5 median is under this
+    share of its median OD: flat (a strip beyond the coverslip 0.033-0.038; tissue 0.07 or more) ..."""
+    flat_strips: bool = True
+    """... whether that test runs (strong strips too: the weak-strip rule reads only weak pixels)."""
     membrane_loops: bool = True
     """Find faint tissue by its membranes: clusters of small dark loops where the map found nothing."""
     loop_dark: float = 0.1

@@ -47,7 +47,11 @@ The rules, in order (``tissue_map``):
    too faint to seed) marks a piece, grown into the faint substrate around it; a pen stroke
    across it is given back as in rule 6. Glass, precipitate, pen and bubble rims hold no such
    clusters.
-9. Holes: a hole larger than the small holes filled in rule 4 is filled when its median OD (ink
+9. Flat strips (``oracles.edge_strips.flat_strips``): a piece lying along the image's edge (4
+   patches long and 4x its depth) with no texture (its OD barely departs from a 5x5 median) is a
+   tint beyond the coverslip or a shadow, however saturated: tissue has nuclei, fibres, glands.
+   Tested on the final pieces, once the coverslip's dark edge line has been peeled off them.
+10. Holes: a hole larger than the small holes filled in rule 4 is filled when its median OD (ink
    aside) shows stain (a fat lobule or pale stroma enclosed by a section; a lumen shows glass).
 
 Not a VLM: every output that uses it is labelled classical.
@@ -62,6 +66,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from tissue_oracle.oracles.edge_strips import flat_strips
 from tissue_oracle.oracles.ink_marks import channel_sum, ink_mask, saturation
 from tissue_oracle.oracles.map_params import DEFAULT_MAP_PARAMS, MapParams
 from tissue_oracle.oracles.membrane_loops import loop_tissue
@@ -190,6 +195,8 @@ def tissue_map(
     if params.membrane_loops:
         loops = _drop_small(loop_tissue(od, ink, solid, p, params), params.min_piece_area * patch_area)
         solid |= loops | _under_ink(loops, ink, params.under_ink_reach * p)
+    if params.flat_strips:
+        solid &= ~flat_strips(solid, od, p, params.flat_strip_texture)
     solid |= _stained_holes(solid, od, ink, params.max_hole_area * patch_area, params.stained_hole_od)
     stained = (od_mean > 0.15) & (chroma_mean > params.seed_chroma) & ~ink
     return TissueMap(
