@@ -50,7 +50,8 @@ The rules, in order (``tissue_map``):
 9. Flat strips (``oracles.edge_strips.flat_strips``): a piece lying along the image's edge (4
    patches long and 4x its depth) with no texture (its OD barely departs from a 5x5 median) is a
    tint beyond the coverslip or a shadow, however saturated: tissue has nuclei, fibres, glands.
-   Tested on the final pieces, once the coverslip's dark edge line has been peeled off them.
+   Tested on the final pieces: before rule 5 takes the coverslip's unsaturated dark line off the
+   tint, the two are one piece, and a textured one.
 10. Holes: a hole larger than the small holes filled in rule 4 is filled when its median OD (ink
    aside) shows stain (a fat lobule or pale stroma enclosed by a section; a lumen shows glass).
 
