@@ -297,18 +297,20 @@ class SlideRun:
         """``summary.json`` of this run (outputs and seconds are filled in by ``run``)."""
         zero, grid, slide = coarse.zero_shot, final.grid, self.slide
         width, height = slide.dimensions
+        out_of_scope = (
+            (zero.scope_kind, zero.scope_message)
+            if isinstance(zero, DenseClassifyOutput) and zero.scope_message
+            else None
+        )
+        too_small = out_of_scope is not None and out_of_scope[0] == "image_too_small"  # it advises already
         verdict = judge_slide(
             exhausted_reason=self.ledger.exhausted_reason,
             stage_refused=final.budget_exhausted,
             failed_patches=zero.failed,
             boxes_fallback=coarse.boxes.fallback,
             escalated=[(r.index, r.reason) for r in regions if r.needs_human_review],
-            out_of_scope=(
-                (zero.scope_kind, zero.scope_message)
-                if isinstance(zero, DenseClassifyOutput) and zero.scope_message
-                else None
-            ),
-            grid_note=coarse_grid_note(width, height, grid.patch_size, slide.mpp),
+            out_of_scope=out_of_scope,
+            grid_note=None if too_small else coarse_grid_note(width, height, grid.patch_size, slide.mpp),
         )
         if self.folder.note:
             verdict.flags.append("folder_taken")

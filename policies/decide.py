@@ -234,12 +234,14 @@ def coarse_grid_note(width: int, height: int, patch_size: int, mpp: float | None
     thumbnail of a whole slide (HistoQC's and histolab's examples are), where each patch is a
     large part of the slide and the map reads it too coarsely to find tissue. The tool cannot
     tell them apart, so it says both. Not said when the patch side was already made small, or when
-    the image is smaller than one patch (the map's ``image_too_small`` scope advises then).
+    the image is smaller than one patch both ways (a tile: the map's ``image_too_small`` scope
+    advises when it keeps nothing). An image shorter than a patch one way only is said to be
+    coarse: HistoQC's IHC coverslip-edge thumbnail (1488 x 452 px) is a 1 x 3 grid.
     """
     rows, cols = -(-height // patch_size), -(-width // patch_size)
     if mpp is not None or rows * cols >= COARSE_GRID_CELLS or patch_size < SLIDE_PATCH_MIN:
         return None
-    if min(width, height) < patch_size:
+    if max(width, height) < patch_size:
         return None
     return (
         f"the grid is {rows} x {cols} patches of {patch_size} px and the image records no pixel size: "

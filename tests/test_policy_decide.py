@@ -215,7 +215,9 @@ def test_judge_slide_table(
         (4443, 3567, 512, None, None),  # the TCGA slide without a pixel size: 63 patches
         (1000, 853, 32, None, None),  # already read as a thumbnail
         (120, 120, 40, None, None),  # a tile read at a patch size chosen for it
-        (300, 900, 512, None, None),  # narrower than a patch: the map's image_too_small advises
+        (1488, 452, 512, None, "1 x 3 patches"),  # HistoQC's IHC coverslip-edge thumbnail: one side short
+        (300, 900, 512, None, "2 x 1 patches"),
+        (300, 400, 512, None, None),  # smaller than a patch both ways: a tile (the map's image_too_small)
     ],
 )
 def test_a_coarse_grid_without_a_pixel_size_is_flagged_with_advice(

@@ -136,3 +136,18 @@ def test_a_thumbnail_sized_image_without_a_pixel_size_gets_the_thumbnail_advice(
     assert read.exit_code == 0, read.output
     fine = json.loads((tmp_path / "fine" / "thumb" / "summary.json").read_text())
     assert "coarse_grid" not in fine["flags"]
+
+
+def test_a_real_thumbnail_shorter_than_a_patch_one_way_gets_the_thumbnail_advice(
+    tmp_path: Path, real_data: Path
+) -> None:
+    """HistoQC's IHC coverslip-edge thumbnail (1488 x 452 px, no pixel size) is a 1 x 3 grid at the
+    default 512 px patches. The map keeps a patch of it, so no ``image_too_small`` scope speaks; the
+    grid note must, though the image is shorter than a patch."""
+    thumb = real_data / "pen" / "models__coverslip_edge_ihc__coverslip_edge.png"
+    result = runner.invoke(app, ["segment", str(thumb), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / thumb.stem / "summary.json").read_text())
+    assert "coarse_grid" in summary["flags"] and "out_of_scope_image_too_small" not in summary["flags"]
+    note = next(r for r in summary["reasons"] if r.startswith("the grid is"))
+    assert "1 x 3 patches of 512 px" in note and "--patch-size 32" in note
