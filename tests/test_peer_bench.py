@@ -40,7 +40,8 @@ def test_a_missing_peer_env_is_skipped_with_its_name(tmp_path: Path, monkeypatch
     assert isinstance(got, str) and got.startswith("skipped") and "install.sh" in got
 
 
-def test_markdown_groups_rows_and_marks_missing_peers() -> None:
+def held_out_row(**fields: object) -> dict:
+    """A held-out slide's bench row as ``run_case`` writes it, with ``fields`` replaced or added."""
     row = {
         "slide": "s1",
         "group": "held-out",
@@ -48,8 +49,13 @@ def test_markdown_groups_rows_and_marks_missing_peers() -> None:
         "dice": {"clam_otsu": 0.5, "ours": 0.9},
         "seconds": {"clam_otsu": 0.1, "ours": 0.4},
         "ours_scope": "brightfield",
-        "notes": {"lazyslide": "skipped: missing"},
+        "notes": {},
     }
+    return {**row, **fields}
+
+
+def test_markdown_groups_rows_and_marks_missing_peers() -> None:
+    row = held_out_row(notes={"lazyslide": "skipped: missing"})
     text = peer_bench.markdown(
         {"command": "tissue-oracle bench --suite peers", "patch_size": 512, "rows": [row]}
     )
@@ -75,6 +81,27 @@ def test_markdown_marks_a_slide_where_ours_misses_the_best_threshold() -> None:
     assert "1 of 1 missed" in text
 
 
+def test_the_report_sums_each_truth_scored_groups_wrong_patches_by_tissue_share() -> None:
+    bands = {"patches": [5, 0, 0, 2, 0, 1], "wrong": {"clam_otsu": [0, 0, 0, 1, 0, 1], "ours": [0] * 6}}
+    rows = [held_out_row(errors_by_share=bands), held_out_row(slide="s2", errors_by_share=bands)]
+    text = peer_bench.markdown({"command": "c", "patch_size": 512, "rows": rows})
+    assert "summed over these 2 slides" in text
+    assert "| clam_otsu | 0 (0%) | 0 | 0 | 2 (50%) | 0 | 2 (100%) | 4 |" in text
+    assert "| ours | 0 (0%) | 0 | 0 | 0 (0%) | 0 | 0 (0%) | 0 |" in text
+
+
+def test_a_miss_made_only_of_half_line_patches_is_named_so() -> None:
+    def missed(slide: str, wrong: list[int]) -> dict:
+        bands = {"patches": [5, 1, 1, 2, 1, 1], "wrong": {"ours": wrong}}
+        return held_out_row(slide=slide, ours_minus_best=-0.05, errors_by_share=bands)
+
+    rows = [missed("coin", [0, 0, 0, 1, 0, 0]), missed("whole", [0, 0, 0, 1, 0, 1]), missed("none", [0] * 6)]
+    text = peer_bench.markdown({"command": "c", "patch_size": 512, "rows": rows})
+    assert "| -0.050 ✗ (half line) |" in text  # the coin flip
+    assert text.count("(half line) |") == 1  # a whole patch missed too, or nothing wrong: not named
+    assert "3 of 3 missed (1 at the half line only)" in text
+
+
 @pytest.mark.slow
 def test_run_case_scores_ours_against_the_best_threshold_and_times_a_segment_run(tmp_path: Path) -> None:
     case = peer_bench._synthetic_case(tmp_path, "tuning", "tiny", 3, 2048)
@@ -84,6 +111,12 @@ def test_run_case_scores_ours_against_the_best_threshold_and_times_a_segment_run
     assert row["ours_minus_best"] == pytest.approx(row["dice"]["ours"] - max(thresholds))
     # a real default-policy segment run of the slide, timed from its own summary.json
     assert row["seconds"]["ours_segment"] > 0 and "ours_segment" not in row["notes"]
+    # each method's wrong patches, counted by the truth's tissue share, agree with its Dice's labels
+    bands = row["errors_by_share"]
+    assert sum(bands["patches"]) == case.truth.size
+    for name in ("clam_otsu", "ours"):
+        wrong = sum(bands["wrong"][name])
+        assert (wrong == 0) == (row["dice"][name] == 1.0)
 
 
 def test_seed_ranges_parse_and_bad_ones_are_named() -> None:
