@@ -50,10 +50,12 @@ def test_slides_add_up_and_the_table_gives_counts_and_shares_per_band() -> None:
     }
     b = {"patches": [6, 1, 0, 0, 0, 2], "wrong": {"ours": [0, 1, 0, 0, 0, 0]}}
     total = summed([a, b])
-    assert total["patches"] == [16, 1, 0, 4, 0, 4]
+    assert total["patches"] == [16, 1, 0, 4, 0, 4] and total["slides"] == 2
     assert total["wrong"] == {"ours": [1, 1, 0, 1, 0, 0], "clam_otsu": [0, 0, 0, 2, 0, 1]}
+    assert total["seen"]["clam_otsu"] == {"patches": [10, 0, 0, 4, 0, 2], "slides": 1}
     lines = bands_table(total, ["clam_otsu", "lazyslide", "ours"])
     assert lines[0].startswith("| method | 0 (glass): 16 patches |")
-    assert lines[2] == "| clam_otsu | 0 (0%) | 0 (0%) | 0 | 2 (50%) | 0 | 1 (25%) | 3 |"
+    # clam_otsu did not run on slide b: its shares are of slide a's patches, and the row says so
+    assert lines[2] == "| clam_otsu (1 of 2 slides) | 0 (0%) | 0 | 0 | 2 (50%) | 0 | 1 (50%) | 3 |"
     assert lines[3].startswith("| ours | 1 (6%) | 1 (100%) |")
     assert len(lines) == 4  # lazyslide has no counts and gets no row

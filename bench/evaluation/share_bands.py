@@ -53,19 +53,35 @@ def errors_by_share(
 
 
 def summed(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The band counts of several slides added up; methods missing from a slide are left out of it."""
-    patches = np.zeros(len(BAND_NAMES), dtype=np.int64)
+    """The band counts of several slides added up.
+
+    A method that did not run on a slide (a peer that could not open it) is summed over the slides it
+    ran on: ``seen`` holds, per method, the patches per band and the number of those slides.
+    """
+    zeros = np.zeros(len(BAND_NAMES), dtype=np.int64)
+    patches, count = zeros.copy(), 0
     wrong: dict[str, np.ndarray] = {}
+    seen: dict[str, np.ndarray] = {}
+    slides: dict[str, int] = {}
     for row in rows:
-        patches += np.asarray(row["patches"], dtype=np.int64)
+        here = np.asarray(row["patches"], dtype=np.int64)
+        patches += here
+        count += 1
         for name, counts in dict(row["wrong"]).items():
-            wrong.setdefault(name, np.zeros(len(BAND_NAMES), dtype=np.int64))
-            wrong[name] += np.asarray(counts, dtype=np.int64)
-    return {"patches": patches.tolist(), "wrong": {n: v.tolist() for n, v in wrong.items()}}
+            wrong[name] = wrong.get(name, zeros) + np.asarray(counts, dtype=np.int64)
+            seen[name] = seen.get(name, zeros) + here
+            slides[name] = slides.get(name, 0) + 1
+    return {
+        "patches": patches.tolist(),
+        "slides": count,
+        "wrong": {n: v.tolist() for n, v in wrong.items()},
+        "seen": {n: {"patches": seen[n].tolist(), "slides": slides[n]} for n in wrong},
+    }
 
 
 def bands_table(total: Mapping[str, Any], methods: Iterable[str]) -> list[str]:
-    """Markdown rows: one per method, wrong patches per band (and the share of the band's patches)."""
+    """Markdown rows: one per method, wrong patches per band and their share of the band's patches
+    on the slides the method ran on (named when that is not every slide)."""
     patches = list(total["patches"])
     head = "| method | " + " | ".join(f"{b}: {n} patches" for b, n in zip(BAND_NAMES, patches, strict=True))
     lines = [head + " | all wrong |", "|" + "---|" * (len(BAND_NAMES) + 2)]
@@ -73,6 +89,14 @@ def bands_table(total: Mapping[str, Any], methods: Iterable[str]) -> list[str]:
         counts = total["wrong"].get(name)
         if counts is None:
             continue
-        cells = [f"{c} ({100 * c / n:.0f}%)" if n else str(c) for c, n in zip(counts, patches, strict=True)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(counts)} |")
+        seen = total["seen"][name]
+        cells = [
+            f"{c} ({100 * c / n:.0f}%)" if n else str(c) for c, n in zip(counts, seen["patches"], strict=True)
+        ]
+        label = (
+            name
+            if seen["slides"] == total["slides"]
+            else f"{name} ({seen['slides']} of {total['slides']} slides)"
+        )
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {sum(counts)} |")
     return lines
