@@ -86,6 +86,9 @@ def test_the_report_sums_each_truth_scored_groups_wrong_patches_by_tissue_share(
     rows = [held_out_row(errors_by_share=bands), held_out_row(slide="s2", errors_by_share=bands)]
     text = peer_bench.markdown({"command": "c", "patch_size": 512, "rows": rows})
     assert "summed over these 2 slides" in text
+    assert "summed over this slide" in peer_bench.markdown(
+        {"command": "c", "patch_size": 512, "rows": rows[:1]}
+    )
     assert "| clam_otsu | 0 (0%) | 0 | 0 | 2 (50%) | 0 | 2 (100%) | 4 |" in text
     assert "| ours | 0 (0%) | 0 | 0 | 0 (0%) | 0 | 0 (0%) | 0 |" in text
 

@@ -414,11 +414,15 @@ def _share_bands(rows: list[dict]) -> list[str]:
         return []
     return [
         "",
-        f"Wrong patches by the truth's tissue share, summed over these {len(banded)} slides (a patch "
+        f"Wrong patches by the truth's tissue share, summed over {_slides(len(banded))} (a patch "
         "is tissue at a share of 0.5; in the [0.45, 0.55) band a pixel or two of edge decides it):",
         "",
         *bands_table(summed(banded), METHODS),
     ]
+
+
+def _slides(count: int) -> str:
+    return "this slide" if count == 1 else f"these {count} slides"
 
 
 def _means(rows: list[dict]) -> str:
