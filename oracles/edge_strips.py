@@ -13,6 +13,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+STRIP_LENGTH = 4
+"""A strip along the edge is at least this many patches long, and this many times its depth."""
+
 
 def border_strips(weak: np.ndarray, ink: np.ndarray, patch: float) -> np.ndarray:
     """Weak map pixels within a patch of the image's edge that run along it: the slide's border,
@@ -38,7 +41,7 @@ def border_strips(weak: np.ndarray, ink: np.ndarray, patch: float) -> np.ndarray
         height, width = rows.stop - rows.start, cols.stop - cols.start
         on_edge = rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w
         on_edge = on_edge or bool(beside_frame[window][pieces[window] == index].any())
-        strips[index] = on_edge and max(height, width) >= max(4 * patch, 4 * min(height, width))
+        strips[index] = on_edge and _strip_shaped(max(height, width), min(height, width), patch)
     return np.asarray(strips[pieces]) & band
 
 
@@ -113,6 +116,12 @@ def _along_edge(window: tuple[slice, slice], h: int, w: int, patch: float) -> bo
     height, width = rows.stop - rows.start, cols.stop - cols.start
     near_top_or_bottom = rows.start < patch or h - rows.stop < patch
     near_left_or_right = cols.start < patch or w - cols.stop < patch
-    along_rows = near_top_or_bottom and width >= max(4 * patch, 4 * height)
-    along_cols = near_left_or_right and height >= max(4 * patch, 4 * width)
+    along_rows = near_top_or_bottom and _strip_shaped(width, height, patch)
+    along_cols = near_left_or_right and _strip_shaped(height, width, patch)
     return along_rows or along_cols
+
+
+def _strip_shaped(length: int, depth: int, patch: float) -> bool:
+    """The shape both strip rules share: at least ``STRIP_LENGTH`` patches long and that many times
+    its depth."""
+    return length >= STRIP_LENGTH * max(patch, depth)
